@@ -1,0 +1,277 @@
+"""Async FlowGpt client: signed requests, a tolerant NDJSON stream, classified errors.
+
+The client owns no session (one ``aiohttp.ClientSession`` per app is injected)
+and imports no metrics library: it reports through a small observer. Every
+aiohttp exception is translated into the gateway's hierarchy here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, Protocol
+
+import aiohttp
+import orjson
+
+from gateway.errors import (
+    UpstreamAuthError,
+    UpstreamBlockedError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamInterruptedError,
+    UpstreamProtocolError,
+    UpstreamRateLimitedError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from gateway.flowgpt.ndjson import NdjsonDecoder
+from gateway.flowgpt.protocol import Message, build_body, signed_headers
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+CLOUDFLARE_MARKERS: Final = (
+    "<title>Just a moment...</title>",
+    '<div id="cf-please-wait">',
+    "Attention Required! | Cloudflare",
+    "cf-spinner-please-wait",
+    "cf-cloudflare-status",
+)
+ERROR_BODY_LIMIT: Final = 64 * 1024  # how much of an error body we read to classify it
+MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
+
+_Phase = Literal["idle", "total"]
+
+
+class ClientObserver(Protocol):
+    """What the client reports while it works (the metrics module implements it)."""
+
+    def json_parse_failure(self) -> None:
+        """One NDJSON line could not be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """A chat request reduced to what FlowGpt understands; ``model`` is already resolved."""
+
+    model: str
+    messages: Sequence[Message]
+    temperature: float | None = None
+
+
+class FlowGptClient:
+    """Speaks FlowGpt's protocol over an injected session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        url: str,
+        token: SecretStr,
+        proxy: str | None = None,
+        connect_timeout: float | None = 10.0,
+        max_line_bytes: int = 1024 * 1024,
+        observer: ClientObserver | None = None,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._token = token
+        self._proxy = proxy
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout)
+        self._max_line_bytes = max_line_bytes
+        self._observer = observer
+
+    @property
+    def url(self) -> str:
+        """The upstream endpoint."""
+        return self._url
+
+    async def open(self, prompt: ChatPrompt) -> FlowGptStream:
+        """Send ``prompt`` and return the answer stream once a 2xx NDJSON response has begun.
+
+        Raises an :class:`UpstreamError` for connection failures and for any
+        response that is not a usable stream (classified like g4f did).
+        """
+        headers = signed_headers(self._token.get_secret_value())
+        body = orjson.dumps(build_body(prompt.model, prompt.messages, prompt.temperature))
+        try:
+            response = await self._session.post(
+                self._url, data=body, headers=headers, proxy=self._proxy, timeout=self._timeout
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamTimeoutError("timed out connecting to the upstream", phase="connect") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamConnectError(f"cannot reach the upstream: {type(exc).__name__}") from exc
+        try:
+            await _raise_for_status(response)
+        except BaseException:
+            response.release()
+            raise
+        return FlowGptStream(response, self._new_decoder())
+
+    def _new_decoder(self) -> NdjsonDecoder:
+        observer = self._observer
+        bad_samples: list[bytes] = []
+
+        def on_bad_line(sample: bytes, reason: str) -> None:
+            if observer is not None:
+                observer.json_parse_failure()
+            if not bad_samples:
+                bad_samples.append(sample)
+                log.warning("upstream sent an unusable line reason=%s sample=%r", reason, sample)
+            else:
+                log.debug("upstream sent an unusable line reason=%s", reason)
+
+        return NdjsonDecoder(max_line_bytes=self._max_line_bytes, on_bad_line=on_bad_line)
+
+
+class FlowGptStream:
+    """The text fragments of one answer, read lazily; always :meth:`aclose` it.
+
+    ``deadline`` (a ``time.monotonic()`` value) and ``idle_timeout`` bound every
+    read; passing them here keeps timeout handling next to the reads they bound.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, decoder: NdjsonDecoder) -> None:
+        self._response = response
+        self._decoder = decoder
+        self._pending: collections.deque[str] = collections.deque()
+        self._eof = False
+        self.fragments_read = 0
+        self.idle_timeout: float | None = None
+        self.deadline: float | None = None
+
+    @property
+    def bad_lines(self) -> int:
+        """Lines skipped so far."""
+        return self._decoder.bad_lines
+
+    def __aiter__(self) -> FlowGptStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._eof:
+                raise StopAsyncIteration
+            await self._read_more()
+        self.fragments_read += 1
+        return self._pending.popleft()
+
+    async def read_all(self) -> str:
+        """The rest of the answer as one string."""
+        return "".join([fragment async for fragment in self])
+
+    async def aclose(self) -> None:
+        """Give the connection back (or drop it, if the body was not fully read)."""
+        if not self._eof:
+            self._response.close()  # an unread body makes the connection unusable for reuse
+        self._response.release()
+
+    async def _read_more(self) -> None:
+        timeout, phase = self._read_budget()
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await self._response.content.readany()
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"upstream sent nothing for {timeout:.1f}s ({phase})", phase=phase) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamInterruptedError(f"upstream stream broke: {type(exc).__name__}") from exc
+        if chunk:
+            self._pending.extend(self._decoder.feed(chunk))
+            return
+        self._eof = True
+        self._pending.extend(self._decoder.finish())
+        if not self._pending and self.fragments_read == 0:
+            if self._decoder.bad_lines:
+                raise UpstreamProtocolError(
+                    f"upstream stream had {self._decoder.bad_lines} unparseable lines and no text"
+                )
+            raise UpstreamProtocolError("upstream closed the stream without sending any text")
+
+    def _read_budget(self) -> tuple[float | None, _Phase]:
+        if self.deadline is None:
+            return self.idle_timeout, "idle"
+        remaining = max(0.0, self.deadline - time.monotonic())
+        if self.idle_timeout is not None and self.idle_timeout < remaining:
+            return self.idle_timeout, "idle"
+        return remaining, "total"
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    """Classify a response that is not a usable NDJSON stream; return if it is one."""
+    status = response.status
+    content_type = response.headers.get("Content-Type", "").lower()
+    if 200 <= status < 300:
+        if "text/html" in content_type:
+            raise UpstreamProtocolError("upstream answered 200 with an HTML page instead of a stream")
+        return
+    text = await _read_error_body(response)
+    if status in (429, 402):
+        raise UpstreamRateLimitedError(
+            f"upstream rate limit (HTTP {status}): {_message(text, content_type)}",
+            upstream_status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status == 403 and any(marker in text for marker in CLOUDFLARE_MARKERS):
+        raise UpstreamBlockedError("upstream blocked the request (Cloudflare challenge)", upstream_status=status)
+    if status == 401:
+        raise UpstreamAuthError(
+            f"upstream rejected the credentials (HTTP 401): {_message(text, content_type)}",
+            upstream_status=status,
+        )
+    raise UpstreamStatusError(
+        f"upstream returned HTTP {status}: {_message(text, content_type)}", upstream_status=status
+    )
+
+
+async def _read_error_body(response: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await response.content.read(ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return ""
+    return raw.decode("utf-8", "replace")
+
+
+def _message(text: str, content_type: str) -> str:
+    """The most useful short message in an error body (g4f's rules)."""
+    stripped = text.lstrip()
+    if "text/html" in content_type or stripped[:15].lower().startswith(("<!doctype", "<html")):
+        return "HTML content"
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return stripped[:MESSAGE_LIMIT] or "empty body"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:MESSAGE_LIMIT]
+        if isinstance(data.get("message"), str):
+            return str(data["message"])[:MESSAGE_LIMIT]
+    return stripped[:MESSAGE_LIMIT]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds from now (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+__all__ = ["ChatPrompt", "ClientObserver", "FlowGptClient", "FlowGptStream", "UpstreamError", "parse_retry_after"]
