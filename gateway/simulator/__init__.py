@@ -1,0 +1,30 @@
+"""A FlowGpt-compatible upstream simulator with runtime fault injection.
+
+Used by integration tests, benchmarks, alert drills and load tests; see docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+from gateway.simulator.app import SIM_STATE, SimState, SimStats
+from gateway.simulator.faults import (
+    CLOUDFLARE_PAGE,
+    SimFaults,
+    SimOptions,
+    expected_answer,
+    split_answer,
+)
+from gateway.simulator.server import Simulator, build_app, create_simulator_app
+
+__all__ = [
+    "CLOUDFLARE_PAGE",
+    "SIM_STATE",
+    "SimFaults",
+    "SimOptions",
+    "SimState",
+    "SimStats",
+    "Simulator",
+    "build_app",
+    "create_simulator_app",
+    "expected_answer",
+    "split_answer",
+]

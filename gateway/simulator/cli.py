@@ -1,0 +1,91 @@
+"""Command-line front end: ``add_arguments`` for a (sub)parser, ``run`` to serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN
+from gateway.simulator.faults import SimFaults, SimOptions
+from gateway.simulator.server import Simulator
+
+# Fault flags default to None so only the ones given override SimFaults' defaults.
+_FAULT_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("--http-status", int, "answer every faulted request with this HTTP status instead of a stream"),
+    ("--http-body", str, "body for --http-status; 'cloudflare' sends a Cloudflare challenge page"),
+    ("--retry-after", float, "Retry-After seconds sent with --http-status (rounded up)"),
+    ("--slow-first-token", float, "seconds between the response headers and the first line"),
+    ("--stall-after", int, "send this many text chunks, then hang without closing"),
+    ("--reset-after", int, "send this many text chunks, then drop the connection"),
+    ("--garbage-ratio", float, "probability (0..1) of a non-JSON line before each text chunk"),
+    ("--ratio", float, "fraction (0..1) of requests the faults apply to"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options and fault flags to ``parser``."""
+    serve = parser.add_argument_group("simulator")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8090, help="port to bind, 0 for any (default: %(default)s)")
+    serve.add_argument("--chunks", type=int, default=8, help="text chunks per answer (default: %(default)s)")
+    serve.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between text chunks; 0 = benchmark mode")
+    serve.add_argument("--seed", type=int, default=None, help="RNG seed for --ratio and --garbage-ratio")
+    serve.add_argument("--token", default=ANONYMOUS_TOKEN, help="expected bearer token (default: the anonymous 'null')")
+    serve.add_argument("--no-check-signature", action="store_true", help="accept unsigned requests")
+    serve.add_argument("--max-clock-skew", type=float, default=300.0, help="allowed x-timestamp skew in seconds")
+    serve.add_argument("--no-meta-events", action="store_true", help="do not start streams with non-text lines")
+    faults = parser.add_argument_group("faults (all off by default; change at runtime via /_sim/faults)")
+    for flag, kind, text in _FAULT_FLAGS:
+        faults.add_argument(flag, type=kind, default=None, help=text)
+    faults.add_argument("--html-200", action="store_true", default=None, help="answer 200 with an HTML page")
+    faults.add_argument("--empty-stream", action="store_true", default=None, help="answer 200 NDJSON with no lines")
+
+
+def options_from_args(ns: argparse.Namespace) -> tuple[SimOptions, SimFaults]:
+    """Validated options and faults from parsed arguments (pydantic ``ValidationError`` if invalid)."""
+    options = SimOptions(
+        chunks=ns.chunks,
+        chunk_delay=ns.chunk_delay,
+        token=ns.token,
+        check_signature=not ns.no_check_signature,
+        max_clock_skew=ns.max_clock_skew,
+        seed=ns.seed,
+        meta_events=not ns.no_meta_events,
+    )
+    given = {name: getattr(ns, name) for name in SimFaults.model_fields if getattr(ns, name, None) is not None}
+    return options, SimFaults.model_validate(given)
+
+
+async def _serve(sim: Simulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not available on Windows; Ctrl+C then arrives as KeyboardInterrupt instead.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        print(f"FlowGpt simulator on {sim.url} (faults: {sim.base_url}/_sim/faults)", flush=True)
+        await stop.wait()
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 on bad settings, 1 if it cannot listen."""
+    try:
+        options, faults = options_from_args(ns)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"invalid simulator settings: {exc}", file=sys.stderr)
+        return 2
+    sim = Simulator(options, faults, host=ns.host, port=ns.port)
+    try:
+        asyncio.run(_serve(sim))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"cannot listen on {ns.host}:{ns.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,592 @@
+"""The FlowGpt simulator, exercised over real loopback sockets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import ValidationError
+from pytest_aiohttp import AiohttpClient
+
+from gateway.flowgpt.protocol import (
+    ANONYMOUS_TOKEN,
+    UPSTREAM_PATH,
+    Message,
+    build_body,
+    signed_headers,
+)
+from gateway.simulator import (
+    CLOUDFLARE_PAGE,
+    SimFaults,
+    SimOptions,
+    Simulator,
+    create_simulator_app,
+    expected_answer,
+    split_answer,
+)
+from gateway.simulator.cli import add_arguments, options_from_args, run
+
+MODEL = "gpt-4-turbo"
+QUESTION = "What is the capital of France?"
+ANSWER = expected_answer(MODEL, QUESTION)
+
+
+def chat_body(question: str = QUESTION) -> dict[str, Any]:
+    """A valid FlowGpt request body."""
+    return build_body(MODEL, [Message("system", "Be brief."), Message("user", question)])
+
+
+def parse(raw: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Split an NDJSON body into JSON objects and garbage (non-JSON) lines."""
+    objects: list[dict[str, Any]] = []
+    garbage: list[bytes] = []
+    for line in raw.splitlines():
+        try:
+            objects.append(json.loads(line))
+        except ValueError:
+            garbage.append(line)
+    return objects, garbage
+
+
+def text_of(objects: list[dict[str, Any]]) -> str:
+    """The answer text carried by the text events."""
+    return "".join(o["data"] for o in objects if o.get("event") == "text")
+
+
+async def eventually(check: Callable[[], bool], within: float = 1.0) -> None:
+    """Wait (bounded) until ``check()`` holds."""
+    for _ in range(int(within / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    assert check()
+
+
+async def read_lines(resp: aiohttp.ClientResponse, into: list[bytes]) -> None:
+    """Collect body lines into ``into`` until the body ends (or fails, keeping what arrived)."""
+    async for line in resp.content:
+        into.append(line)
+
+
+@pytest.fixture(name="sim")
+async def fixture_sim() -> AsyncIterator[Simulator]:
+    """A healthy simulator on a free loopback port."""
+    async with Simulator(SimOptions(seed=1)) as sim:
+        yield sim
+
+
+@pytest.fixture(name="session")
+async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session without keep-alive, so restarts never meet a stale pooled socket."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+async def post_chat(
+    session: aiohttp.ClientSession,
+    sim: Simulator,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
+    """POST one signed chat request and return status, content type and body."""
+    async with session.post(
+        sim.url,
+        json=chat_body() if body is None else body,
+        headers=signed_headers(ANONYMOUS_TOKEN) if headers is None else headers,
+    ) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+# --- healthy behaviour -------------------------------------------------------------
+
+
+async def test_healthy_stream_carries_expected_answer_and_meta_events(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """A signed valid request gets the whole expected answer as NDJSON text events plus meta lines."""
+    status, content_type, raw = await post_chat(session, sim)
+    objects, garbage = parse(raw)
+    assert (status, content_type, garbage) == (200, "application/x-ndjson", [])
+    assert text_of(objects) == ANSWER
+    assert any(o.get("event") not in (None, "text") for o in objects)
+    assert any("event" not in o for o in objects)
+    assert sum(o.get("event") == "text" for o in objects) == 8
+    stats = sim.stats
+    assert (stats.completed_streams, stats.text_chunks_sent, stats.active_streams) == (1, 8, 0)
+    assert stats.responses_by_status == {200: 1}
+    assert stats.last_body is not None
+    assert stats.last_body["question"] == QUESTION
+    assert stats.last_headers is not None
+    assert stats.last_headers["Authorization"] == "Bearer null"
+
+
+async def test_paced_stream_respects_chunk_delay(session: aiohttp.ClientSession) -> None:
+    """With chunk_delay the answer is still complete and takes at least (chunks - 1) delays."""
+    async with Simulator(SimOptions(chunks=5, chunk_delay=0.02, meta_events=False)) as sim:
+        started = time.monotonic()
+        _, _, raw = await post_chat(session, sim)
+        elapsed = time.monotonic() - started
+    objects, _ = parse(raw)
+    assert text_of(objects) == ANSWER
+    assert all(o.get("event") == "text" for o in objects)
+    assert elapsed >= 4 * 0.02
+
+
+@pytest.mark.parametrize(("answer", "chunks"), [("abcdefghij", 3), ("ab", 8), ("x" * 100, 8), ("abc", 1)])
+def test_split_answer_is_lossless(answer: str, chunks: int) -> None:
+    """split_answer gives at most ``chunks`` non-empty pieces that join back to the answer."""
+    pieces = split_answer(answer, chunks)
+    assert "".join(pieces) == answer
+    assert all(pieces)
+    assert len(pieces) == min(chunks, len(answer))
+
+
+def test_expected_answer_echoes_model_and_question() -> None:
+    """The canned answer proves which model and question arrived."""
+    assert MODEL in ANSWER
+    assert QUESTION in ANSWER
+
+
+async def test_app_factory_works_with_pytest_aiohttp(aiohttp_client: AiohttpClient) -> None:
+    """create_simulator_app serves the protocol under pytest-aiohttp's test client too."""
+    client = await aiohttp_client(create_simulator_app(SimOptions(chunks=2)))
+    resp = await client.post(UPSTREAM_PATH, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN))
+    objects, _ = parse(await resp.read())
+    assert text_of(objects) == ANSWER
+
+
+# --- request checks ----------------------------------------------------------------
+
+
+def _bad_signature() -> dict[str, str]:
+    headers = signed_headers(ANONYMOUS_TOKEN)
+    headers["x-signature"] = "0" * 32
+    return headers
+
+
+def _missing(name: str) -> Callable[[], dict[str, str]]:
+    def build() -> dict[str, str]:
+        headers = signed_headers(ANONYMOUS_TOKEN)
+        del headers[name]
+        return headers
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("make_headers", "reason"),
+    [
+        (_bad_signature, "invalid signature"),
+        (lambda: signed_headers("some-other-token"), "invalid token"),
+        (lambda: signed_headers(ANONYMOUS_TOKEN, now=time.time() - 1000), "stale x-timestamp"),
+        (_missing("x-nonce"), "missing header x-nonce"),
+        (_missing("x-signature"), "missing header x-signature"),
+        (_missing("x-timestamp"), "missing header x-timestamp"),
+        (_missing("x-flow-device-id"), "missing header x-flow-device-id"),
+        (_missing("Authorization"), "missing header Authorization"),
+    ],
+)
+async def test_bad_signing_is_401(
+    sim: Simulator,
+    session: aiohttp.ClientSession,
+    make_headers: Callable[[], dict[str, str]],
+    reason: str,
+) -> None:
+    """Missing, wrong or stale signing headers get 401 with a message saying what is wrong."""
+    status, _, raw = await post_chat(session, sim, headers=make_headers())
+    assert status == 401
+    assert reason in json.loads(raw)["message"]
+    assert sim.stats.responses_by_status == {401: 1}
+
+
+async def test_signature_check_can_be_disabled(session: aiohttp.ClientSession) -> None:
+    """With check_signature=False an unsigned request is answered."""
+    async with Simulator(SimOptions(check_signature=False)) as sim:
+        status, _, raw = await post_chat(session, sim, headers={"X-Nothing": "1"})
+    assert status == 200
+    assert text_of(parse(raw)[0]) == ANSWER
+
+
+async def test_custom_token_is_required(session: aiohttp.ClientSession) -> None:
+    """A simulator with a real token accepts only that bearer token."""
+    async with Simulator(SimOptions(token="s3cret")) as sim:
+        assert (await post_chat(session, sim))[0] == 401
+        assert (await post_chat(session, sim, headers=signed_headers("s3cret")))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("model", "gpt-9", "model"),
+        ("question", "", "question"),
+        ("question", 5, "question"),
+        ("history", "none", "history"),
+        ("history", [{"role": "system", "content": "x"}], "history.0.role"),
+        ("history", [{"role": "user"}], "history.0.content"),
+        ("system", None, "system"),
+        ("temperature", 2.5, "temperature"),
+        ("temperature", "0.7", "temperature"),
+        ("promptId", "model-gpt-3.5-turbo", "promptId"),
+        ("nsfw", 0, "nsfw"),
+        ("generateImage", "false", "generateImage"),
+        ("generateAudio", None, "generateAudio"),
+        ("documentIds", {}, "documentIds"),
+        ("chatFileDocumentIds", "x", "chatFileDocumentIds"),
+    ],
+)
+async def test_invalid_body_field_is_400_naming_it(
+    sim: Simulator, session: aiohttp.ClientSession, field: str, value: Any, named: str
+) -> None:
+    """A body field with a wrong type or value gets 400 whose message names the field."""
+    body = chat_body() | {field: value}
+    status, _, raw = await post_chat(session, sim, body=body)
+    assert status == 400
+    error = json.loads(raw)
+    assert f"'{named}'" in error["message"]
+    assert error["field"] == named
+
+
+async def test_missing_body_field_is_400(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """A body without a protocol field gets 400 naming it."""
+    body = chat_body()
+    del body["chatFileDocumentIds"]
+    status, _, raw = await post_chat(session, sim, body=body)
+    assert status == 400
+    assert "'chatFileDocumentIds'" in json.loads(raw)["message"]
+
+
+@pytest.mark.parametrize(("payload", "reason"), [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object")])
+async def test_malformed_body_is_400(
+    sim: Simulator, session: aiohttp.ClientSession, payload: bytes, reason: str
+) -> None:
+    """A body that is not a JSON object gets 400."""
+    async with session.post(sim.url, data=payload, headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        assert resp.status == 400
+        assert reason in (await resp.json())["message"]
+
+
+# --- faults ------------------------------------------------------------------------
+
+
+async def test_http_status_fault_sends_json_error(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """http_status answers with that status and a JSON error body by default."""
+    sim.faults = SimFaults(http_status=503)
+    status, content_type, raw = await post_chat(session, sim)
+    assert (status, content_type) == (503, "application/json")
+    assert json.loads(raw) == {"error": {"message": "simulated upstream error 503"}}
+    assert sim.stats.faulted_total == 1
+
+
+async def test_cloudflare_body_is_a_challenge_page(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """http_body='cloudflare' sends the Cloudflare challenge page as HTML."""
+    sim.faults = SimFaults(http_status=403, http_body="cloudflare")
+    status, content_type, raw = await post_chat(session, sim)
+    assert status == 403
+    assert content_type.startswith("text/html")
+    assert raw.decode() == CLOUDFLARE_PAGE
+    assert "<title>Just a moment...</title>" in CLOUDFLARE_PAGE
+    assert '<div id="cf-please-wait">' in CLOUDFLARE_PAGE
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("<html><body>bad gateway</body></html>", "text/html"),
+        ("upstream gone", "text/plain"),
+        ('{"message": "busy"}', "application/json"),
+    ],
+)
+async def test_custom_error_body_gets_matching_content_type(
+    sim: Simulator, session: aiohttp.ClientSession, body: str, content_type: str
+) -> None:
+    """A custom http_body is sent verbatim with a content type that fits it."""
+    sim.faults = SimFaults(http_status=502, http_body=body)
+    status, got_type, raw = await post_chat(session, sim)
+    assert (status, raw.decode()) == (502, body)
+    assert got_type.startswith(content_type)
+
+
+async def test_retry_after_is_whole_seconds_rounded_up(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """retry_after travels as a Retry-After header in whole seconds, rounded up."""
+    sim.faults = SimFaults(http_status=429, retry_after=1.2)
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "2"
+
+
+async def test_slow_first_token_sends_headers_then_waits(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """slow_first_token delays the first line, not the response headers."""
+    sim.faults = SimFaults(slow_first_token=0.25)
+    started = time.monotonic()
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        headers_at = time.monotonic()
+        await resp.content.readline()
+        first_line_at = time.monotonic()
+        rest = await resp.read()
+    assert first_line_at - started >= 0.25
+    assert first_line_at - headers_at >= 0.1
+    assert rest
+
+
+async def test_stall_after_hangs_until_client_leaves(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """stall_after sends N chunks then hangs; the client times out and its leaving is counted."""
+    sim.faults = SimFaults(stall_after=2)
+    lines: list[bytes] = []
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=0.2)
+    async with session.post(
+        sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN), timeout=timeout
+    ) as resp:
+        with pytest.raises(TimeoutError):
+            await read_lines(resp, lines)
+        assert sim.stats.active_streams == 1
+    objects, _ = parse(b"".join(lines))
+    assert sum(o.get("event") == "text" for o in objects) == 2
+    await eventually(lambda: sim.stats.client_disconnects == 1)
+    assert (sim.stats.active_streams, sim.stats.completed_streams) == (0, 0)
+
+
+async def test_client_leaving_a_paced_stream_is_counted(session: aiohttp.ClientSession) -> None:
+    """A client that closes mid-stream counts as a disconnect, not a completed stream."""
+    async with Simulator(SimOptions(chunk_delay=0.05)) as sim:
+        async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+            await resp.content.readline()
+        await eventually(lambda: sim.stats.client_disconnects == 1)
+        assert (sim.stats.active_streams, sim.stats.completed_streams) == (0, 0)
+
+
+async def test_reset_after_breaks_the_body(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """reset_after sends N chunks then drops the connection: the client gets ClientPayloadError."""
+    sim.faults = SimFaults(reset_after=3)
+    lines: list[bytes] = []
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await read_lines(resp, lines)
+    objects, _ = parse(b"".join(lines))
+    assert sum(o.get("event") == "text" for o in objects) == 3
+    assert sim.stats.completed_streams == 0
+
+
+async def test_garbage_ratio_one_puts_garbage_before_every_chunk(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """garbage_ratio=1 adds one non-JSON line per text chunk and leaves the answer whole."""
+    sim.faults = SimFaults(garbage_ratio=1)
+    _, _, raw = await post_chat(session, sim)
+    objects, garbage = parse(raw)
+    assert text_of(objects) == ANSWER
+    assert len(garbage) == 8
+    assert all(line.strip() for line in garbage)
+    assert sim.stats.garbage_lines_sent == 8
+
+
+async def test_html_200_is_an_html_page(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """html_200 answers 200 with an HTML page instead of NDJSON."""
+    sim.faults = SimFaults(html_200=True)
+    status, content_type, raw = await post_chat(session, sim)
+    assert status == 200
+    assert content_type.startswith("text/html")
+    assert raw.lstrip().startswith(b"<!DOCTYPE html>")
+
+
+async def test_empty_stream_has_no_lines(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """empty_stream answers 200 NDJSON with an empty body."""
+    sim.faults = SimFaults(empty_stream=True)
+    assert await post_chat(session, sim) == (200, "application/x-ndjson", b"")
+
+
+async def _statuses_with_ratio(session: aiohttp.ClientSession, seed: int, count: int) -> list[int]:
+    async with Simulator(SimOptions(seed=seed, chunks=1), SimFaults(http_status=500, ratio=0.3)) as sim:
+        statuses = [(await post_chat(session, sim))[0] for _ in range(count)]
+        assert sim.stats.faulted_total == statuses.count(500)
+        return statuses
+
+
+async def test_ratio_faults_a_seeded_share_of_requests(session: aiohttp.ClientSession) -> None:
+    """ratio=0.3 faults about 30% of requests, and the same seed faults the same ones."""
+    first = await _statuses_with_ratio(session, seed=42, count=200)
+    assert 40 <= first.count(500) <= 80
+    assert set(first) == {200, 500}
+    assert await _statuses_with_ratio(session, seed=42, count=200) == first
+
+
+async def test_ratio_zero_never_faults(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """ratio=0 keeps every request healthy even with faults set."""
+    sim.faults = SimFaults(http_status=500, ratio=0)
+    assert [(await post_chat(session, sim))[0] for _ in range(5)] == [200] * 5
+    assert sim.stats.faulted_total == 0
+
+
+def test_fault_model_validates() -> None:
+    """SimFaults rejects out-of-range values and unknown fields; the default is healthy."""
+    assert SimFaults() == SimFaults()
+    assert not SimFaults().active
+    assert not SimFaults(ratio=0.5).active
+    assert SimFaults(stall_after=0).active
+    with pytest.raises(ValidationError):
+        SimFaults(http_status=99)
+    with pytest.raises(ValidationError):
+        SimFaults(garbage_ratio=1.5)
+    with pytest.raises(ValidationError):
+        SimFaults(retry_after=float("inf"))
+    with pytest.raises(ValidationError):
+        SimFaults.model_validate({"bogus": 1})
+    with pytest.raises(ValidationError):
+        SimOptions(chunks=0)
+
+
+# --- admin API ---------------------------------------------------------------------
+
+
+async def test_admin_faults_roundtrip(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """Faults can be read, replaced (taking effect at once) and healed over HTTP."""
+    faults_url = sim.base_url + "/_sim/faults"
+    async with session.get(faults_url) as resp:
+        assert await resp.json() == SimFaults().model_dump()
+    async with session.post(faults_url, json={"http_status": 502, "retry_after": 3}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["http_status"] == 502
+    assert sim.faults == SimFaults(http_status=502, retry_after=3)
+    assert (await post_chat(session, sim))[0] == 502
+    async with session.delete(faults_url) as resp:
+        assert await resp.json() == SimFaults().model_dump()
+    assert (await post_chat(session, sim))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [({"garbage_ratio": 2}, "garbage_ratio"), ({"http_status": "teapot"}, "http_status"), ({"stall": 1}, "stall")],
+)
+async def test_admin_rejects_bad_fault_field(
+    sim: Simulator, session: aiohttp.ClientSession, payload: dict[str, Any], named: str
+) -> None:
+    """A bad fault value or unknown field gets 400 naming it and leaves the faults unchanged."""
+    sim.faults = SimFaults(empty_stream=True)
+    async with session.post(sim.base_url + "/_sim/faults", json=payload) as resp:
+        assert resp.status == 400
+        assert f"'{named}'" in (await resp.json())["message"]
+    assert sim.faults == SimFaults(empty_stream=True)
+
+
+async def test_admin_stats_and_reset(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """Stats are served as JSON and can be reset; healthz answers whatever the faults."""
+    await post_chat(session, sim)
+    async with session.get(sim.base_url + "/_sim/stats") as resp:
+        stats = await resp.json()
+    assert (stats["requests_total"], stats["responses_by_status"]) == (1, {"200": 1})
+    assert stats["last_body"]["question"] == QUESTION
+    async with session.post(sim.base_url + "/_sim/stats/reset") as resp:
+        assert (await resp.json())["requests_total"] == 0
+    assert sim.stats.requests_total == 0
+    sim.faults = SimFaults(http_status=500)
+    async with session.get(sim.base_url + "/_sim/healthz") as resp:
+        assert await resp.json() == {"status": "ok", "faults_active": True}
+
+
+# --- lifecycle ---------------------------------------------------------------------
+
+
+async def test_stop_is_quick_with_a_stalled_stream_open(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """stop() cuts a stalled stream at once instead of waiting for it."""
+    sim.faults = SimFaults(stall_after=1)
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        for _ in range(3):  # two meta lines and the one text chunk
+            await resp.content.readline()
+        started = time.monotonic()
+        await sim.stop()
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert sim.stats.active_streams == 0
+
+
+async def test_restart_on_the_same_port(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """After stop() requests are refused; start() listens again on the same port, stats kept."""
+    port = sim.port
+    assert (await post_chat(session, sim))[0] == 200
+    await sim.stop()
+    assert not sim.running
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post_chat(session, sim)
+    await sim.start()
+    assert sim.port == port
+    assert (await post_chat(session, sim))[0] == 200
+    assert sim.stats.completed_streams == 2
+
+
+def test_port_is_unknown_before_first_start() -> None:
+    """A port-0 simulator has no port until it starts; an explicit one is known at once."""
+    with pytest.raises(RuntimeError):
+        _ = Simulator().port
+    assert Simulator(port=8123).url == "http://127.0.0.1:8123" + UPSTREAM_PATH
+
+
+# --- command line ------------------------------------------------------------------
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_builds_options_and_only_given_faults() -> None:
+    """Flags map onto SimOptions and SimFaults; unset faults keep their healthy defaults."""
+    options, faults = options_from_args(
+        _parse("--chunks", "3", "--seed", "5", "--no-check-signature", "--http-status", "429", "--html-200")
+    )
+    assert options == SimOptions(chunks=3, seed=5, check_signature=False)
+    assert faults == SimFaults(http_status=429, html_200=True)
+    assert options_from_args(_parse()) == (SimOptions(), SimFaults())
+
+
+def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """run() refuses invalid settings with exit code 2 and a message."""
+    assert run(_parse("--garbage-ratio", "3")) == 2
+    assert "garbage_ratio" in capsys.readouterr().err
+
+
+async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
+    """run() prints the URL, serves with the given faults and exits 0 on SIGTERM."""
+    code = (
+        "import argparse, sys\n"
+        "from gateway.simulator.cli import add_arguments, run\n"
+        "parser = argparse.ArgumentParser()\n"
+        "add_arguments(parser)\n"
+        "sys.exit(run(parser.parse_args(sys.argv[1:])))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        "--port",
+        "0",
+        "--http-status",
+        "418",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=20)).decode()
+        url = line.split()[3]
+        assert url.endswith(UPSTREAM_PATH)
+        assert "/_sim/faults" in line
+        async with session.post(url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+            assert resp.status == 418
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), timeout=5)
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
