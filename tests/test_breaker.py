@@ -1,0 +1,715 @@
+"""The breaker adapter: aiobreaker's counting with each of its known flaws contained."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, Self
+
+import pytest
+
+from gateway.breaker import HALF_OPEN_BUSY_RETRY_AFTER, BreakerState, CircuitBreaker
+from gateway.errors import (
+    CircuitOpenError,
+    InvalidRequestError,
+    UpstreamConnectError,
+    UpstreamInterruptedError,
+)
+
+UTCNOW_DEPRECATION = (
+    "datetime.datetime.utcnow() is deprecated and scheduled for removal in a future version. "
+    "Use timezone-aware objects to represent datetimes in UTC: datetime.datetime.now(datetime.UTC)."
+)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder:
+    """A BreakerListener that keeps every transition."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[BreakerState, BreakerState]] = []
+
+    def state_changed(self, old: BreakerState, new: BreakerState) -> None:
+        self.changes.append((old, new))
+
+
+class _DeprecatedUtcnow(datetime):
+    """A datetime whose utcnow() warns exactly as Python 3.12+ does."""
+
+    @classmethod
+    def utcnow(cls) -> Self:
+        warnings.warn(UTCNOW_DEPRECATION, DeprecationWarning, stacklevel=2)
+        return super().utcnow()
+
+
+BreakerFactory = Callable[..., CircuitBreaker]
+
+
+@pytest.fixture(name="clock")
+def clock_fixture() -> FakeClock:
+    """A fake monotonic clock."""
+    return FakeClock()
+
+
+@pytest.fixture(name="recorder")
+def recorder_fixture() -> Recorder:
+    """A listener that records transitions."""
+    return Recorder()
+
+
+@pytest.fixture(name="opened")
+def opened_fixture() -> list[None]:
+    """One entry per on_open call."""
+    return []
+
+
+@pytest.fixture(name="make_breaker")
+def make_breaker_fixture(clock: FakeClock, recorder: Recorder, opened: list[None]) -> BreakerFactory:
+    """Build breakers wired to the fake clock, the recorder and the on_open log."""
+
+    def factory(**overrides: Any) -> CircuitBreaker:
+        options: dict[str, Any] = {
+            "fail_max": 2,
+            "reset_timeout": 30.0,
+            "clock": clock,
+            "listeners": [recorder],
+            "on_open": lambda: opened.append(None),
+        }
+        return CircuitBreaker(**{**options, **overrides})
+
+    return factory
+
+
+@pytest.fixture(name="breaker")
+def breaker_fixture(make_breaker: BreakerFactory) -> CircuitBreaker:
+    """A breaker that trips after two failures and stays open 30 s."""
+    return make_breaker()
+
+
+@pytest.fixture(name="local_tz", params=["Asia/Tokyo", "America/New_York"])
+def local_tz_fixture(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with the process in a non-UTC time zone; restore it afterwards."""
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield str(request.param)
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()
+
+
+@pytest.fixture(name="utcnow_warns")
+def utcnow_warns_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make aiobreaker's utcnow() emit the 3.12+ DeprecationWarning, also on older Pythons."""
+    source: type[datetime] = datetime
+    if sys.version_info < (3, 12):
+        monkeypatch.setattr("aiobreaker.circuitbreaker.datetime", _DeprecatedUtcnow)
+        source = _DeprecatedUtcnow
+    with pytest.warns(DeprecationWarning, match=r"datetime\.datetime\.utcnow"):
+        source.utcnow()
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    """The state read afresh (mypy would otherwise keep a narrowed property across awaits)."""
+    return breaker.state
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def fail() -> NoReturn:
+    raise UpstreamConnectError("connection refused")
+
+
+async def trip(breaker: CircuitBreaker, times: int = 2) -> None:
+    for _ in range(times):
+        with pytest.raises(UpstreamConnectError):
+            await breaker.call(fail)
+
+
+async def reach_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Trip the breaker, wait out the open period and run one trial that hangs, then cancel it."""
+    await trip(breaker)
+    clock.advance(breaker.current_open_duration)
+    started = asyncio.Event()
+
+    async def hang() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    task = asyncio.create_task(breaker.call(hang))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert state_of(breaker) == "half_open"
+
+
+# -- the aiobreaker flaws, one test (or two) each ---------------------------------------------
+
+
+async def test_int_timings_are_accepted_and_trip(clock: FakeClock) -> None:
+    """Int timings (aiobreaker fails on a non-timedelta only when it trips) work through a trip and recovery."""
+    breaker = CircuitBreaker(fail_max=2, reset_timeout=30, reset_multiplier=2, reset_max=300, clock=clock)
+    await trip(breaker)
+    assert state_of(breaker) == "open"
+    assert breaker.retry_after() == 30.0
+    clock.advance(30)
+    assert await breaker.call(ok) == "ok"
+    assert state_of(breaker) == "closed"
+
+
+async def test_guards_the_coroutine_that_opens_a_stream_and_record_failure_trips(
+    breaker: CircuitBreaker, opened: list[None]
+) -> None:
+    """A stream is guarded at its opening step; mid-stream breaks go through record_failure and trip it."""
+
+    async def broken_stream() -> AsyncIterator[str]:
+        yield "Hel"
+        raise UpstreamInterruptedError("the stream broke after it started")
+
+    async def open_stream() -> AsyncIterator[str]:
+        return broken_stream()
+
+    # Two concurrent streams open fine (successes), then both break mid-way.
+    streams = [await breaker.call(open_stream), await breaker.call(open_stream)]
+    assert breaker.consecutive_failures == 0
+    for failures, stream in enumerate(streams, start=1):
+        with pytest.raises(UpstreamInterruptedError) as exc_info:
+            _ = [text async for text in stream]
+        await breaker.record_failure(exc_info.value)
+        assert breaker.consecutive_failures == failures
+    assert state_of(breaker) == "open"
+    assert opened == [None]
+
+
+async def test_deferred_success_lets_streams_that_always_break_trip_it(breaker: CircuitBreaker) -> None:
+    """With defer_success, opened-then-broken streams count as consecutive failures and trip the breaker."""
+
+    async def open_stream() -> str:
+        return "first token"
+
+    for _ in range(2):  # fail_max of the fixture breaker
+        assert await breaker.call(open_stream, defer_success=True) == "first token"
+        await breaker.record_failure(UpstreamInterruptedError("broke mid-stream"))
+    assert state_of(breaker) == "open"
+
+
+async def test_deferred_success_counts_when_the_stream_ends(breaker: CircuitBreaker) -> None:
+    """A deferred success recorded at the end of a stream resets the failure count."""
+
+    async def open_stream() -> str:
+        return "first token"
+
+    await breaker.record_failure(UpstreamInterruptedError("one broken stream"))
+    await breaker.call(open_stream, defer_success=True)
+    assert breaker.consecutive_failures == 1
+    await breaker.record_success()
+    assert breaker.consecutive_failures == 0
+
+
+async def test_async_generator_functions_are_refused_without_counting(breaker: CircuitBreaker) -> None:
+    """Passing an async generator function (aiobreaker would count a TypeError) raises TypeError and counts nothing."""
+
+    async def stream() -> AsyncIterator[str]:
+        yield "never reached"
+
+    with pytest.raises(TypeError, match="async generator"):
+        await breaker.call(stream)  # type: ignore[arg-type]
+    assert breaker.consecutive_failures == 0
+
+
+async def test_half_open_admits_a_single_trial(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Five concurrent calls after the open period: one reaches fn, four get half_open_busy."""
+    await trip(breaker)
+    clock.advance(30)
+    release = asyncio.Event()
+    reached = 0
+
+    async def trial() -> str:
+        nonlocal reached
+        reached += 1
+        await release.wait()
+        return "ok"
+
+    tasks = [asyncio.create_task(breaker.call(trial)) for _ in range(5)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert reached == 1
+    assert breaker.retry_after() == HALF_OPEN_BUSY_RETRY_AFTER
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, CircuitOpenError)]
+    assert results.count("ok") == 1
+    assert len(refused) == 4
+    assert all(r.code == "half_open_busy" and r.half_open for r in refused)
+    assert all(r.retry_after == HALF_OPEN_BUSY_RETRY_AFTER for r in refused)
+    assert state_of(breaker) == "closed"
+
+
+async def test_half_open_calls_sets_the_number_of_trials(make_breaker: BreakerFactory, clock: FakeClock) -> None:
+    """With half_open_calls=2, two concurrent trials reach fn and the third is refused."""
+    breaker = make_breaker(half_open_calls=2)
+    await trip(breaker)
+    clock.advance(30)
+    release = asyncio.Event()
+
+    async def trial() -> str:
+        await release.wait()
+        return "ok"
+
+    first, second = asyncio.create_task(breaker.call(trial)), asyncio.create_task(breaker.call(trial))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpenError) as exc_info:
+        await breaker.call(trial)
+    assert exc_info.value.half_open
+    release.set()
+    assert list(await asyncio.gather(first, second)) == ["ok", "ok"]
+
+
+async def test_only_consecutive_failures_trip(make_breaker: BreakerFactory) -> None:
+    """fail_max counts consecutive failures: a success in between resets the count."""
+    breaker = make_breaker(fail_max=3)
+    await trip(breaker, 2)
+    assert breaker.consecutive_failures == 2
+    assert await breaker.call(ok) == "ok"
+    assert breaker.consecutive_failures == 0
+    await trip(breaker, 2)
+    assert state_of(breaker) == "closed"
+    await trip(breaker, 1)
+    assert state_of(breaker) == "open"
+
+
+async def test_non_upstream_errors_do_not_count(make_breaker: BreakerFactory) -> None:
+    """A non-UpstreamError is excluded: never a failure, and (aiobreaker's rule) it counts as a success."""
+    breaker = make_breaker(fail_max=3)
+
+    async def bad_request() -> NoReturn:
+        raise InvalidRequestError("the prompt is empty")
+
+    async def bug() -> NoReturn:
+        raise ValueError("a bug in the caller")
+
+    await trip(breaker, 2)
+    for fn in (bad_request, bug, bad_request, bug):
+        with pytest.raises((InvalidRequestError, ValueError)):
+            await breaker.call(fn)
+    assert state_of(breaker) == "closed"
+    assert breaker.consecutive_failures == 0
+
+
+async def test_excluded_error_during_a_trial_closes(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """A trial that ends in a non-upstream error closes the breaker: the upstream answered."""
+    await trip(breaker)
+    clock.advance(30)
+
+    async def bad_request() -> NoReturn:
+        raise InvalidRequestError("the prompt is empty")
+
+    with pytest.raises(InvalidRequestError):
+        await breaker.call(bad_request)
+    assert state_of(breaker) == "closed"
+
+
+async def test_cancelled_call_is_neither_failure_nor_success(make_breaker: BreakerFactory) -> None:
+    """A cancelled call (client disconnect) leaves the count as it was: no trip, no reset."""
+    breaker = make_breaker(fail_max=3)
+    await trip(breaker, 2)
+    started = asyncio.Event()
+
+    async def hang() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    task = asyncio.create_task(breaker.call(hang))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (breaker.state, breaker.consecutive_failures) == ("closed", 2)
+    await trip(breaker, 1)
+    assert state_of(breaker) == "open"
+
+
+async def test_cancelled_trial_keeps_half_open_and_frees_the_slot(
+    breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder
+) -> None:
+    """Cancelling the half-open trial neither closes nor re-opens, and the next caller gets the slot."""
+    await trip(breaker)
+    clock.advance(30)
+    started = asyncio.Event()
+
+    async def hang() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    task = asyncio.create_task(breaker.call(hang))
+    await started.wait()
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(ok)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert state_of(breaker) == "half_open"
+    assert recorder.changes == [("closed", "open"), ("open", "half_open")]
+    assert await breaker.call(ok) == "ok"
+    assert state_of(breaker) == "closed"
+
+
+async def test_tripping_call_raises_the_original_error(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """The call that trips gets its own UpstreamError (cause and context intact), never CircuitBreakerError."""
+    root = OSError("connection reset")
+    error = UpstreamConnectError("connect failed")
+
+    async def fail_with_cause() -> NoReturn:
+        raise error from root
+
+    with pytest.raises(UpstreamConnectError):
+        await breaker.call(fail)
+    with pytest.raises(UpstreamConnectError) as exc_info:
+        await breaker.call(fail_with_cause)
+    assert exc_info.value is error
+    assert error.__cause__ is root
+    assert error.__context__ is None
+    assert not [f for f in traceback.extract_tb(error.__traceback__) if "aiobreaker" in f.filename]
+    assert state_of(breaker) == "open"
+    # The re-open from a failed trial is aiobreaker's other CircuitBreakerError site.
+    clock.advance(30)
+    with pytest.raises(UpstreamConnectError):
+        await breaker.call(fail)
+    assert state_of(breaker) == "open"
+
+
+async def test_retry_after_uses_the_injected_clock_in_non_utc_zones(
+    local_tz: str, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """On a non-UTC host retry_after is the monotonic time left, and the breaker re-admits on time."""
+    assert datetime.now().astimezone().utcoffset() != timedelta(0), local_tz
+    await trip(breaker)
+    assert breaker.open_until == 1030.0
+    clock.advance(12.5)
+    assert breaker.retry_after() == 17.5
+    with pytest.raises(CircuitOpenError) as exc_info:
+        await breaker.call(ok)
+    assert exc_info.value.retry_after == 17.5
+    clock.advance(17.5)
+    assert breaker.retry_after() == 0.0
+    assert await breaker.call(ok) == "ok"
+
+
+@pytest.mark.usefixtures("utcnow_warns")
+async def test_opens_despite_utcnow_deprecation_under_pytest_config(breaker: CircuitBreaker) -> None:
+    """With pytest's filterwarnings (error + the aiobreaker ignore) the utcnow warning does not stop opening."""
+    await trip(breaker)
+    assert state_of(breaker) == "open"
+
+
+@pytest.mark.usefixtures("utcnow_warns")
+async def test_opens_despite_utcnow_deprecation_with_all_warnings_errors(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Even with every warning an error (-W error, no ignore), the breaker opens and re-opens."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await trip(breaker)
+        assert state_of(breaker) == "open"
+        clock.advance(30)
+        with pytest.raises(UpstreamConnectError):
+            await breaker.call(fail)
+        assert state_of(breaker) == "open"
+
+
+async def test_error_messages_are_clean(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Refusals carry a readable message and code (aiobreaker's error prints a tuple)."""
+    await trip(breaker)
+    with pytest.raises(CircuitOpenError) as open_info:
+        await breaker.call(ok)
+    assert str(open_info.value) == "circuit breaker 'flowgpt' is open; retry in 30 s"
+    assert open_info.value.code == "circuit_open"
+    clock.advance(30)
+    task = asyncio.create_task(breaker.call(asyncio.Event().wait))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpenError) as busy_info:
+        await breaker.call(ok)
+    assert str(busy_info.value) == "circuit breaker 'flowgpt' is half-open and its trial call is in progress"
+    task.cancel()
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError) as forced_info:
+        await breaker.call(ok)
+    assert str(forced_info.value) == "circuit breaker 'flowgpt' is forced open by an operator"
+    for info in (open_info, busy_info, forced_info):
+        assert not str(info.value).startswith("(")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# -- growth, control, hooks, listeners, snapshot --------------------------------------------------
+
+
+async def test_open_duration_grows_per_failed_trial_up_to_the_cap(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    """Each failed trial multiplies the open period, capped at reset_max; a close resets it."""
+    breaker = make_breaker(reset_timeout=10.0, reset_multiplier=2.0, reset_max=35.0)
+    await trip(breaker)
+    durations = [breaker.current_open_duration]
+    for _ in range(3):
+        clock.advance(breaker.retry_after())
+        with pytest.raises(UpstreamConnectError):
+            await breaker.call(fail)
+        assert breaker.open_until == clock.now + breaker.current_open_duration
+        durations.append(breaker.current_open_duration)
+    assert durations == [10.0, 20.0, 35.0, 35.0]
+    clock.advance(35.0)
+    assert await breaker.call(ok) == "ok"
+    assert breaker.current_open_duration == 10.0
+    await trip(breaker)
+    assert breaker.retry_after() == 10.0
+
+
+async def test_forced_open_refuses_everything(breaker: CircuitBreaker, recorder: Recorder, opened: list[None]) -> None:
+    """forced_open refuses every call without calling fn, announces the change, and is not a traffic trip."""
+    reached = False
+
+    async def upstream() -> str:
+        nonlocal reached
+        reached = True
+        return "ok"
+
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError) as exc_info:
+        await breaker.call(upstream)
+    assert not reached
+    assert exc_info.value.retry_after == 30.0
+    assert (breaker.state, breaker.mode, breaker.open_until) == ("open", "forced_open", None)
+    await breaker.record_failure(UpstreamConnectError("ignored"))
+    assert breaker.consecutive_failures == 0
+    assert recorder.changes == [("closed", "open")]
+    assert opened == []
+
+
+async def test_forced_closed_admits_everything_and_never_trips(
+    breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder
+) -> None:
+    """forced_closed closes an open breaker, admits every call and counts no failure."""
+    await trip(breaker)
+    breaker.force_closed()
+    assert (breaker.state, breaker.mode) == ("closed", "forced_closed")
+    await trip(breaker, 10)
+    await breaker.record_failure(UpstreamConnectError("ignored"))
+    assert (breaker.state, breaker.consecutive_failures, breaker.retry_after()) == ("closed", 0, 0.0)
+    assert recorder.changes == [("closed", "open"), ("open", "closed")]
+
+
+async def test_automatic_resumes_closed_with_a_fresh_count(breaker: CircuitBreaker, recorder: Recorder) -> None:
+    """Leaving a forced mode returns to closed, counting from zero."""
+    await trip(breaker, 1)
+    breaker.force_open()
+    breaker.automatic()
+    assert (breaker.state, breaker.mode, breaker.consecutive_failures) == ("closed", "auto", 0)
+    await trip(breaker, 1)
+    assert state_of(breaker) == "closed"
+    await trip(breaker, 1)
+    assert state_of(breaker) == "open"
+    assert recorder.changes == [("closed", "open"), ("open", "closed"), ("closed", "open")]
+
+
+async def test_close_resets_state_failures_and_growth(make_breaker: BreakerFactory, clock: FakeClock) -> None:
+    """close() (the probe saw recovery) closes at once and resets failures and growth; a forced mode still wins."""
+    breaker = make_breaker(reset_multiplier=2.0)
+    await trip(breaker)
+    clock.advance(30)
+    with pytest.raises(UpstreamConnectError):
+        await breaker.call(fail)
+    assert breaker.current_open_duration == 60.0
+    breaker.close()
+    assert (breaker.state, breaker.consecutive_failures, breaker.current_open_duration) == ("closed", 0, 30.0)
+    assert breaker.open_until is None
+    breaker.force_open()
+    breaker.close()
+    assert (breaker.state, breaker.mode) == ("open", "forced_open")
+
+
+async def test_on_open_fires_only_for_trips_caused_by_traffic(
+    breaker: CircuitBreaker, clock: FakeClock, opened: list[None]
+) -> None:
+    """on_open fires for trips by calls and record_failure, not for operator or probe actions."""
+    await trip(breaker)
+    assert len(opened) == 1
+    clock.advance(30)
+    with pytest.raises(UpstreamConnectError):
+        await breaker.call(fail)
+    assert len(opened) == 2
+    breaker.close()
+    await breaker.record_failure(UpstreamInterruptedError("broke"))
+    await breaker.record_failure(UpstreamInterruptedError("broke"))
+    assert len(opened) == 3
+    breaker.automatic()
+    breaker.force_closed()
+    breaker.force_open()
+    breaker.automatic()
+    assert len(opened) == 3
+
+
+async def test_listeners_see_plain_state_names(breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder) -> None:
+    """Listeners get old/new as plain names for a full cycle and for forced changes."""
+    await trip(breaker)
+    clock.advance(30)
+    await breaker.call(ok)
+    breaker.force_open()
+    breaker.force_closed()
+    breaker.automatic()
+    assert recorder.changes == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+        ("closed", "open"),
+        ("open", "closed"),
+    ]
+    assert all(isinstance(name, str) for change in recorder.changes for name in change)
+
+
+async def test_a_failing_listener_does_not_break_the_breaker(
+    make_breaker: BreakerFactory, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener that raises is logged; later listeners still run and the trip still happens."""
+
+    class Broken:
+        def state_changed(self, old: BreakerState, new: BreakerState) -> None:
+            raise RuntimeError("metrics backend is down")
+
+    breaker = make_breaker(listeners=[Broken(), recorder])
+    await trip(breaker)
+    assert state_of(breaker) == "open"
+    assert recorder.changes == [("closed", "open")]
+    assert "breaker listener failed" in caplog.text
+
+
+async def test_record_failure_is_not_admission_gated_in_half_open(
+    make_breaker: BreakerFactory, clock: FakeClock, opened: list[None]
+) -> None:
+    """In half-open with the trial slot free, record_failure re-opens (grown period) and fires on_open."""
+    breaker = make_breaker(reset_multiplier=2.0)
+    await reach_half_open(breaker, clock)
+    await breaker.record_failure(UpstreamInterruptedError("an older stream broke"))
+    assert state_of(breaker) == "open"
+    assert breaker.retry_after() == 60.0
+    assert len(opened) == 2
+
+
+async def test_record_failure_leaves_the_error_untouched(breaker: CircuitBreaker) -> None:
+    """Replaying a stored error through aiobreaker changes neither its traceback nor its context."""
+    try:
+        raise UpstreamInterruptedError("the stream broke")
+    except UpstreamInterruptedError as caught:
+        error = caught
+    frames = traceback.extract_tb(error.__traceback__)
+    try:
+        raise RuntimeError("an unrelated error being handled")
+    except RuntimeError:
+        await breaker.record_failure(error)
+    assert breaker.consecutive_failures == 1
+    assert error.__context__ is None
+    assert traceback.extract_tb(error.__traceback__) == frames
+
+
+async def test_outcomes_of_calls_that_outlive_their_state_are_dropped(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Calls admitted while closed that end after the trip touch neither the open nor the half-open breaker."""
+    release = asyncio.Event()
+
+    async def slow(error: UpstreamConnectError | None) -> str:
+        await release.wait()
+        if error is not None:
+            raise error
+        return "late"
+
+    late_failure = asyncio.create_task(breaker.call(lambda: slow(UpstreamConnectError("late failure"))))
+    late_success = asyncio.create_task(breaker.call(lambda: slow(None)))
+    await asyncio.sleep(0)
+    await trip(breaker)
+    clock.advance(30)
+    trial_done = asyncio.Event()
+    trial = asyncio.create_task(breaker.call(trial_done.wait))  # half-open, trial in flight
+    await asyncio.sleep(0)
+    snapshot = breaker.snapshot()
+    assert snapshot["state"] == "half_open"
+    release.set()
+    with pytest.raises(UpstreamConnectError):
+        await late_failure
+    assert await late_success == "late"
+    assert breaker.snapshot() == snapshot
+    trial_done.set()
+    assert await trial is True
+    assert state_of(breaker) == "closed"
+
+
+async def test_calls_admitted_before_a_forced_mode_do_not_count(breaker: CircuitBreaker) -> None:
+    """A failure of a call admitted before force_closed() is not counted afterwards."""
+    release = asyncio.Event()
+
+    async def slow_fail() -> NoReturn:
+        await release.wait()
+        raise UpstreamConnectError("late failure")
+
+    late = asyncio.create_task(breaker.call(slow_fail))
+    await asyncio.sleep(0)
+    breaker.force_closed()
+    release.set()
+    with pytest.raises(UpstreamConnectError):
+        await late
+    assert breaker.consecutive_failures == 0
+
+
+async def test_snapshot_reports_the_status(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """snapshot() has name, state, mode, failures, retry_after and open duration."""
+    await trip(breaker, 1)
+    assert breaker.snapshot() == {
+        "name": "flowgpt",
+        "state": "closed",
+        "mode": "auto",
+        "consecutive_failures": 1,
+        "retry_after": 0.0,
+        "open_duration": 30.0,
+    }
+    await trip(breaker, 1)
+    clock.advance(5)
+    snapshot = breaker.snapshot()
+    assert (snapshot["state"], snapshot["retry_after"], snapshot["consecutive_failures"]) == ("open", 25.0, 2)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"fail_max": 0}, {"half_open_calls": 0}, {"reset_timeout": -1}, {"reset_multiplier": 0.5}, {"reset_max": 1}],
+)
+def test_invalid_settings_are_refused(options: dict[str, Any]) -> None:
+    """Nonsensical limits raise ValueError at construction."""
+    with pytest.raises(ValueError, match=r"must be|need"):
+        CircuitBreaker(**options)
