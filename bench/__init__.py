@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against direct and a bare proxy, in one run."""

@@ -1,0 +1,152 @@
+"""The application factory: one place that wires every component together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway.breaker import CircuitBreaker
+from gateway.flowgpt.client import FlowGptClient
+from gateway.handlers import admin, chat, models, ops
+from gateway.health import HealthState
+from gateway.limiter import ConcurrencyLimiter
+from gateway.metrics import Metrics
+from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
+from gateway.probe import Prober
+from gateway.retry import RetryBudget
+from gateway.settings import Settings
+from gateway.state import BREAKER, HEALTH, HTTP_SESSION, METRICS, PROBER, SETTINGS, STARTED_AT, UPSTREAM
+from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
+    """Build the gateway. No I/O happens here; the HTTP session and the probe start with the app."""
+    app = web.Application(
+        middlewares=[observe, errors, api_key_auth],
+        client_max_size=settings.max_body_bytes,
+        handler_args={"max_field_size": settings.max_header_bytes, "max_line_size": settings.max_header_bytes},
+    )
+    metrics = Metrics()
+    health = HealthState(
+        healthy_threshold=settings.probe_healthy_threshold,
+        unhealthy_threshold=settings.probe_unhealthy_threshold,
+        clock=clock,
+    )
+    breaker = CircuitBreaker(
+        fail_max=settings.breaker_fail_max,
+        reset_timeout=settings.breaker_reset_seconds,
+        reset_multiplier=settings.breaker_reset_multiplier,
+        reset_max=settings.breaker_reset_max_seconds,
+        half_open_calls=settings.breaker_half_open_calls,
+        clock=clock,
+        listeners=[metrics],
+        on_open=lambda: _on_breaker_open(app),
+    )
+    health.add_listener(lambda working: _on_working_changed(app, working))
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[HEALTH] = health
+    app[BREAKER] = breaker
+    app[STARTED_AT] = time.monotonic()
+    app.cleanup_ctx.append(_upstream_context(clock))
+    app.on_response_prepare.append(add_request_id_header)
+
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{id}", models.get_model)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/status", ops.status)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/admin/state", admin.get_admin_state)
+    app.router.add_post("/admin/breaker", admin.set_breaker_mode)
+    app.router.add_post("/admin/working", admin.set_working_mode)
+    metrics.precreate_routes(
+        [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource and r.method != "HEAD"]
+    )
+    return app
+
+
+def _upstream_context(
+    clock: Callable[[], float],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        metrics = app[METRICS]
+        # One session per app: connection pooling across requests, closed on exit.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        client = FlowGptClient(
+            session,
+            url=settings.upstream_url,
+            token=settings.upstream_token,
+            proxy=settings.upstream_proxy,
+            connect_timeout=settings.timeout_connect,
+            max_line_bytes=settings.upstream_max_line_bytes,
+            observer=metrics,
+        )
+        app[HTTP_SESSION] = session
+        app[UPSTREAM] = UpstreamService(
+            client,
+            breaker=app[BREAKER],
+            health=app[HEALTH],
+            limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),
+            budget=RetryBudget(ratio=settings.retry_budget_ratio, minimum=settings.retry_budget_min, clock=clock),
+            metrics=metrics,
+            timeouts=Timeouts(
+                first_token=settings.timeout_first_token, idle=settings.timeout_idle, total=settings.timeout_total
+            ),
+            retry=RetryPolicy(
+                max_retries=settings.retry_max,
+                backoff_base=settings.retry_backoff_base,
+                backoff_max=settings.retry_backoff_max,
+            ),
+        )
+        prober = Prober(
+            client,
+            app[HEALTH],
+            metrics,
+            interval=settings.probe_interval,
+            unhealthy_interval=settings.probe_unhealthy_interval,
+            timeout=settings.probe_timeout,
+            model=settings.probe_model,
+            prompt=settings.probe_prompt,
+            clock=clock,
+        )
+        app[PROBER] = prober
+        if settings.probe_enabled:
+            prober.start()
+        try:
+            yield
+        finally:
+            await prober.stop()
+            await session.close()
+
+    return context
+
+
+def _on_breaker_open(app: web.Application) -> None:
+    """Live traffic tripped the breaker: probe now rather than at the next tick."""
+    prober = app.get(PROBER)
+    if prober is not None and app[SETTINGS].probe_enabled:
+        prober.trigger()
+
+
+def _on_working_changed(app: web.Application, working: bool) -> None:
+    app[METRICS].working.set(1 if working else 0)
+    if working:
+        # The probe saw the upstream recover: do not make callers wait out the open timer.
+        app[BREAKER].close()
+
+
+async def begin_shutdown(app: web.Application) -> None:
+    """First step of a graceful stop: readiness fails and new chat requests are refused."""
+    upstream = app.get(UPSTREAM)
+    if upstream is not None:
+        upstream.draining = True
+    await asyncio.sleep(0)

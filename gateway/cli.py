@@ -1,0 +1,183 @@
+"""Command line: ``flowgpt-gateway serve | sim | demo | probe`` (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.app import begin_shutdown, create_app
+from gateway.flowgpt.client import FlowGptClient
+from gateway.health import HealthState
+from gateway.logs import configure_logging
+from gateway.metrics import Metrics
+from gateway.probe import Prober
+from gateway.settings import Settings, describe_validation_error
+from gateway.simulator import cli as sim_cli
+
+log = logging.getLogger("gateway")
+
+# CLI flag -> settings field; flags override GATEWAY_* variables.
+_SETTING_FLAGS: dict[str, dict[str, Any]] = {
+    "host": {"help": "listen address (GATEWAY_HOST)"},
+    "port": {"type": int, "help": "listen port (GATEWAY_PORT)"},
+    "upstream_url": {"help": "FlowGpt endpoint (GATEWAY_UPSTREAM_URL)"},
+    "log_format": {"choices": ["text", "json"], "help": "GATEWAY_LOG_FORMAT"},
+    "log_level": {"choices": ["DEBUG", "INFO", "WARNING", "ERROR"], "help": "GATEWAY_LOG_LEVEL"},
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **_SETTING_FLAGS[name])
+
+
+def load_settings(ns: argparse.Namespace, **forced: Any) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    overrides = {name: getattr(ns, name) for name in _SETTING_FLAGS if getattr(ns, name, None) is not None}
+    return Settings(**{**overrides, **forced})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="flowgpt-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway (upstream: GATEWAY_UPSTREAM_URL)")
+    _add_setting_flags(serve, list(_SETTING_FLAGS))
+    sim = commands.add_parser("sim", help="run the FlowGpt-compatible upstream simulator")
+    sim_cli.add_arguments(sim)
+    demo = commands.add_parser("demo", help="run the simulator and the gateway in front of it")
+    _add_setting_flags(demo, ["host", "port", "log_format", "log_level"])
+    demo.add_argument("--sim-port", type=int, default=8090, help="simulator port (default 8090)")
+    demo.add_argument("--chunk-delay", type=float, default=0.05, help="simulated delay between chunks")
+    probe = commands.add_parser("probe", help="send one health probe to the upstream; exit 0 if it works")
+    _add_setting_flags(probe, ["upstream_url", "log_format", "log_level"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    ns = build_parser().parse_args(argv)
+    if ns.command == "sim":
+        return sim_cli.run(ns)
+    try:
+        settings = load_settings(ns)
+    except ValidationError as exc:
+        print(f"flowgpt-gateway: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    runner = _event_loop_runner(settings)
+    if ns.command == "serve":
+        return runner(serve(settings))
+    if ns.command == "demo":
+        return runner(demo(settings, sim_port=ns.sim_port, chunk_delay=ns.chunk_delay))
+    return runner(probe_once(settings))
+
+
+def _event_loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, int]], int]:
+    if settings.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.run
+    return asyncio.run
+
+
+async def serve(settings: Settings, *, banner: str | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain gracefully; returns the exit code."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"flowgpt-gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    log.info(
+        "gateway listening url=http://%s:%d upstream=%s",
+        settings.host,
+        settings.port,
+        settings.upstream_url,
+    )
+    if banner:
+        print(banner, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down grace_seconds=%s", settings.shutdown_timeout)
+        await begin_shutdown(app)  # readiness fails first, then the listener closes
+        await runner.cleanup()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
+    """The simulator and the gateway in one process: the README's first command."""
+    from gateway.simulator import SimOptions, Simulator
+
+    async with Simulator(SimOptions(chunk_delay=chunk_delay), host="127.0.0.1", port=sim_port) as sim:
+        gateway_settings = settings.model_copy(update={"upstream_url": sim.url})
+        base = f"http://{settings.host}:{settings.port}"
+        banner = "\n".join(
+            [
+                f"simulator  {sim.url}   (faults: {sim.base_url}/_sim/faults)",
+                f"gateway    {base}/v1   (metrics: {base}/metrics, status: {base}/status)",
+                "try:",
+                f"  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
+                """-d '{"model": "gpt-3.5-turbo", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'""",
+                "stop with Ctrl-C",
+            ]
+        )
+        return await serve(gateway_settings, banner=banner)
+
+
+async def probe_once(settings: Settings) -> int:
+    """One probe against the configured upstream: prints the result, exit 0 on success, 1 on failure."""
+    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=asyncio.get_running_loop().time)
+    async with aiohttp.ClientSession() as session:
+        client = FlowGptClient(
+            session,
+            url=settings.upstream_url,
+            token=settings.upstream_token,
+            proxy=settings.upstream_proxy,
+            connect_timeout=settings.timeout_connect,
+        )
+        prober = Prober(
+            client,
+            health,
+            Metrics(),
+            interval=settings.probe_interval,
+            unhealthy_interval=settings.probe_unhealthy_interval,
+            timeout=settings.probe_timeout,
+            model=settings.probe_model,
+            prompt=settings.probe_prompt,
+        )
+        result = await prober.probe_once()
+    if result.ok:
+        print(f"ok upstream={settings.upstream_url} latency={result.latency:.3f}s")
+        return 0
+    print(f"failed upstream={settings.upstream_url} latency={result.latency:.3f}s error={result.error}")
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

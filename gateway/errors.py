@@ -1,0 +1,241 @@
+"""One error hierarchy for the whole gateway.
+
+::
+
+    GatewayError                      status, OpenAI type and code, message
+    ├── RequestError                  the caller's fault (4xx); never trips the breaker
+    │   ├── InvalidRequestError       400  invalid_request / invalid_json
+    │   ├── AuthenticationError       401  invalid_api_key
+    │   ├── NotFoundError             404  not_found
+    │   ├── ModelNotFoundError        404  model_not_found
+    │   ├── PayloadTooLargeError      413  request_too_large
+    │   └── RequestTimeoutError       408  request_timeout
+    ├── AdmissionError                refused without contacting the upstream
+    │   ├── CircuitOpenError          503  circuit_open / half_open_busy
+    │   ├── UpstreamNotWorkingError   503  upstream_not_working
+    │   ├── OverloadedError           429  gateway_overloaded
+    │   └── ShuttingDownError         503  shutting_down
+    └── UpstreamError                 the upstream failed (502 unless noted); ``kind`` feeds metrics
+        ├── UpstreamConnectError      connect
+        ├── UpstreamTimeoutError      504  timeout (phase: connect, first_token, idle, total)
+        ├── UpstreamStatusError       http_status (non-2xx)
+        │   ├── UpstreamRateLimitedError  rate_limited (429/402, keeps Retry-After)
+        │   ├── UpstreamBlockedError      blocked (Cloudflare page on 403)
+        │   └── UpstreamAuthError         auth (401)
+        ├── UpstreamProtocolError     protocol (HTML 200, nothing but garbage)
+        └── UpstreamInterruptedError  interrupted (stream broke after it started)
+
+aiohttp's exceptions are translated into these only in the FlowGpt client.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final, Literal
+
+UpstreamErrorKind = Literal[
+    "connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "protocol", "interrupted"
+]
+UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = (
+    "connect",
+    "timeout",
+    "http_status",
+    "rate_limited",
+    "blocked",
+    "auth",
+    "protocol",
+    "interrupted",
+)
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway turns into an HTTP response or a stream error event."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.code: str = code or self._code()
+
+    def _code(self) -> str:
+        return self.default_code
+
+
+class RequestError(GatewayError):
+    """The request itself is wrong; the upstream is never contacted."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class InvalidRequestError(RequestError):
+    """Malformed JSON or a field that fails validation."""
+
+
+class AuthenticationError(RequestError):
+    """Missing or wrong gateway API key."""
+
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(RequestError):
+    """No such route."""
+
+    status = 404
+    default_code = "not_found"
+
+
+class ModelNotFoundError(RequestError):
+    """The model is neither a FlowGpt model nor an alias."""
+
+    status = 404
+    default_code = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body exceeds the configured limit."""
+
+    status = 413
+    default_code = "request_too_large"
+
+
+class RequestTimeoutError(RequestError):
+    """The client took too long to send its body."""
+
+    status = 408
+    default_code = "request_timeout"
+
+
+class AdmissionError(GatewayError):
+    """Refused by the gateway to protect the upstream or itself."""
+
+    status = 503
+    error_type = "server_error"
+
+
+class CircuitOpenError(AdmissionError):
+    """The breaker is open (or half-open with its trial slots taken)."""
+
+    default_code = "circuit_open"
+
+    def __init__(self, message: str, *, retry_after: float, half_open: bool = False) -> None:
+        super().__init__(message, retry_after=retry_after, code="half_open_busy" if half_open else None)
+        self.half_open = half_open
+
+
+class UpstreamNotWorkingError(AdmissionError):
+    """The health probe (or an operator) marked the upstream as not working."""
+
+    default_code = "upstream_not_working"
+
+
+class OverloadedError(AdmissionError):
+    """Too many concurrent upstream calls; the bounded queue wait expired."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "gateway_overloaded"
+
+
+class ShuttingDownError(AdmissionError):
+    """The gateway is draining and accepts no new work."""
+
+    default_code = "shutting_down"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed; ``kind`` is the metrics label."""
+
+    status = 502
+    error_type = "upstream_error"
+    kind: UpstreamErrorKind = "http_status"
+    retryable: ClassVar[bool] = False
+
+    def _code(self) -> str:
+        # The code mirrors the metrics kind, so a client's error and a dashboard agree.
+        return f"upstream_{self.kind}"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The TCP/TLS connection (or the proxy) could not be established."""
+
+    kind = "connect"
+    retryable = True
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """A deadline passed: connect, first token, idle between lines or total."""
+
+    status = 504
+    kind = "timeout"
+
+    def __init__(self, message: str, *, phase: Literal["connect", "first_token", "idle", "total"]) -> None:
+        super().__init__(message)
+        self.phase = phase
+        # Only a timeout before any text is worth another attempt.
+        self.retryable_timeout = phase in ("connect", "first_token")
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx status."""
+
+    kind: UpstreamErrorKind = "http_status"
+
+    def __init__(self, message: str, *, upstream_status: int, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.upstream_status = upstream_status
+
+
+class UpstreamRateLimitedError(UpstreamStatusError):
+    """429 or 402 from the upstream; ``retry_after`` keeps its Retry-After."""
+
+    kind = "rate_limited"
+
+
+class UpstreamBlockedError(UpstreamStatusError):
+    """A Cloudflare challenge page instead of an answer."""
+
+    kind = "blocked"
+
+
+class UpstreamAuthError(UpstreamStatusError):
+    """The upstream rejected our credentials (401)."""
+
+    kind = "auth"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream said 200 but did not speak the protocol."""
+
+    kind = "protocol"
+
+
+class UpstreamInterruptedError(UpstreamError):
+    """The stream broke after it had started."""
+
+    kind = "interrupted"
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failure before the first token may be retried."""
+    if isinstance(error, UpstreamTimeoutError):
+        return error.retryable_timeout
+    if isinstance(error, UpstreamRateLimitedError):
+        return True  # the caller still checks that Retry-After fits the deadline
+    if isinstance(error, UpstreamStatusError):
+        return error.upstream_status >= 500
+    return isinstance(error, UpstreamConnectError)

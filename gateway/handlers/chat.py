@@ -1,0 +1,98 @@
+"""``POST /v1/chat/completions``: OpenAI-compatible chat, streaming (SSE) and not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
+from gateway.flowgpt.client import ChatPrompt
+from gateway.flowgpt.protocol import UnknownModelError, resolve_model
+from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
+from gateway.state import SETTINGS, UPSTREAM
+from gateway.upstream import Answer
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tell nginx-like proxies not to buffer the stream
+}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Validate, admit, then answer in one JSON object or as a stream of chunks."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+    chat = parse_chat_request(await _read_body(request))
+    try:
+        model = resolve_model(chat.model)
+    except UnknownModelError:
+        raise ModelNotFoundError(
+            f"the model '{chat.model[:100]}' does not exist; GET /v1/models lists the available ones", param="model"
+        ) from None
+    prompt = ChatPrompt(model, tuple(m.to_flowgpt() for m in chat.messages), chat.temperature)
+    answer = await request.app[UPSTREAM].open(prompt)
+    try:
+        if chat.stream:
+            return await _stream(request, answer, model)
+        text = await answer.read_all()
+    finally:
+        await answer.aclose()  # on cancellation (client gone) this drops the upstream connection at once
+    return web.Response(
+        body=orjson.dumps(completion(new_completion_id(), model, text)), content_type="application/json"
+    )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, within the client read timeout: a slow client must not hold a slot forever."""
+    seconds = request.app[SETTINGS].client_read_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {seconds:g}s") from None
+
+
+async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    encoder = ChunkEncoder(new_completion_id(), model)
+    try:
+        await response.write(encoder.role())
+        async for fragment in answer:
+            await response.write(encoder.content(fragment))
+        await response.write(encoder.stop())
+    except GatewayError as exc:
+        log.warning("stream ended by an error code=%s", exc.code)
+        await response.write(error_event(exc))
+    except ConnectionResetError:
+        log.info("client went away mid-stream")
+        return response
+    except asyncio.CancelledError:
+        if request.app[UPSTREAM].draining:
+            # Shutdown grace is over: tell the client why the stream ends, then let cancellation finish.
+            await _try_write(response, error_event(ShuttingDownError("the gateway shut down mid-stream")))
+        raise
+    await response.write_eof()
+    return response
+
+
+async def _try_write(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        async with asyncio.timeout(0.5):
+            await response.write(data)
+            await response.write_eof()
+    except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
+        pass

@@ -1,0 +1,117 @@
+"""The provider's ``working`` flag: probe results with hysteresis, plus an operator override.
+
+g4f kept ``working`` as a class constant that maintainers flipped by hand. Here
+probe results flip it (``unhealthy_threshold`` failures in a row turn it off,
+``healthy_threshold`` successes turn it back on, as Envoy's active health
+checks do) and an operator can pin it for a maintenance window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.errors import UpstreamNotWorkingError
+
+WorkingMode = Literal["auto", "working", "not_working"]
+WorkingListener = Callable[[bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe: when (Unix seconds), how long, and why it failed."""
+
+    ok: bool
+    at: float
+    latency: float
+    error: str | None = None
+
+
+class HealthState:
+    """Decides whether chat traffic may reach the upstream."""
+
+    def __init__(
+        self,
+        *,
+        healthy_threshold: int,
+        unhealthy_threshold: int,
+        clock: Callable[[], float],
+        listeners: list[WorkingListener] | None = None,
+    ) -> None:
+        self._healthy_threshold = healthy_threshold
+        self._unhealthy_threshold = unhealthy_threshold
+        self._clock = clock
+        self._listeners = listeners or []
+        self._probed_working = True  # traffic is admitted before the first probe completes
+        self.mode: WorkingMode = "auto"
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+        self.last_probe: ProbeResult | None = None
+        self.probes_total = 0
+        self.next_probe_at: float | None = None  # clock() value; set by the prober
+
+    @property
+    def working(self) -> bool:
+        """The effective flag: the override if set, otherwise the probes' verdict."""
+        if self.mode == "auto":
+            return self._probed_working
+        return self.mode == "working"
+
+    def add_listener(self, listener: WorkingListener) -> None:
+        """Be told (with the new value) whenever the effective flag changes."""
+        self._listeners.append(listener)
+
+    def record(self, result: ProbeResult) -> None:
+        """Apply one probe result with hysteresis."""
+        before = self.working
+        self.last_probe = result
+        self.probes_total += 1
+        if result.ok:
+            self.consecutive_successes += 1
+            self.consecutive_failures = 0
+            if self.consecutive_successes >= self._healthy_threshold:
+                self._probed_working = True
+        else:
+            self.consecutive_failures += 1
+            self.consecutive_successes = 0
+            if self.consecutive_failures >= self._unhealthy_threshold:
+                self._probed_working = False
+        self._notify(before)
+
+    def set_mode(self, mode: WorkingMode) -> None:
+        """Operator override; ``auto`` hands the flag back to the probes."""
+        before = self.working
+        self.mode = mode
+        self._notify(before)
+
+    def admission_error(self) -> UpstreamNotWorkingError | None:
+        """The refusal for a chat request while not working, else None."""
+        if self.working:
+            return None
+        if self.mode == "not_working":
+            return UpstreamNotWorkingError("the upstream is marked not working by an operator", retry_after=30.0)
+        retry_after = 1.0
+        if self.next_probe_at is not None:
+            retry_after = max(1.0, self.next_probe_at - self._clock())
+        return UpstreamNotWorkingError("the upstream is failing its health probes", retry_after=retry_after)
+
+    def snapshot(self) -> dict[str, object]:
+        """For /readyz and /status."""
+        last = self.last_probe
+        return {
+            "working": self.working,
+            "mode": self.mode,
+            "consecutive_failures": self.consecutive_failures,
+            "consecutive_successes": self.consecutive_successes,
+            "probes_total": self.probes_total,
+            "last_probe": None
+            if last is None
+            else {"ok": last.ok, "at": last.at, "latency_seconds": round(last.latency, 6), "error": last.error},
+        }
+
+    def _notify(self, before: bool) -> None:
+        after = self.working
+        if after != before:
+            for listener in self._listeners:
+                listener(after)

@@ -1,0 +1,78 @@
+"""Structured logging with the request id on every line of a request.
+
+The id lives in a context variable: aiohttp runs each request in its own task,
+so everything logged while serving it (the client, the breaker, retries) carries
+it without passing it around.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from typing import Final, Literal
+
+import orjson
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_STANDARD_ATTRS: Final = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys() | {"message", "asctime", "request_id"}
+)
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the current request id (or ``-``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get() or "-"
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger request_id=... message key=value...``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = _extra(record)
+        if extra:
+            line += " " + " ".join(f"{key}={value}" for key, value in extra.items())
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+            **_extra(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def _extra(record: logging.LogRecord) -> dict[str, object]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRS}
+
+
+def configure_logging(fmt: Literal["text", "json"], level: str) -> None:
+    """Install one stderr handler on the root logger (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Our own middleware logs each request once; aiohttp's access log would repeat it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

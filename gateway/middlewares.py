@@ -1,0 +1,130 @@
+"""Request id, access log and metrics, API-key auth, and errors as OpenAI-shaped JSON."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from gateway.logs import request_id_var
+from gateway.openai_schema import error_body
+from gateway.state import METRICS, REQUEST_ID, SETTINGS
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
+log = logging.getLogger("gateway.access")
+
+_REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNMATCHED_ROUTE: Final = "unmatched"
+
+
+def route_template(request: web.Request) -> str:
+    """The route's template for labels (never the raw path, which clients control)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id, one access-log line and the HTTP metrics for every request."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = route_template(request)
+        request.app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
+        log.info(
+            "request method=%s route=%s status=%d duration_ms=%.2f",
+            request.method,
+            route,
+            status,
+            elapsed * 1000,
+        )
+        request_id_var.reset(token)
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: echo the id on every response, streams included."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+
+
+def error_response(error: GatewayError) -> web.Response:
+    """The single place where an error becomes an HTTP response."""
+    response = web.json_response(error_body(error), status=error.status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into OpenAI-shaped JSON; never leak a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        return error_response(PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes"))
+    except web.HTTPNotFound:
+        return error_response(NotFoundError(f"no route for {request.method} {request.path[:200]}"))
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(
+            InvalidRequestError(f"method {request.method} is not allowed here", code="method_not_allowed")
+        )
+        response.set_status(405)
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error")
+        return error_response(GatewayError("internal error; see the gateway log for this request id"))
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """When keys are configured, ``/v1/*`` needs ``Authorization: Bearer <key>``; ops endpoints stay open."""
+    keys = request.app[SETTINGS].api_keys
+    if keys and request.path.startswith("/v1/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not _key_matches(presented.strip(), [k.get_secret_value() for k in keys]):
+            raise AuthenticationError("missing or invalid API key (send Authorization: Bearer <key>)")
+    return await handler(request)
+
+
+def _key_matches(presented: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every key (no early exit that leaks which one matched)."""
+    candidate = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key.encode())
+    return found

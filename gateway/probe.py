@@ -1,0 +1,122 @@
+"""The periodic health probe: a tiny real chat request that sets the provider's ``working`` flag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.errors import GatewayError
+from gateway.flowgpt.client import ChatPrompt
+from gateway.flowgpt.protocol import Message, resolve_model
+from gateway.health import ProbeResult
+
+if TYPE_CHECKING:
+    from gateway.flowgpt.client import FlowGptClient
+    from gateway.health import HealthState
+    from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Prober:
+    """Runs probes on a schedule (faster while unhealthy) or at once when asked."""
+
+    def __init__(
+        self,
+        client: FlowGptClient,
+        health: HealthState,
+        metrics: Metrics,
+        *,
+        interval: float,
+        unhealthy_interval: float,
+        timeout: float,
+        model: str,
+        prompt: str,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: float = 0.1,
+    ) -> None:
+        self._client = client
+        self._health = health
+        self._metrics = metrics
+        self._interval = interval
+        self._unhealthy_interval = unhealthy_interval
+        self._timeout = timeout
+        self._prompt = ChatPrompt(resolve_model(model), (Message("user", prompt),))
+        self._clock = clock
+        self._jitter = jitter
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def next_delay(self) -> float:
+        """Seconds until the next probe: shorter while the upstream is not working."""
+        base = self._interval if self._health.working else self._unhealthy_interval
+        return base * random.uniform(1 - self._jitter, 1 + self._jitter)
+
+    def trigger(self) -> None:
+        """Probe now instead of at the next tick (the breaker just opened on live traffic)."""
+        self._wake.set()
+
+    async def probe_once(self) -> ProbeResult:
+        """One probe straight through the client, bypassing admission; records the result."""
+        started = self._clock()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                stream = await self._client.open(self._prompt)
+                try:
+                    await anext(stream)
+                finally:
+                    await stream.aclose()
+        except TimeoutError:
+            error = f"no text within {self._timeout:g}s"
+        except GatewayError as exc:
+            error = exc.message
+        except Exception as exc:  # the probe must survive anything the upstream or a bug throws
+            log.exception("probe failed unexpectedly")
+            error = f"unexpected {type(exc).__name__}"
+        latency = self._clock() - started
+        result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
+        self._record(result)
+        return result
+
+    def _record(self, result: ProbeResult) -> None:
+        metrics = self._metrics
+        metrics.probes["success" if result.ok else "failure"].inc()
+        metrics.probe_duration.observe(result.latency)
+        if result.ok:
+            metrics.probe_last_success.set(result.at)
+        else:
+            log.warning("health probe failed error=%s", result.error)
+        self._health.record(result)
+
+    async def run(self) -> None:
+        """Probe forever; survives every exception; ends only by cancellation."""
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:
+                log.exception("probe loop error")
+            delay = self.next_delay()
+            self._health.next_probe_at = self._clock() + delay
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def start(self) -> None:
+        """Start the background task."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="health-probe")
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

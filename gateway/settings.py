@@ -1,0 +1,123 @@
+"""All settings in one validated class; read from ``GATEWAY_*`` variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
+
+ENV_PREFIX: Final = "GATEWAY_"
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Durations are seconds (floats allowed)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    admin_token: SecretStr | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
+    client_read_timeout: Seconds = 30.0
+    shutdown_timeout: float = Field(20.0, ge=0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    uvloop: bool = True
+
+    # Upstream
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    upstream_token: SecretStr = SecretStr(ANONYMOUS_TOKEN)
+    upstream_proxy: str | None = None
+    upstream_max_line_bytes: int = Field(1024 * 1024, ge=1024)
+
+    # Resilience
+    breaker_fail_max: int = Field(5, ge=1)
+    breaker_reset_seconds: Seconds = 30.0
+    breaker_reset_multiplier: float = Field(1.0, ge=1.0)
+    breaker_reset_max_seconds: Seconds = 300.0
+    breaker_half_open_calls: int = Field(1, ge=1)
+    timeout_connect: Seconds = 10.0
+    timeout_first_token: Seconds = 30.0
+    timeout_idle: Seconds = 30.0
+    timeout_total: Seconds = 300.0
+    retry_max: int = Field(2, ge=0, le=10)
+    retry_backoff_base: Seconds = 0.1
+    retry_backoff_max: Seconds = 2.0
+    retry_budget_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    retry_budget_min: int = Field(3, ge=0)
+    max_concurrency: int = Field(64, ge=1)
+    queue_timeout: float = Field(0.1, ge=0.0)
+
+    # Health probe
+    probe_enabled: bool = True
+    probe_interval: Seconds = 30.0
+    probe_unhealthy_interval: Seconds = 5.0
+    probe_timeout: Seconds = 10.0
+    probe_healthy_threshold: int = Field(1, ge=1)
+    probe_unhealthy_threshold: int = Field(2, ge=1)
+    probe_model: str = DEFAULT_MODEL
+    probe_prompt: str = "ping"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("upstream_proxy", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.breaker_reset_max_seconds < self.breaker_reset_seconds:
+            raise ValueError("GATEWAY_BREAKER_RESET_MAX_SECONDS must be >= GATEWAY_BREAKER_RESET_SECONDS")
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ValueError("GATEWAY_RETRY_BACKOFF_MAX must be >= GATEWAY_RETRY_BACKOFF_BASE")
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """Settings for display: secrets shown only as set or unset."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif name == "api_keys":
+                value = f"{len(value)} configured"
+            elif name == "admin_token":
+                value = "unset" if value is None else "***"
+            shown[name] = value
+        return shown
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a settings field."""
+    return ENV_PREFIX + field.upper()
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the variable(s) at fault, for start-up failures."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(piece) for piece in item["loc"] if isinstance(piece, str))
+        name = env_name(where) if where else "settings"
+        parts.append(f"{name}: {item['msg']}")
+    return "invalid setting " + "; ".join(parts)

@@ -1,0 +1,23 @@
+"""Every piece of application state, as typed keys declared in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.breaker import CircuitBreaker
+from gateway.health import HealthState
+from gateway.metrics import Metrics
+from gateway.probe import Prober
+from gateway.settings import Settings
+from gateway.upstream import UpstreamService
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", HealthState)
+BREAKER = web.AppKey("breaker", CircuitBreaker)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", UpstreamService)
+PROBER = web.AppKey("prober", Prober)
+STARTED_AT = web.AppKey("started_at", float)
+REQUEST_ID = web.RequestKey("request_id", str)

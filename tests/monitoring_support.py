@@ -1,0 +1,643 @@
+"""Helpers for tests of the monitoring stack (static checks now, live tests later).
+
+What lives here:
+- the metrics contract of the gateway (``METRICS_CONTRACT``), the one list every
+  rule, dashboard and live test checks metric names against;
+- loaders for the rule files, promtool test files, dashboard, compose file;
+- ``dashboard_queries``: every panel's PromQL with ``$__rate_interval`` and the
+  dashboard variables substituted, ready to send to a real Prometheus;
+- ``promql_metric_names`` / ``promql_selectors``: a small PromQL scanner (no
+  parser dependency) good enough to find metric names and label matchers;
+- rewriters that point copies of the configs at loopback services
+  (``alertmanager_config_with_webhook``, ``prometheus_config_for``);
+- ``run_tool``: runs promtool, amtool, docker-compose and fails (never skips)
+  when a tool is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+import pytest
+import yaml
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+MONITORING_DIR: Final = REPO_ROOT / "monitoring"
+PROMETHEUS_CONFIG: Final = MONITORING_DIR / "prometheus.yml"
+RULES_DIR: Final = MONITORING_DIR / "rules"
+RULE_TESTS_DIR: Final = MONITORING_DIR / "tests"
+ALERTMANAGER_CONFIG: Final = MONITORING_DIR / "alertmanager.yml"
+GRAFANA_DIR: Final = REPO_ROOT / "grafana"
+DATASOURCES_DIR: Final = GRAFANA_DIR / "provisioning" / "datasources"
+DASHBOARD_PROVIDERS_DIR: Final = GRAFANA_DIR / "provisioning" / "dashboards"
+DASHBOARD_PATH: Final = GRAFANA_DIR / "dashboards" / "flowgpt-gateway.json"
+COMPOSE_FILE: Final = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE: Final = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE: Final = REPO_ROOT / ".dockerignore"
+RUNBOOK: Final = REPO_ROOT / "docs" / "runbook.md"
+MONITORING_DOC: Final = REPO_ROOT / "docs" / "monitoring.md"
+
+JOB: Final = "flowgpt-gateway"
+PROVIDER: Final = "flowgpt"
+DASHBOARD_UID: Final = "flowgpt-gateway"
+DATASOURCE_UID: Final = "prometheus"
+SLO_TARGET_RECORD: Final = "gateway:upstream_slo:target"
+RUNBOOK_URL_BASE: Final = "https://github.com/flowgpt-gateway/flowgpt-gateway/blob/main/docs/runbook.md"
+# Every webhook URL in alertmanager.yml starts with this; tests swap it out.
+DEFAULT_WEBHOOK_BASE: Final = "http://webhook:5001"
+# Receiver each kind of alert must reach.
+RECEIVER_FOR_SEVERITY: Final[Mapping[str, str]] = {"critical": "pager", "warning": "ticket"}
+WATCHDOG_ALERT: Final = "Watchdog"
+WATCHDOG_RECEIVER: Final = "watchdog"
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric the gateway exports at /metrics."""
+
+    name: str
+    type: MetricType
+    labels: tuple[str, ...]
+    help: str
+
+    def series_names(self) -> frozenset[str]:
+        """Names of the series Prometheus stores for this metric."""
+        if self.type == "histogram":
+            return frozenset(f"{self.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        return frozenset({self.name})
+
+    def series_labels(self, series_name: str) -> frozenset[str]:
+        """Labels a stored series of this metric may carry (target labels included)."""
+        extra = {"le"} if series_name.endswith("_bucket") else set()
+        return frozenset({*self.labels, *TARGET_LABELS, *extra})
+
+
+# The contract with the gateway's metrics module. Keep in step with the code.
+METRICS_CONTRACT: Final[tuple[MetricSpec, ...]] = (
+    MetricSpec("gateway_http_requests_total", "counter", ("route", "method", "code"), "inbound requests"),
+    MetricSpec("gateway_http_request_duration_seconds", "histogram", ("route",), "inbound request until last byte"),
+    MetricSpec("gateway_upstream_requests_total", "counter", ("provider",), "upstream attempts incl. retries"),
+    MetricSpec("gateway_upstream_errors_total", "counter", ("provider", "kind"), "failed upstream attempts"),
+    MetricSpec("gateway_upstream_request_duration_seconds", "histogram", ("provider",), "one upstream attempt"),
+    MetricSpec("gateway_upstream_first_token_seconds", "histogram", ("provider",), "time to first token"),
+    MetricSpec("gateway_upstream_json_parse_failures_total", "counter", ("provider",), "NDJSON lines not JSON"),
+    MetricSpec("gateway_upstream_retries_total", "counter", ("provider",), "retries"),
+    MetricSpec("gateway_admission_rejections_total", "counter", ("provider", "reason"), "requests refused early"),
+    MetricSpec("gateway_breaker_state", "gauge", ("provider", "state"), "1 for the current breaker state"),
+    MetricSpec("gateway_breaker_transitions_total", "counter", ("provider", "to_state"), "state changes"),
+    MetricSpec("gateway_provider_working", "gauge", ("provider",), "working flag 1/0"),
+    MetricSpec("gateway_health_probes_total", "counter", ("provider", "result"), "health probes"),
+    MetricSpec("gateway_health_probe_duration_seconds", "histogram", ("provider",), "health probe duration"),
+    MetricSpec("gateway_health_probe_last_success_timestamp_seconds", "gauge", ("provider",), "last good probe"),
+    MetricSpec("gateway_inflight_requests", "gauge", ("provider",), "upstream calls in progress"),
+    MetricSpec("gateway_build_info", "gauge", ("version",), "always 1"),
+)
+METRICS_BY_NAME: Final[Mapping[str, MetricSpec]] = {spec.name: spec for spec in METRICS_CONTRACT}
+SERIES_TO_METRIC: Final[Mapping[str, MetricSpec]] = {
+    series: spec for spec in METRICS_CONTRACT for series in spec.series_names()
+}
+# Closed label value sets from the contract.
+LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
+    "provider": frozenset({PROVIDER}),
+    "kind": frozenset(
+        {"connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "protocol", "interrupted"}
+    ),
+    "reason": frozenset({"breaker_open", "half_open_busy", "not_working", "overloaded"}),
+    "state": frozenset({"closed", "open", "half_open"}),
+    "to_state": frozenset({"closed", "open", "half_open"}),
+    "result": frozenset({"success", "failure"}),
+}
+# Labels Prometheus attaches to every scraped series.
+TARGET_LABELS: Final = frozenset({"job", "instance"})
+# Standard client_python collectors; allowed by prefix.
+STANDARD_METRIC_PREFIXES: Final = ("process_", "python_")
+# Series Prometheus writes itself for every target.
+SYNTHETIC_SERIES: Final = frozenset({"up"})
+
+
+def contract_allows(series_name: str, recorded: Iterable[str] = ()) -> bool:
+    """True if a PromQL series name is exported by the gateway, by Prometheus, or recorded."""
+    return (
+        series_name in SERIES_TO_METRIC
+        or series_name in SYNTHETIC_SERIES
+        or series_name.startswith(STANDARD_METRIC_PREFIXES)
+        or series_name in set(recorded)
+    )
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; fails the test (never skips) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed or not on PATH; CI must provide it", pytrace=False)
+    return path
+
+
+def run_tool(
+    name: str, *args: str | Path, cwd: Path = REPO_ROOT, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run an external tool; with ``check``, a non-zero exit fails the test with its output."""
+    argv = [require_tool(name), *(str(arg) for arg in args)]
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}",
+            pytrace=False,
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file."""
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML file whose top level must be a mapping."""
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: top level is {type(data).__name__}, expected a mapping")
+    return cast("dict[str, Any]", data)
+
+
+def rule_files() -> list[Path]:
+    """The rule files Prometheus loads (monitoring/rules/*.yml)."""
+    return sorted(RULES_DIR.glob("*.yml"))
+
+
+def rule_test_files() -> list[Path]:
+    """The promtool unit test files (monitoring/tests/*.yml)."""
+    return sorted(RULE_TESTS_DIR.glob("*.yml"))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One alerting or recording rule as written in a rule file."""
+
+    file: Path
+    group: str
+    kind: Literal["alert", "record"]
+    name: str
+    expr: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    for_: str | None = None
+
+
+def iter_rules(files: Iterable[Path] | None = None) -> Iterator[Rule]:
+    """Every rule of every rule file, in file order."""
+    for path in rule_files() if files is None else files:
+        for group in load_yaml_mapping(path).get("groups", []):
+            for raw in group["rules"]:
+                kind: Literal["alert", "record"] = "alert" if "alert" in raw else "record"
+                yield Rule(
+                    file=path,
+                    group=str(group["name"]),
+                    kind=kind,
+                    name=str(raw[kind]),
+                    expr=str(raw["expr"]),
+                    labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()},
+                    annotations={str(k): str(v) for k, v in (raw.get("annotations") or {}).items()},
+                    for_=None if raw.get("for") is None else str(raw["for"]),
+                )
+
+
+def alert_rules() -> list[Rule]:
+    """All alerting rules (an alertname may have several rules, e.g. one per severity)."""
+    return [rule for rule in iter_rules() if rule.kind == "alert"]
+
+
+def recording_rules() -> list[Rule]:
+    """All recording rules."""
+    return [rule for rule in iter_rules() if rule.kind == "record"]
+
+
+def alert_names() -> set[str]:
+    """Distinct alert names defined in the rule files."""
+    return {rule.name for rule in alert_rules()}
+
+
+@dataclass(frozen=True)
+class AlertCase:
+    """One ``alert_rule_test`` entry of a promtool test file."""
+
+    file: Path
+    test_index: int
+    eval_time: str
+    alertname: str
+    exp_labels: tuple[Mapping[str, str], ...]
+
+    @property
+    def fires(self) -> bool:
+        """True if the case expects at least one firing alert."""
+        return bool(self.exp_labels)
+
+
+def alert_cases() -> list[AlertCase]:
+    """Every alert_rule_test case of every promtool test file."""
+    cases: list[AlertCase] = []
+    for path in rule_test_files():
+        for index, test in enumerate(load_yaml_mapping(path).get("tests", [])):
+            for case in test.get("alert_rule_test") or []:
+                cases.append(
+                    AlertCase(
+                        file=path,
+                        test_index=index,
+                        eval_time=str(case["eval_time"]),
+                        alertname=str(case["alertname"]),
+                        exp_labels=tuple(
+                            {str(k): str(v) for k, v in (alert.get("exp_labels") or {}).items()}
+                            for alert in case.get("exp_alerts") or []
+                        ),
+                    )
+                )
+    return cases
+
+
+def promql_expr_test_exprs() -> list[str]:
+    """Every expression checked by a promql_expr_test."""
+    return [
+        str(case["expr"])
+        for path in rule_test_files()
+        for test in load_yaml_mapping(path).get("tests", [])
+        for case in test.get("promql_expr_test") or []
+    ]
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def load_dashboard(path: Path = DASHBOARD_PATH) -> dict[str, Any]:
+    """Parse the Grafana dashboard JSON."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: top level is not an object")
+    return cast("dict[str, Any]", data)
+
+
+def iter_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows included, and the panels nested in collapsed rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def iter_datasource_refs(node: Any) -> Iterator[Any]:
+    """Every value stored under a ``datasource`` key anywhere in the JSON tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from iter_datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iter_datasource_refs(item)
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def dashboard_variables(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """Default substitution of each templating variable ("All" -> its allValue)."""
+    values: dict[str, str] = {}
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("includeAll"):
+            values[variable["name"]] = variable.get("allValue") or ".*"
+        else:
+            current = variable.get("current", {}).get("value")
+            values[variable["name"]] = current if isinstance(current, str) else ""
+    return values
+
+
+def variables_in(expr: str) -> set[str]:
+    """Names of the Grafana variables an expression uses."""
+    return {next(g for g in match.groups() if g) for match in _VARIABLE.finditer(expr)}
+
+
+def substitute_variables(expr: str, values: Mapping[str, str]) -> str:
+    """Replace Grafana ``$var``, ``${var}``, ``${var:fmt}`` and ``[[var]]``; unknown names raise."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = next(g for g in match.groups() if g)
+        if name not in values:
+            raise ValueError(f"no value for Grafana variable {name!r} in {expr!r}")
+        return values[name]
+
+    return _VARIABLE.sub(replace, expr)
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One target of one dashboard panel."""
+
+    panel_id: int
+    panel_title: str
+    ref_id: str
+    expr: str
+    legend: str
+
+    @property
+    def name(self) -> str:
+        """A stable identifier, e.g. ``panel-7-A``."""
+        return f"panel-{self.panel_id}-{self.ref_id}"
+
+
+def dashboard_queries(
+    dashboard: Mapping[str, Any] | None = None,
+    *,
+    rate_interval: str = "1m",
+    variables: Mapping[str, str] | None = None,
+    raw: bool = False,
+) -> list[PanelQuery]:
+    """Every panel target's PromQL, with Grafana variables substituted unless ``raw``.
+
+    ``rate_interval`` stands in for ``$__rate_interval`` (and ``$__interval``);
+    Grafana uses max(4 x scrape interval, step + scrape interval), so a live test
+    scraping every second can pass e.g. ``"4s"``. ``variables`` overrides the
+    dashboard variables (by default "All", i.e. ``.*``).
+    """
+    board = load_dashboard() if dashboard is None else dashboard
+    values = {
+        **dashboard_variables(board),
+        "__rate_interval": rate_interval,
+        "__interval": rate_interval,
+        **(variables or {}),
+    }
+    queries: list[PanelQuery] = []
+    for panel in iter_panels(board):
+        for target in panel.get("targets", []):
+            expr = str(target["expr"])
+            queries.append(
+                PanelQuery(
+                    panel_id=int(panel["id"]),
+                    panel_title=str(panel.get("title", "")),
+                    ref_id=str(target.get("refId", "")),
+                    expr=expr if raw else substitute_variables(expr, values),
+                    legend=str(target.get("legendFormat", "")),
+                )
+            )
+    return queries
+
+
+def expressions_as_rule_file(exprs: Mapping[str, str]) -> str:
+    """A rule file recording each expression, so ``promtool check rules`` parses them."""
+    rules = [{"record": "check:" + re.sub(r"\W", "_", name), "expr": expr} for name, expr in sorted(exprs.items())]
+    return yaml.safe_dump({"groups": [{"name": "expression-syntax-check", "rules": rules}]}, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- PromQL scanning
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_SELECTOR = re.compile(r"(?<![\w:.])([a-zA-Z_:][\w:]*)?\s*\{([^{}]*)\}")
+_MATCHER = re.compile(r'\s*([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*")\s*,?')
+_IDENTIFIER = re.compile(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(\s*\()?")
+_KEYWORDS: Final = frozenset(
+    {
+        "and", "or", "unless", "atan2", "bool", "offset", "by", "without", "on", "ignoring",
+        "group_left", "group_right", "inf", "nan",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher of a series selector."""
+
+    label: str
+    op: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A series selector: metric name (may be empty) and its label matchers."""
+
+    metric: str
+    matchers: tuple[Matcher, ...]
+
+
+def promql_selectors(expr: str) -> list[Selector]:
+    """Selectors with braces, e.g. ``up{job="x"}`` (name-only selectors are not listed)."""
+    selectors: list[Selector] = []
+    for match in _SELECTOR.finditer(expr):
+        name, body = match.group(1) or "", match.group(2)
+        matchers = tuple(Matcher(m.group(1), m.group(2), json.loads(m.group(3))) for m in _MATCHER.finditer(body))
+        selectors.append(Selector(name, matchers))
+    return selectors
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names an expression reads (functions, keywords and label names removed)."""
+    text = _STRING.sub('""', expr)
+    text = re.sub(r"\{[^{}]*\}", " ", text)
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)
+    text = _GROUPING.sub(" ", text)
+    names: set[str] = set()
+    for match in _IDENTIFIER.finditer(text):
+        name, is_call = match.group(1), match.group(2)
+        if is_call or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def label_problems(expr: str) -> list[str]:
+    """Matchers that name a label or a value the metrics contract does not have."""
+    problems: list[str] = []
+    for selector in promql_selectors(expr):
+        spec = SERIES_TO_METRIC.get(selector.metric)
+        for matcher in selector.matchers:
+            if spec is not None and matcher.label not in spec.series_labels(selector.metric):
+                problems.append(f"{selector.metric} has no label {matcher.label!r}")
+            allowed = LABEL_VALUES.get(matcher.label)
+            if allowed is None or matcher.op not in ("=", "=~") or "$" in matcher.value:
+                continue
+            values = matcher.value.split("|") if matcher.op == "=~" else [matcher.value]
+            problems += [f"{matcher.label}={v!r} is not a contract value" for v in values if v not in allowed]
+    return problems
+
+
+# --------------------------------------------------------------------------- Alertmanager
+
+
+def webhook_urls(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Webhook URLs per receiver name."""
+    return {
+        str(receiver["name"]): [str(hook["url"]) for hook in receiver.get("webhook_configs") or []]
+        for receiver in config.get("receivers", [])
+    }
+
+
+def alertmanager_config_with_webhook(
+    base_url: str, *, timings: Mapping[str, str] | None = None, source: Path = ALERTMANAGER_CONFIG
+) -> str:
+    """alertmanager.yml text with every webhook URL moved from the default base to ``base_url``.
+
+    ``http://webhook:5001/pager`` becomes ``{base_url}/pager`` and so on; write the
+    result to a temporary file and start Alertmanager with it. ``timings`` (e.g.
+    ``{"group_wait": "0s", "group_interval": "1s", "repeat_interval": "1m"}``)
+    replaces those keys on the root route and on every child route, so a live
+    test does not wait for production grouping delays.
+    """
+    text = source.read_text(encoding="utf-8")
+    if DEFAULT_WEBHOOK_BASE not in text:
+        raise ValueError(f"{source} has no webhook URL starting with {DEFAULT_WEBHOOK_BASE}")
+    rewritten = text.replace(DEFAULT_WEBHOOK_BASE, base_url.rstrip("/"))
+    parsed = yaml.safe_load(rewritten)
+    stray = [url for urls in webhook_urls(parsed).values() for url in urls if not url.startswith(base_url)]
+    if stray:
+        raise ValueError(f"webhook URLs not under {base_url}: {stray}")
+    if not timings:
+        return rewritten
+    routes = [parsed["route"]]
+    while routes:
+        route = routes.pop()
+        for key, value in timings.items():
+            if key in route or route is parsed["route"]:
+                route[key] = value
+        routes.extend(route.get("routes", []))
+    return yaml.safe_dump(parsed, sort_keys=False)
+
+
+def amtool_receiver(labels: Mapping[str, str], config: Path = ALERTMANAGER_CONFIG) -> str:
+    """The receiver(s) amtool routes an alert with ``labels`` to, comma-separated."""
+    args = [f"{key}={value}" for key, value in labels.items()]
+    result = run_tool("amtool", "config", "routes", "test", f"--config.file={config}", *args)
+    return result.stdout.strip()
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+def prometheus_config_for(
+    *,
+    target: str,
+    alertmanager: str | None = None,
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    rules_dir: Path = RULES_DIR,
+    source: Path = PROMETHEUS_CONFIG,
+) -> str:
+    """monitoring/prometheus.yml adapted for a live test on loopback.
+
+    The gateway job scrapes ``target`` (``host:port``), rule files come from
+    ``rules_dir`` by absolute path, intervals are shortened, and alerts go to
+    ``alertmanager`` (``host:port``) or nowhere.
+    """
+    config = load_yaml_mapping(source)
+    config["global"] = {
+        **config.get("global", {}),
+        "scrape_interval": scrape_interval,
+        "scrape_timeout": scrape_interval,
+        "evaluation_interval": evaluation_interval,
+    }
+    config["rule_files"] = [str(rules_dir.resolve() / "*.yml")]
+    if alertmanager is None:
+        config.pop("alerting", None)
+    else:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
+    if len(jobs) != 1:
+        raise ValueError(f"{source} must have exactly one scrape job {JOB!r}")
+    jobs[0]["static_configs"] = [{"targets": [target]}]
+    config["scrape_configs"] = jobs
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def copy_rules(dest: Path, *, for_overrides: Mapping[str, str] | None = None) -> Path:
+    """Copy the rule files into ``dest``, optionally changing the ``for:`` of named alerts.
+
+    ``for_overrides={"GatewayUpstreamNotWorking": "2s"}`` lets a live test see an
+    alert fire in seconds. Returns ``dest``, ready for ``prometheus_config_for(rules_dir=...)``.
+    """
+    overrides = dict(for_overrides or {})
+    unknown = set(overrides) - alert_names()
+    if unknown:
+        raise ValueError(f"no such alerts: {sorted(unknown)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in rule_files():
+        content = load_yaml_mapping(path)
+        for group in content.get("groups", []):
+            for rule in group["rules"]:
+                if rule.get("alert") in overrides:
+                    rule["for"] = overrides[rule["alert"]]
+        (dest / path.name).write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+# --------------------------------------------------------------------------- runbook
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub generates for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def runbook_anchors(path: Path = RUNBOOK) -> set[str]:
+    """Anchors of every heading in the runbook."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {github_anchor(heading) for heading in headings}
+
+
+# --------------------------------------------------------------------------- compose
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host path a compose service mounts."""
+
+    service: str
+    source: Path
+    target: str
+    read_only: bool
+
+
+def load_compose() -> dict[str, Any]:
+    """Parse docker-compose.yml."""
+    return load_yaml_mapping(COMPOSE_FILE)
+
+
+def compose_bind_mounts(compose: Mapping[str, Any] | None = None) -> list[BindMount]:
+    """Every bind mount (short or long syntax) of every service; named volumes are skipped."""
+    spec = load_compose() if compose is None else compose
+    mounts: list[BindMount] = []
+    for service, body in spec.get("services", {}).items():
+        for volume in body.get("volumes", []):
+            if isinstance(volume, str):
+                parts = volume.split(":")
+                source, target = parts[0], parts[1]
+                read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+            else:
+                if volume.get("type") != "bind":
+                    continue
+                source, target = str(volume["source"]), str(volume["target"])
+                read_only = bool(volume.get("read_only", False))
+            if not source.startswith((".", "/", "~")):
+                continue
+            mounts.append(BindMount(service, (REPO_ROOT / source).resolve(), target, read_only))
+    return mounts
+
+
+def mount_target_of(source: Path, mounts: Sequence[BindMount]) -> str:
+    """Where a host path is mounted in its container."""
+    for mount in mounts:
+        if mount.source == source.resolve():
+            return mount.target
+    raise LookupError(f"{source} is not bind-mounted by docker-compose.yml")
