@@ -90,13 +90,31 @@ class SimState:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options or SimOptions()
-        self.faults = faults or SimFaults()
+        self._faults = faults or SimFaults()
+        self.faulted_with_current = 0  # requests faulted since the faults were last replaced
         self.stats = SimStats()
         self.rng = random.Random(self.options.seed)
         self.clock = clock
         self.stopping = False
         self.streams: set[asyncio.Transport] = set()  # of open streams, to cut on stop
         self._waiters: dict[asyncio.Future[Wake], web.BaseRequest] = {}
+
+    @property
+    def faults(self) -> SimFaults:
+        """The faults in force."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: SimFaults) -> None:
+        self._faults = faults
+        self.faulted_with_current = 0
+
+    def take_fault(self) -> None:
+        """Count one faulted request; heal once a fault's ``count`` is used up."""
+        self.stats.faulted_total += 1
+        self.faulted_with_current += 1
+        if self._faults.count is not None and self.faulted_with_current >= self._faults.count:
+            self.faults = SimFaults()
 
     async def pause(self, request: web.BaseRequest, seconds: float | None) -> Wake:
         """Wait ``seconds`` (None: forever); end early if the client leaves or we stop."""
@@ -181,7 +199,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     faults = state.faults
     # Drawn per request from the seeded RNG, so a seeded run faults the same requests.
     if faults.active and (faults.ratio >= 1 or state.rng.random() < faults.ratio):
-        stats.faulted_total += 1
+        state.take_fault()
     else:
         faults = _HEALTHY
     if faults.http_status is not None:

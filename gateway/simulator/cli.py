@@ -24,6 +24,7 @@ _FAULT_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--reset-after", int, "send this many text chunks, then drop the connection"),
     ("--garbage-ratio", float, "probability (0..1) of a non-JSON line before each text chunk"),
     ("--ratio", float, "fraction (0..1) of requests the faults apply to"),
+    ("--count", int, "fault only this many requests, then heal by itself"),
 )
 
 

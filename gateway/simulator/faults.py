@@ -79,11 +79,12 @@ class SimFaults(BaseModel):
     html_200: bool = False
     empty_stream: bool = False
     ratio: float = Field(default=1.0, ge=0, le=1)
+    count: int | None = Field(default=None, ge=1)  # fault this many requests, then heal by itself
 
     @cached_property
     def active(self) -> bool:
-        """True when any fault is set (``ratio`` alone changes nothing); cached, the model is frozen."""
-        return self.model_dump(exclude={"ratio"}) != _HEALTHY
+        """True when any fault is set (``ratio`` and ``count`` alone change nothing); cached, the model is frozen."""
+        return self.model_dump(exclude={"ratio", "count"}) != _HEALTHY
 
     def error_response(self) -> tuple[int, bytes, str, dict[str, str]]:
         """Status, body, content type and extra headers for the ``http_status`` fault."""
@@ -98,7 +99,7 @@ class SimFaults(BaseModel):
         return status, text.encode(), content_type_of(text), headers
 
 
-_HEALTHY: Final = SimFaults().model_dump(exclude={"ratio"})
+_HEALTHY: Final = SimFaults().model_dump(exclude={"ratio", "count"})
 
 
 def content_type_of(text: str) -> str:
