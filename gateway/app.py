@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -144,9 +143,8 @@ def _on_working_changed(app: web.Application, working: bool) -> None:
         app[BREAKER].close()
 
 
-async def begin_shutdown(app: web.Application) -> None:
+def begin_shutdown(app: web.Application) -> None:
     """First step of a graceful stop: readiness fails and new chat requests are refused."""
     upstream = app.get(UPSTREAM)
     if upstream is not None:
         upstream.draining = True
-    await asyncio.sleep(0)

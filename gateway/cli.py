@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.probe import Prober
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
+from gateway.state import UPSTREAM
 
 log = logging.getLogger("gateway")
 
@@ -97,7 +98,8 @@ def _event_loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, int]
 async def serve(settings: Settings, *, banner: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain gracefully; returns the exit code."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    # The drain below gives in-flight requests their grace; aiohttp's own wait only closes idle keep-alives.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
@@ -121,7 +123,9 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     try:
         await stop.wait()
         log.info("shutting down grace_seconds=%s", settings.shutdown_timeout)
-        await begin_shutdown(app)  # readiness fails first, then the listener closes
+        begin_shutdown(app)  # readiness and liveness fail first,
+        await site.stop()  # then no new connections,
+        await app[UPSTREAM].drain(settings.shutdown_timeout)  # then in-flight work gets its grace
         await runner.cleanup()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -79,6 +79,27 @@ class UpstreamService:
         self._retry = retry
         self._sleep = sleep or asyncio.sleep
         self.draining = False
+        self.active: set[asyncio.Task[object]] = set()  # chat handlers in flight, for the drain
+        self.cut_by_shutdown: set[asyncio.Task[object]] = set()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work, give in-flight chat requests ``grace`` seconds, then cut the rest.
+
+        Cut handlers are cancelled and marked, so each can tell its client why
+        (a stream error event, or a 503) instead of dropping the connection.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.active and loop.time() < deadline:  # noqa: ASYNC110 - handlers finish on their own
+            await asyncio.sleep(0.05)
+        if not self.active:
+            return
+        log.warning("shutdown grace over, cutting in-flight requests count=%d", len(self.active))
+        self.cut_by_shutdown = set(self.active)
+        for task in self.cut_by_shutdown:
+            task.cancel()
+        await asyncio.wait(self.cut_by_shutdown, timeout=2.0)
 
     async def open(self, prompt: ChatPrompt) -> Answer:
         """Admit the request and return an answer whose first fragment has arrived.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import orjson
@@ -17,6 +18,7 @@ from gateway.errors import (
 )
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
+from gateway.middlewares import error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
 from gateway.state import SETTINGS, UPSTREAM
 from gateway.upstream import Answer
@@ -32,6 +34,22 @@ SSE_HEADERS = {
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Validate, admit, then answer in one JSON object or as a stream of chunks."""
+    upstream = request.app[UPSTREAM]
+    task = asyncio.current_task()
+    assert task is not None
+    upstream.active.add(task)
+    try:
+        return await _complete(request)
+    except asyncio.CancelledError:
+        if task not in upstream.cut_by_shutdown:
+            raise  # the client went away
+        task.uncancel()
+        return error_response(ShuttingDownError("the gateway shut down before the answer was ready"))
+    finally:
+        upstream.active.discard(task)
+
+
+async def _complete(request: web.Request) -> web.StreamResponse:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
@@ -81,18 +99,13 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
         log.info("client went away mid-stream")
         return response
     except asyncio.CancelledError:
-        if request.app[UPSTREAM].draining:
-            # Shutdown grace is over: tell the client why the stream ends, then let cancellation finish.
-            await _try_write(response, error_event(ShuttingDownError("the gateway shut down mid-stream")))
-        raise
+        task = asyncio.current_task()
+        if task is None or task not in request.app[UPSTREAM].cut_by_shutdown:
+            raise  # the client went away: nobody to tell
+        # The shutdown grace is over: tell the client why the stream ends instead of dropping it.
+        task.uncancel()
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
     await response.write_eof()
     return response
-
-
-async def _try_write(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        async with asyncio.timeout(0.5):
-            await response.write(data)
-            await response.write_eof()
-    except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
-        pass

@@ -1,0 +1,226 @@
+"""The health probe, the working flag, readiness and the one-shot probe command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import __version__
+from gateway.simulator import SimFaults, Simulator
+from gateway.state import BREAKER, HEALTH, PROBER, UPSTREAM
+from tests.clock_support import FakeClock
+from tests.conftest import GatewayFactory, chat_body
+from tests.metrics_support import delta, scrape, value
+from tests.polling import eventually
+
+Client = TestClient[web.Request, web.Application]
+P = {"provider": "flowgpt"}
+CHAT = "/v1/chat/completions"
+
+
+def _probes_seen(sim: Simulator) -> int:
+    return sim.stats.requests_total
+
+
+async def test_two_failed_probes_stop_traffic_without_touching_the_upstream(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Two failed probes flip working to 0; chat requests then get 503 upstream_not_working at once."""
+    gateway = await make_gateway()
+    prober = gateway.app[PROBER]
+    sim.faults = SimFaults(http_status=503)
+    before = await scrape(gateway)
+    assert not (await prober.probe_once()).ok
+    assert gateway.app[HEALTH].working  # one failure is not enough (hysteresis)
+    assert not (await prober.probe_once()).ok
+    assert not gateway.app[HEALTH].working
+    seen = sim.stats.requests_total
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "upstream_not_working"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert sim.stats.requests_total == seen
+    after = await scrape(gateway)
+    assert value(after, "gateway_provider_working", **P) == 0
+    assert delta(before, after, "gateway_health_probes_total", result="failure", **P) == 2
+    assert delta(before, after, "gateway_health_probe_duration_seconds_count", **P) == 2
+    assert delta(before, after, "gateway_admission_rejections_total", reason="not_working", **P) == 1
+
+
+async def test_recovery_restores_traffic_and_closes_the_breaker(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A successful probe flips working back on and closes an open breaker without waiting out its timer."""
+    gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
+    prober = gateway.app[PROBER]
+    sim.faults = SimFaults(http_status=500)
+    assert (await gateway.post(CHAT, json=chat_body())).status == 502
+    assert gateway.app[BREAKER].state == "open"
+    await prober.probe_once()
+    await prober.probe_once()
+    assert not gateway.app[HEALTH].working
+    sim.faults = SimFaults()
+    result = await prober.probe_once()
+    assert result.ok
+    assert gateway.app[HEALTH].working
+    assert gateway.app[BREAKER].state == "closed"
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    samples = await scrape(gateway)
+    assert value(samples, "gateway_provider_working", **P) == 1
+    assert value(samples, "gateway_health_probe_last_success_timestamp_seconds", **P) == pytest.approx(result.at)
+
+
+async def test_probes_faster_while_not_working(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """The next probe comes after the unhealthy interval while not working, the normal one otherwise."""
+    gateway = await make_gateway(probe_interval=30, probe_unhealthy_interval=5)
+    prober = gateway.app[PROBER]
+    assert 27 <= prober.next_delay() <= 33
+    sim.faults = SimFaults(http_status=500)
+    await prober.probe_once()
+    await prober.probe_once()
+    assert 4.5 <= prober.next_delay() <= 5.5
+
+
+async def test_breaker_opening_triggers_an_immediate_probe(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """When live traffic opens the breaker the prober runs at once instead of at its next tick."""
+    gateway = await make_gateway(probe_enabled=True, probe_interval=600, breaker_fail_max=1, retry_max=0)
+    health = gateway.app[HEALTH]
+    await eventually(lambda: health.probes_total == 1)  # the start-up probe
+    sim.faults = SimFaults(http_status=500)
+    assert (await gateway.post(CHAT, json=chat_body())).status == 502
+    await eventually(lambda: health.probes_total == 2)
+    assert health.last_probe is not None
+    assert not health.last_probe.ok
+
+
+async def test_loop_survives_any_exception_and_stops_cleanly(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe that raises something unexpected is recorded as a failure and the loop goes on; stop() ends it."""
+    gateway = await make_gateway(probe_interval=0.01, probe_unhealthy_interval=0.01)
+    prober = gateway.app[PROBER]
+    health = gateway.app[HEALTH]
+
+    async def explode(*_: object) -> None:
+        raise RuntimeError("a bug in the probe path")
+
+    monkeypatch.setattr(gateway.app[UPSTREAM].client, "open", explode)
+    prober.start()
+    await eventually(lambda: health.probes_total >= 3)
+    assert health.last_probe is not None
+    assert health.last_probe.error == "unexpected RuntimeError"
+    await prober.stop()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+
+
+async def test_probe_task_ends_with_the_app(make_gateway: GatewayFactory) -> None:
+    """The background task starts with the app and is gone after the app stops."""
+    gateway = await make_gateway(probe_enabled=True)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+    await gateway.close()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+
+
+async def test_readiness_and_liveness_bodies(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """/readyz is 200 until probes fail, then 503 with the probe details; /healthz stays 200 until draining."""
+    gateway = await make_gateway()
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200
+    assert (body["working"], body["last_probe"], body["breaker"]["state"]) == (True, None, "closed")
+    sim.faults = SimFaults(http_status=502)
+    for _ in range(2):
+        await gateway.app[PROBER].probe_once()
+    not_ready = await gateway.get("/readyz")
+    body = await not_ready.json()
+    assert not_ready.status == 503
+    assert body["working"] is False
+    assert body["consecutive_failures"] == 2
+    assert body["last_probe"]["ok"] is False
+    assert "HTTP 502" in body["last_probe"]["error"]
+    assert body["last_probe"]["latency_seconds"] >= 0
+    assert (await gateway.get("/healthz")).status == 200
+    gateway.app[UPSTREAM].draining = True
+    assert (await gateway.get("/healthz")).status == 503
+    assert (await (await gateway.get("/readyz")).json())["shutting_down"] is True
+
+
+async def test_operator_can_pin_the_working_flag(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """An operator marks the upstream not working for maintenance, or working despite probes, and hands it back."""
+    gateway = await make_gateway(admin_token="t")
+    auth = {"Authorization": "Bearer t"}
+    await gateway.post("/admin/working", json={"mode": "not_working"}, headers=auth)
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 503
+    assert "operator" in (await response.json())["error"]["message"]
+    assert (await gateway.get("/readyz")).status == 503
+    sim.faults = SimFaults(http_status=500)
+    for _ in range(2):
+        await gateway.app[PROBER].probe_once()
+    await gateway.post("/admin/working", json={"mode": "working"}, headers=auth)
+    assert (await gateway.get("/readyz")).status == 200
+    response = await gateway.post("/admin/working", json={"mode": "auto"}, headers=auth)
+    assert (await response.json())["health"]["working"] is False  # the probes' verdict again
+    assert (await gateway.post("/admin/working", json={"mode": "auto"})).status == 401
+    assert (
+        await gateway.post("/admin/working", json={"mode": "auto"}, headers={"Authorization": "Bearer x"})
+    ).status == 403
+
+
+async def test_retry_after_points_at_the_next_probe(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """While not working, Retry-After is the time until the next scheduled probe (injected clock)."""
+    clock = FakeClock()
+    gateway = await make_gateway(clock=clock)
+    health = gateway.app[HEALTH]
+    sim.faults = SimFaults(http_status=500)
+    for _ in range(2):
+        await gateway.app[PROBER].probe_once()
+    health.next_probe_at = clock() + 4.2
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -> None:
+    """/status shows version, uptime, readiness, counters and settings with secrets masked."""
+    gateway = await make_gateway(upstream_token="upstream-secret", admin_token="admin-secret", api_keys="key-secret")
+    await gateway.post(CHAT, json=chat_body(), headers={"Authorization": "Bearer key-secret"})
+    response = await gateway.get("/status")
+    text = await response.text()
+    body = await response.json()
+    assert body["version"] == __version__
+    assert body["uptime_seconds"] >= 0
+    assert body["counters"]["upstream_requests"] == 1
+    assert body["settings"]["breaker_fail_max"] == 5
+    for secret in ("upstream-secret", "admin-secret", "key-secret"):
+        assert secret not in text
+
+
+async def _run_probe_command(upstream_url: str) -> tuple[int, str]:
+    env = {**os.environ, "GATEWAY_PROBE_TIMEOUT": "2", "GATEWAY_UPSTREAM_URL": upstream_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "probe",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_probe_command_exit_codes(sim: Simulator) -> None:
+    """`flowgpt-gateway probe` exits 0 against a healthy upstream and 1 against a broken one."""
+    code, output = await _run_probe_command(sim.url)
+    assert code == 0, output
+    assert output.startswith("ok ")
+    sim.faults = SimFaults(http_status=403, http_body="cloudflare")
+    code, output = await _run_probe_command(sim.url)
+    assert code == 1, output
+    assert "failed" in output
+    assert "Cloudflare" in output
