@@ -1,0 +1,58 @@
+"""Structured logs: the request id on every line of a request, text and JSON formats."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
+from gateway.simulator import SimFaults, Simulator
+from tests.conftest import GatewayFactory, chat_body
+
+
+def _record(message: str, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("gateway.test", logging.WARNING, __file__, 1, message, None, None)
+    record.__dict__.update(extra)
+    RequestIdFilter().filter(record)
+    return record
+
+
+def test_formats_carry_the_request_id_and_extras() -> None:
+    """Both formats show the current request id and any structured extras."""
+    token = request_id_var.set("rid-7")
+    try:
+        record = _record("upstream slow", attempt=2)
+    finally:
+        request_id_var.reset(token)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["request_id"], entry["message"], entry["attempt"], entry["level"]) == (
+        "rid-7",
+        "upstream slow",
+        2,
+        "WARNING",
+    )
+    text = TextFormatter().format(record)
+    assert "request_id=rid-7" in text
+    assert text.endswith("upstream slow attempt=2")
+
+
+def test_outside_a_request_the_id_is_a_dash() -> None:
+    """Background work (the probe) logs with request_id=-."""
+    assert json.loads(JsonFormatter().format(_record("probe")))["request_id"] == "-"
+
+
+async def test_every_line_of_a_request_carries_its_id(
+    make_gateway: GatewayFactory, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Access log, client warnings and error lines of one request all carry that request's id."""
+    caplog.handler.addFilter(RequestIdFilter())
+    gateway = await make_gateway(retry_max=0)
+    sim.faults = SimFaults(garbage_ratio=1.0)
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        response = await gateway.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-ID": "req-42"})
+        assert response.status == 200
+    lines = [r for r in caplog.records if r.name.startswith("gateway.") and not r.name.startswith("gateway.simulator")]
+    assert {r.name for r in lines} >= {"gateway.access", "gateway.flowgpt.client"}
+    assert {getattr(r, "request_id", None) for r in lines} == {"req-42"}
