@@ -28,7 +28,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app = web.Application(
         middlewares=[observe, errors, api_key_auth],
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": settings.max_header_bytes, "max_line_size": settings.max_header_bytes},
+        handler_args={
+            "max_field_size": settings.max_header_bytes,
+            "max_line_size": settings.max_header_bytes,
+            # Also bounds a client that never finishes its headers (aiohttp's default is an hour).
+            "keepalive_timeout": settings.keepalive_timeout,
+        },
     )
     metrics = Metrics()
     health = HealthState(

@@ -235,7 +235,9 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, UpstreamTimeoutError):
         return error.retryable_timeout
     if isinstance(error, UpstreamRateLimitedError):
-        return True  # the caller still checks that Retry-After fits the deadline
+        # 429 may clear up (the caller still checks that Retry-After fits the deadline);
+        # 402 (out of credits) will not, and retrying it only burns the retry budget.
+        return error.upstream_status == 429
     if isinstance(error, UpstreamStatusError):
         return error.upstream_status >= 500
     return isinstance(error, UpstreamConnectError)

@@ -13,6 +13,8 @@ import sys
 from typing import Final, Literal
 
 import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -64,6 +66,19 @@ def _extra(record: logging.LogRecord) -> dict[str, object]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRS}
 
 
+class DemoteClientFaults(logging.Filter):
+    """aiohttp logs a malformed request at ERROR with a traceback quoting its bytes; it is the
+    client's fault and already answered 4xx, so it becomes one INFO line without the quote."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | web.RequestPayloadError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "malformed request from client: %s", (type(error).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(fmt: Literal["text", "json"], level: str) -> None:
     """Install one stderr handler on the root logger (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -76,3 +91,6 @@ def configure_logging(fmt: Literal["text", "json"], level: str) -> None:
     root.setLevel(level)
     # Our own middleware logs each request once; aiohttp's access log would repeat it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, DemoteClientFaults) for f in server_log.filters):
+        server_log.addFilter(DemoteClientFaults())

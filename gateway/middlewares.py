@@ -93,6 +93,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         return error_response(PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes"))
+    except web.RequestPayloadError:
+        # A body the HTTP layer cannot decode (bad Content-Encoding, broken chunked framing) is the
+        # client's fault, not ours; the connection's framing is unknown now, so it is not reused.
+        response = error_response(
+            InvalidRequestError("request body could not be decoded (check Content-Encoding and chunked framing)")
+        )
+        response.force_close()
+        return response
     except web.HTTPNotFound:
         return error_response(NotFoundError(f"no route for {request.method} {request.path[:200]}"))
     except web.HTTPMethodNotAllowed as exc:

@@ -62,7 +62,7 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
     try:
-        return ChatCompletionRequest.model_validate(data)
+        chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(piece) for piece in first["loc"]) or None
@@ -71,6 +71,13 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
             field = ".".join(p for p in field.split(".") if p not in ("str", "list[TextPart]", "float", "int"))
         where = f"'{field}'" if field else "request"
         raise InvalidRequestError(f"invalid {where}: {first['msg']}", param=field) from None
+    # FlowGpt answers the last message as its question and rejects an empty one. Refuse it here:
+    # passed on, the upstream's 400 would be a 502 and a breaker failure any client could cause.
+    last = len(chat.messages) - 1
+    if not chat.messages[last].to_flowgpt().content:
+        param = f"messages.{last}.content"
+        raise InvalidRequestError(f"invalid '{param}': the last message must not be empty", param=param)
+    return chat
 
 
 def new_completion_id() -> str:

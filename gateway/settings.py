@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
     client_read_timeout: Seconds = 30.0
+    # Idle keep-alive connections, and clients that have not finished their request headers
+    # (slowloris), are closed after this long; aiohttp's AppRunner default is an hour.
+    keepalive_timeout: Seconds = 75.0
     shutdown_timeout: float = Field(20.0, ge=0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

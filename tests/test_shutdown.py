@@ -89,11 +89,16 @@ async def _events_after_sigterm(process: asyncio.subprocess.Process, base: str) 
         assert response.status == 200
         process.send_signal(signal.SIGTERM)
         new_refused = False
-        try:
-            async with aiohttp.ClientSession() as other, other.get(base + "/healthz") as late:
-                new_refused = late.status == 503
-        except aiohttp.ClientConnectionError:
-            new_refused = True
+        async with aiohttp.ClientSession() as other:
+            for _ in range(100):  # the signal is handled asynchronously; give it up to ~2 s
+                try:
+                    async with other.get(base + "/healthz") as late:
+                        new_refused = late.status == 503
+                except aiohttp.ClientConnectionError:
+                    new_refused = True
+                if new_refused:
+                    break
+                await asyncio.sleep(0.02)
         async for line in response.content:
             if line.startswith(b"data: "):
                 events.append(line[6:].decode().strip())

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ ERROR_BODY_LIMIT: Final = 64 * 1024  # how much of an error body we read to clas
 MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
 
 _Phase = Literal["idle", "total"]
+# A JSON string, possibly cut off by the sample's end (even right after a backslash), and
+# whether a colon follows it (a key).
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
 
 
 class ClientObserver(Protocol):
@@ -126,11 +130,27 @@ class FlowGptClient:
                 observer.json_parse_failure()
             if not bad_samples:
                 bad_samples.append(sample)
-                log.warning("upstream sent an unusable line reason=%s sample=%r", reason, sample)
+                log.warning("upstream sent an unusable line reason=%s sample=%r", reason, redact_sample(sample))
             else:
                 log.debug("upstream sent an unusable line reason=%s", reason)
 
         return NdjsonDecoder(max_line_bytes=self._max_line_bytes, on_bad_line=on_bad_line)
+
+
+def redact_sample(sample: bytes) -> bytes:
+    """A bad line's shape without its text, fit for a log: JSON keys stay, other strings become ``"***"``.
+
+    Answer text (which may quote the prompt) travels in JSON string values; a line cut
+    mid-string keeps its missing closing quote, so the truncation still shows.
+    """
+
+    def mask(match: re.Match[bytes]) -> bytes:
+        end = match.group(1)
+        if end.endswith(b":"):
+            return match.group(0)
+        return b'"***' + end
+
+    return _JSON_STRING.sub(mask, sample)
 
 
 class FlowGptStream:

@@ -1,0 +1,359 @@
+"""Soak the gateway in front of a flapping upstream: every request must end, in time, with an allowed status.
+
+The simulator alternates between healthy and failing every ``flap_min``..``flap_max``
+seconds (503s, resets and stalls mid-stream, slow first tokens, garbage lines, some
+only for a fraction of requests), while ``concurrency`` workers send ``requests``
+chat requests, half of them streaming. Gateway and simulator share this process,
+so RSS is measured for both together.
+
+The short run is part of the test suite (tests/test_soak.py); the long one is::
+
+    .venv/bin/python -m tests.soak --requests 5000 --concurrency 100
+
+which prints a summary and exits 1 when an invariant fails (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gc
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.simulator import SimFaults, SimOptions, Simulator
+from gateway.state import BREAKER, HEALTH, METRICS
+
+ALLOWED_STATUSES: Final = frozenset({200, 429, 502, 503, 504})
+# The first failing phase always fails every request, so the breaker must open during it.
+FAULT_CYCLE: Final[tuple[SimFaults, ...]] = (
+    SimFaults(http_status=503, http_body="<html><body>503 Service Unavailable</body></html>"),
+    SimFaults(reset_after=2, garbage_ratio=0.3),
+    SimFaults(stall_after=1),
+    SimFaults(http_status=503, ratio=0.6),
+    SimFaults(garbage_ratio=1.0, reset_after=3, ratio=0.5),
+    SimFaults(slow_first_token=1.0, ratio=0.5),
+    SimFaults(http_status=429, retry_after=1),
+)
+# Short deadlines keep the run brisk; the client gives each request this much on top of the total.
+GATEWAY_SETTINGS: Final[dict[str, Any]] = {
+    "timeout_first_token": 0.5,
+    "timeout_idle": 0.5,
+    "timeout_total": 2.0,
+    "retry_max": 1,
+    "retry_backoff_base": 0.01,
+    "retry_backoff_max": 0.05,
+    "breaker_fail_max": 5,
+    "breaker_reset_seconds": 0.3,
+    "breaker_reset_max_seconds": 1.0,
+    "probe_enabled": True,
+    "probe_interval": 0.25,
+    "probe_unhealthy_interval": 0.1,
+    "probe_timeout": 0.5,
+    "probe_unhealthy_threshold": 2,
+    "max_concurrency": 64,
+    "queue_timeout": 0.2,
+    "uvloop": False,
+}
+CLIENT_GRACE: Final = 2.0
+RECOVERY_SECONDS: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SoakConfig:
+    """How hard and how long to push."""
+
+    requests: int = 800
+    concurrency: int = 50
+    think: float = 1.0  # a worker pauses uniformly up to this long between requests
+    flap_min: float = 0.5
+    flap_max: float = 2.0
+    stream_ratio: float = 0.5
+    chunk_delay: float = 0.005
+    warmup_requests: int = 200
+    seed: int = 1
+
+
+@dataclass
+class SoakReport:
+    """What happened; ``problems()`` lists every broken invariant."""
+
+    config: SoakConfig
+    deadline: float  # seconds a client waits before it calls a request hung
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    latencies: list[float] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
+    working_flips: list[bool] = field(default_factory=list)
+    breaker_opened: float = 0.0
+    breaker_closed: float = 0.0
+    rss_start_kib: int = 0
+    rss_end_kib: int = 0
+    error_logs: list[str] = field(default_factory=list)
+    recovered: bool = False
+    duration: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        """Requests finished (or given up on) in the measured run."""
+        return sum(self.outcomes.values())
+
+    def p(self, quantile: float) -> float:
+        """A latency quantile in seconds (nearest rank)."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+    def problems(self) -> list[str]:
+        """Every broken invariant, empty when the run was clean."""
+        found = list(self.violations)
+        if self.requests != self.config.requests:
+            found.append(f"{self.requests} of {self.config.requests} requests finished")
+        if self.breaker_opened < 1 or self.breaker_closed < 1:
+            found.append(f"breaker did not flap (opened {self.breaker_opened:g}, closed {self.breaker_closed:g})")
+        if False not in self.working_flips or self.working_flips[-1:] != [True]:
+            found.append(f"working flag did not follow the upstream: flips {self.working_flips}")
+        if not self.recovered:
+            found.append("gateway did not recover after the upstream healed")
+        if self.error_logs:
+            found.append(f"{len(self.error_logs)} ERROR log records, first: {self.error_logs[0]}")
+        return found
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        outcomes = ", ".join(f"{key}: {count}" for key, count in sorted(self.outcomes.items()))
+        return "\n".join(
+            [
+                f"requests {self.requests} at concurrency {self.config.concurrency} in {self.duration:.1f} s",
+                f"outcomes {outcomes}",
+                f"latency p50 {self.p(0.5) * 1000:.0f} ms, p99 {self.p(0.99) * 1000:.0f} ms, "
+                f"max {max(self.latencies, default=0) * 1000:.0f} ms (deadline {self.deadline * 1000:.0f} ms)",
+                f"upstream phases {len(self.phases)}; breaker opened {self.breaker_opened:g}x, "
+                f"closed {self.breaker_closed:g}x; working flips {len(self.working_flips)}",
+                f"RSS start {self.rss_start_kib / 1024:.1f} MiB, end {self.rss_end_kib / 1024:.1f} MiB "
+                f"(+{(self.rss_end_kib - self.rss_start_kib) / 1024:.1f} MiB)",
+                f"ERROR log records {len(self.error_logs)}; recovered after healing: {self.recovered}",
+            ]
+        )
+
+
+def rss_kib() -> int:
+    """This process's resident set size from /proc/self/status."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class _ErrorRecords(logging.Handler):
+    """Keeps every ERROR record and every record that carries a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or record.exc_info:
+            self.records.append(f"{record.name}: {record.getMessage()}")
+
+
+async def _flap(sim: Simulator, config: SoakConfig, rng: random.Random, phases: list[str]) -> None:
+    """Heal and break the upstream in turn until cancelled; leaves it healthy."""
+    faults = iter(FAULT_CYCLE * 1000)
+    try:
+        while True:
+            sim.faults = SimFaults()
+            phases.append("healthy")
+            await asyncio.sleep(rng.uniform(config.flap_min, config.flap_max))
+            fault = next(faults)
+            sim.faults = fault
+            phases.append(str(fault.model_dump(exclude_defaults=True)))
+            await asyncio.sleep(rng.uniform(config.flap_min, config.flap_max))
+    finally:
+        sim.faults = SimFaults()
+
+
+async def _one(session: aiohttp.ClientSession, url: str, *, stream: bool, deadline: float, report: SoakReport) -> None:
+    """One request, classified; anything but an allowed, complete answer is a violation."""
+    body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": "soak " * 8}]}
+    started = time.monotonic()
+    outcome: str
+    try:
+        async with asyncio.timeout(deadline):
+            async with session.post(url, json=body) as response:
+                raw = await response.read()
+                outcome = _classify(response.status, raw, stream=stream)
+    except TimeoutError:
+        outcome = "hang"
+    except aiohttp.ClientError as exc:
+        outcome = f"client error {type(exc).__name__}"
+    elapsed = time.monotonic() - started
+    report.latencies.append(elapsed)
+    report.outcomes[outcome] += 1
+    if not outcome.startswith(("200", "429", "502", "503", "504")) or outcome.endswith("?"):
+        report.violations.append(f"{outcome} after {elapsed:.2f} s")
+
+
+def _classify(status: int, raw: bytes, *, stream: bool) -> str:
+    """``200``, ``200 stream error <code>``, ``<status> <code>``; a trailing ``?`` marks a malformed answer."""
+    if status not in ALLOWED_STATUSES:
+        return f"{status} not allowed"
+    if status != 200:
+        try:
+            return f"{status} {orjson.loads(raw)['error']['code']}"
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return f"{status} ?"
+    if not stream:
+        try:
+            return "200" if orjson.loads(raw)["choices"][0]["message"]["content"] else "200 empty?"
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            return "200 ?"
+    events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    if events[-1:] == [b"[DONE]"]:
+        return "200 stream"
+    try:
+        return f"200 stream error {orjson.loads(events[-1])['error']['code']}"
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return "200 stream truncated?"
+
+
+async def _drive(
+    session: aiohttp.ClientSession, url: str, config: SoakConfig, total: int, report: SoakReport, rng: random.Random
+) -> None:
+    remaining = iter(range(total))  # shared: each worker takes the next request number
+    deadline = report.deadline
+
+    async def worker() -> None:
+        for _ in remaining:
+            await asyncio.sleep(rng.uniform(0, config.think))
+            await _one(session, url, stream=rng.random() < config.stream_ratio, deadline=deadline, report=report)
+
+    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+
+
+async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any) -> bool:
+    """With the upstream healthy again, the breaker closes, the flag is on and requests succeed."""
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "are you back?"}]}
+    give_up = time.monotonic() + RECOVERY_SECONDS
+    while time.monotonic() < give_up:
+        async with session.post(url, json=body) as response:
+            await response.read()
+            ok = response.status == 200
+        if ok and server_app[BREAKER].state == "closed" and server_app[HEALTH].working:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def run_soak(config: SoakConfig) -> SoakReport:
+    """Run the soak and return its report (never raises for a broken invariant: see ``problems()``)."""
+    deadline = GATEWAY_SETTINGS["timeout_total"] + CLIENT_GRACE
+    report = SoakReport(config, deadline=deadline)
+    rng = random.Random(config.seed)
+    errors = _ErrorRecords()
+    logging.getLogger().addHandler(errors)
+    try:
+        async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
+            app = create_app(Settings(upstream_url=sim.url, **GATEWAY_SETTINGS))
+            app[HEALTH].add_listener(report.working_flips.append)
+            server = TestServer(app, host="127.0.0.1")
+            await server.start_server()
+            connector = aiohttp.TCPConnector(limit=0)
+            try:
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    url = str(server.make_url("/v1/chat/completions"))
+                    await _phase(
+                        session, url, config, config.warmup_requests, sim, rng, SoakReport(config, deadline=deadline)
+                    )
+                    await _recover(session, url, app)
+                    report.working_flips.clear()
+                    metrics = app[METRICS].registry
+                    opened = metrics.get_sample_value("gateway_breaker_transitions_total", _to("open")) or 0.0
+                    closed = metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed")) or 0.0
+                    gc.collect()
+                    report.rss_start_kib = rss_kib()
+                    started = time.monotonic()
+                    await _phase(session, url, config, config.requests, sim, rng, report)
+                    report.duration = time.monotonic() - started
+                    report.recovered = await _recover(session, url, app)
+                    gc.collect()
+                    report.rss_end_kib = rss_kib()
+                    report.breaker_opened = (
+                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("open")) or 0.0
+                    ) - opened
+                    report.breaker_closed = (
+                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed")) or 0.0
+                    ) - closed
+            finally:
+                await server.close()
+    finally:
+        logging.getLogger().removeHandler(errors)
+    report.error_logs = errors.records
+    return report
+
+
+def _to(state: str) -> dict[str, str]:
+    return {"provider": "flowgpt", "to_state": state}
+
+
+async def _phase(
+    session: aiohttp.ClientSession,
+    url: str,
+    config: SoakConfig,
+    total: int,
+    sim: Simulator,
+    rng: random.Random,
+    report: SoakReport,
+) -> None:
+    flapper = asyncio.create_task(_flap(sim, config, rng, report.phases))
+    try:
+        await _drive(session, url, config, total, report, rng)
+    finally:
+        flapper.cancel()
+        await asyncio.gather(flapper, return_exceptions=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.soak``: run, print the summary, exit 1 on a broken invariant."""
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--think", type=float, default=1.0, help="max pause between a worker's requests (s)")
+    parser.add_argument("--flap-min", type=float, default=0.5)
+    parser.add_argument("--flap-max", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=1)
+    ns = parser.parse_args(argv)
+    config = SoakConfig(
+        requests=ns.requests,
+        concurrency=ns.concurrency,
+        think=ns.think,
+        flap_min=ns.flap_min,
+        flap_max=ns.flap_max,
+        seed=ns.seed,
+        warmup_requests=min(500, max(ns.requests // 10, 1)),
+    )
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
+    report = asyncio.run(run_soak(config))
+    print(report.summary())
+    problems = report.problems()
+    for problem in problems[:20]:
+        print(f"PROBLEM {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
