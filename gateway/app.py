@@ -85,15 +85,7 @@ def _upstream_context(
         # One session per app: connection pooling across requests, closed on exit.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-        client = FlowGptClient(
-            session,
-            url=settings.upstream_url,
-            token=settings.upstream_token,
-            proxy=settings.upstream_proxy,
-            connect_timeout=settings.timeout_connect,
-            max_line_bytes=settings.upstream_max_line_bytes,
-            observer=metrics,
-        )
+        client = make_client(session, settings, metrics)
         app[HTTP_SESSION] = session
         app[UPSTREAM] = UpstreamService(
             client,
@@ -111,17 +103,7 @@ def _upstream_context(
                 backoff_max=settings.retry_backoff_max,
             ),
         )
-        prober = Prober(
-            client,
-            app[HEALTH],
-            metrics,
-            interval=settings.probe_interval,
-            unhealthy_interval=settings.probe_unhealthy_interval,
-            timeout=settings.probe_timeout,
-            model=settings.probe_model,
-            prompt=settings.probe_prompt,
-            clock=clock,
-        )
+        prober = make_prober(client, app[HEALTH], metrics, settings, clock)
         app[PROBER] = prober
         if settings.probe_enabled:
             prober.start()
@@ -132,6 +114,40 @@ def _upstream_context(
             await session.close()
 
     return context
+
+
+def make_client(session: aiohttp.ClientSession, settings: Settings, metrics: Metrics) -> FlowGptClient:
+    """The FlowGpt client as the settings describe it (also used by the ``probe`` command)."""
+    return FlowGptClient(
+        session,
+        url=settings.upstream_url,
+        token=settings.upstream_token,
+        proxy=settings.upstream_proxy,
+        connect_timeout=settings.timeout_connect,
+        max_line_bytes=settings.upstream_max_line_bytes,
+        observer=metrics,
+    )
+
+
+def make_prober(
+    client: FlowGptClient,
+    health: HealthState,
+    metrics: Metrics,
+    settings: Settings,
+    clock: Callable[[], float] = time.monotonic,
+) -> Prober:
+    """The health prober as the settings describe it (also used by the ``probe`` command)."""
+    return Prober(
+        client,
+        health,
+        metrics,
+        interval=settings.probe_interval,
+        unhealthy_interval=settings.probe_unhealthy_interval,
+        timeout=settings.probe_timeout,
+        model=settings.probe_model,
+        prompt=settings.probe_prompt,
+        clock=clock,
+    )
 
 
 def _on_breaker_open(app: web.Application) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -16,12 +17,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import begin_shutdown, create_app
-from gateway.flowgpt.client import FlowGptClient
+from gateway.app import begin_shutdown, create_app, make_client, make_prober
 from gateway.health import HealthState
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
-from gateway.probe import Prober
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
 from gateway.state import UPSTREAM
@@ -156,25 +155,10 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
 
 async def probe_once(settings: Settings) -> int:
     """One probe against the configured upstream: prints the result, exit 0 on success, 1 on failure."""
-    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=asyncio.get_running_loop().time)
+    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=time.monotonic)
+    metrics = Metrics()
     async with aiohttp.ClientSession() as session:
-        client = FlowGptClient(
-            session,
-            url=settings.upstream_url,
-            token=settings.upstream_token,
-            proxy=settings.upstream_proxy,
-            connect_timeout=settings.timeout_connect,
-        )
-        prober = Prober(
-            client,
-            health,
-            Metrics(),
-            interval=settings.probe_interval,
-            unhealthy_interval=settings.probe_unhealthy_interval,
-            timeout=settings.probe_timeout,
-            model=settings.probe_model,
-            prompt=settings.probe_prompt,
-        )
+        prober = make_prober(make_client(session, settings, metrics), health, metrics, settings)
         result = await prober.probe_once()
     if result.ok:
         print(f"ok upstream={settings.upstream_url} latency={result.latency:.3f}s")
