@@ -1,4 +1,4 @@
-"""Helpers for tests of the monitoring stack (static checks now, live tests later).
+"""Helpers for tests of the monitoring stack: static checks and live tests.
 
 What lives here:
 - the metrics contract of the gateway (``METRICS_CONTRACT``), the one list every
@@ -9,7 +9,9 @@ What lives here:
 - ``promql_metric_names`` / ``promql_selectors``: a small PromQL scanner (no
   parser dependency) good enough to find metric names and label matchers;
 - rewriters that point copies of the configs at loopback services
-  (``alertmanager_config_with_webhook``, ``prometheus_config_for``);
+  (``alertmanager_config_with_webhook``, ``prometheus_config_for``, ``copy_rules``;
+  they live in ``monitoring.configs`` and are re-exported here);
+- ``live_child_pids``: for live tests that must leave no process behind;
 - ``run_tool``: runs promtool, amtool, docker-compose and fails (never skips)
   when a tool is missing.
 """
@@ -17,6 +19,7 @@ What lives here:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,12 +31,20 @@ from typing import Any, Final, Literal, cast
 import pytest
 import yaml
 
+# The config rewriters live with the configs (the alert drill uses them too); re-exported here.
+from monitoring.configs import ALERTMANAGER_CONFIG as ALERTMANAGER_CONFIG
+from monitoring.configs import DEFAULT_WEBHOOK_BASE as DEFAULT_WEBHOOK_BASE
+from monitoring.configs import JOB as JOB
+from monitoring.configs import MONITORING_DIR as MONITORING_DIR
+from monitoring.configs import PROMETHEUS_CONFIG as PROMETHEUS_CONFIG
+from monitoring.configs import RULES_DIR as RULES_DIR
+from monitoring.configs import alertmanager_config_with_webhook as alertmanager_config_with_webhook
+from monitoring.configs import copy_rules as copy_rules
+from monitoring.configs import prometheus_config_for as prometheus_config_for
+from monitoring.configs import webhook_urls as webhook_urls
+
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-MONITORING_DIR: Final = REPO_ROOT / "monitoring"
-PROMETHEUS_CONFIG: Final = MONITORING_DIR / "prometheus.yml"
-RULES_DIR: Final = MONITORING_DIR / "rules"
 RULE_TESTS_DIR: Final = MONITORING_DIR / "tests"
-ALERTMANAGER_CONFIG: Final = MONITORING_DIR / "alertmanager.yml"
 GRAFANA_DIR: Final = REPO_ROOT / "grafana"
 DATASOURCES_DIR: Final = GRAFANA_DIR / "provisioning" / "datasources"
 DASHBOARD_PROVIDERS_DIR: Final = GRAFANA_DIR / "provisioning" / "dashboards"
@@ -44,14 +55,11 @@ DOCKERIGNORE: Final = REPO_ROOT / ".dockerignore"
 RUNBOOK: Final = REPO_ROOT / "docs" / "runbook.md"
 MONITORING_DOC: Final = REPO_ROOT / "docs" / "monitoring.md"
 
-JOB: Final = "flowgpt-gateway"
 PROVIDER: Final = "flowgpt"
 DASHBOARD_UID: Final = "flowgpt-gateway"
 DATASOURCE_UID: Final = "prometheus"
 SLO_TARGET_RECORD: Final = "gateway:upstream_slo:target"
 RUNBOOK_URL_BASE: Final = "https://github.com/flowgpt-gateway/flowgpt-gateway/blob/main/docs/runbook.md"
-# Every webhook URL in alertmanager.yml starts with this; tests swap it out.
-DEFAULT_WEBHOOK_BASE: Final = "http://webhook:5001"
 # Receiver each kind of alert must reach.
 RECEIVER_FOR_SEVERITY: Final[Mapping[str, str]] = {"critical": "pager", "warning": "ticket"}
 WATCHDOG_ALERT: Final = "Watchdog"
@@ -157,6 +165,21 @@ def run_tool(
             pytrace=False,
         )
     return result
+
+
+def live_child_pids() -> set[int]:
+    """Processes whose parent is this one and that have not exited (zombies excluded); Linux /proc."""
+    me = str(os.getpid())
+    pids: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        state, ppid = fields[0], fields[1]
+        if ppid == me and state != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
 
 
 # --------------------------------------------------------------------------- files
@@ -476,109 +499,11 @@ def label_problems(expr: str) -> list[str]:
 # --------------------------------------------------------------------------- Alertmanager
 
 
-def webhook_urls(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Webhook URLs per receiver name."""
-    return {
-        str(receiver["name"]): [str(hook["url"]) for hook in receiver.get("webhook_configs") or []]
-        for receiver in config.get("receivers", [])
-    }
-
-
-def alertmanager_config_with_webhook(
-    base_url: str, *, timings: Mapping[str, str] | None = None, source: Path = ALERTMANAGER_CONFIG
-) -> str:
-    """alertmanager.yml text with every webhook URL moved from the default base to ``base_url``.
-
-    ``http://webhook:5001/pager`` becomes ``{base_url}/pager`` and so on; write the
-    result to a temporary file and start Alertmanager with it. ``timings`` (e.g.
-    ``{"group_wait": "0s", "group_interval": "1s", "repeat_interval": "1m"}``)
-    replaces those keys on the root route and on every child route, so a live
-    test does not wait for production grouping delays.
-    """
-    text = source.read_text(encoding="utf-8")
-    if DEFAULT_WEBHOOK_BASE not in text:
-        raise ValueError(f"{source} has no webhook URL starting with {DEFAULT_WEBHOOK_BASE}")
-    rewritten = text.replace(DEFAULT_WEBHOOK_BASE, base_url.rstrip("/"))
-    parsed = yaml.safe_load(rewritten)
-    stray = [url for urls in webhook_urls(parsed).values() for url in urls if not url.startswith(base_url)]
-    if stray:
-        raise ValueError(f"webhook URLs not under {base_url}: {stray}")
-    if not timings:
-        return rewritten
-    routes = [parsed["route"]]
-    while routes:
-        route = routes.pop()
-        for key, value in timings.items():
-            if key in route or route is parsed["route"]:
-                route[key] = value
-        routes.extend(route.get("routes", []))
-    return yaml.safe_dump(parsed, sort_keys=False)
-
-
 def amtool_receiver(labels: Mapping[str, str], config: Path = ALERTMANAGER_CONFIG) -> str:
     """The receiver(s) amtool routes an alert with ``labels`` to, comma-separated."""
     args = [f"{key}={value}" for key, value in labels.items()]
     result = run_tool("amtool", "config", "routes", "test", f"--config.file={config}", *args)
     return result.stdout.strip()
-
-
-# --------------------------------------------------------------------------- Prometheus
-
-
-def prometheus_config_for(
-    *,
-    target: str,
-    alertmanager: str | None = None,
-    scrape_interval: str = "1s",
-    evaluation_interval: str = "1s",
-    rules_dir: Path = RULES_DIR,
-    source: Path = PROMETHEUS_CONFIG,
-) -> str:
-    """monitoring/prometheus.yml adapted for a live test on loopback.
-
-    The gateway job scrapes ``target`` (``host:port``), rule files come from
-    ``rules_dir`` by absolute path, intervals are shortened, and alerts go to
-    ``alertmanager`` (``host:port``) or nowhere.
-    """
-    config = load_yaml_mapping(source)
-    config["global"] = {
-        **config.get("global", {}),
-        "scrape_interval": scrape_interval,
-        "scrape_timeout": scrape_interval,
-        "evaluation_interval": evaluation_interval,
-    }
-    config["rule_files"] = [str(rules_dir.resolve() / "*.yml")]
-    if alertmanager is None:
-        config.pop("alerting", None)
-    else:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    jobs = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
-    if len(jobs) != 1:
-        raise ValueError(f"{source} must have exactly one scrape job {JOB!r}")
-    jobs[0]["static_configs"] = [{"targets": [target]}]
-    config["scrape_configs"] = jobs
-    return yaml.safe_dump(config, sort_keys=False)
-
-
-def copy_rules(dest: Path, *, for_overrides: Mapping[str, str] | None = None) -> Path:
-    """Copy the rule files into ``dest``, optionally changing the ``for:`` of named alerts.
-
-    ``for_overrides={"GatewayUpstreamNotWorking": "2s"}`` lets a live test see an
-    alert fire in seconds. Returns ``dest``, ready for ``prometheus_config_for(rules_dir=...)``.
-    """
-    overrides = dict(for_overrides or {})
-    unknown = set(overrides) - alert_names()
-    if unknown:
-        raise ValueError(f"no such alerts: {sorted(unknown)}")
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in rule_files():
-        content = load_yaml_mapping(path)
-        for group in content.get("groups", []):
-            for rule in group["rules"]:
-                if rule.get("alert") in overrides:
-                    rule["for"] = overrides[rule["alert"]]
-        (dest / path.name).write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
-    return dest
 
 
 # --------------------------------------------------------------------------- runbook

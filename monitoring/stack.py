@@ -1,0 +1,485 @@
+"""The monitoring stack on loopback: simulator, gateway, Alertmanager, Prometheus and a webhook receiver.
+
+The simulator (``python -m gateway sim``), the gateway (``python -m gateway serve``),
+Alertmanager and Prometheus run as separate OS processes on free 127.0.0.1 ports;
+the webhook receiver runs in this process. Configs are the shipped ones, rewritten
+into a temporary directory by :mod:`monitoring.configs` (addresses, short intervals
+and the ``for:`` of named alerts only). Use ``async with Stack() as stack:``: every
+process started is stopped on the way out, whatever happened (errors, timeouts,
+cancellation by Ctrl-C), and :meth:`Stack.kill_all` is a synchronous last resort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+
+import aiohttp
+
+from monitoring.configs import (
+    JOB,
+    alertmanager_config_with_webhook,
+    copy_rules,
+    prometheus_config_for,
+)
+from monitoring.processes import ManagedProcess, StackError, find_tool, free_port, wait_until
+from monitoring.webhook import Notification, WebhookReceiver
+
+# Alerts a drill waits for, with ``for:`` short enough to see them fire within seconds.
+DRILL_FOR_OVERRIDES: Final[Mapping[str, str]] = MappingProxyType(
+    {"GatewayUpstreamNotWorking": "2s", "GatewayCircuitOpen": "2s"}
+)
+# A gateway that notices a broken upstream within about a second and recovers as fast.
+FAST_GATEWAY_ENV: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "GATEWAY_PROBE_INTERVAL": "0.5",
+        "GATEWAY_PROBE_UNHEALTHY_INTERVAL": "0.5",
+        # Two failed probes (about a second) leave time for one chat request to trip the breaker.
+        "GATEWAY_PROBE_UNHEALTHY_THRESHOLD": "2",
+        "GATEWAY_PROBE_TIMEOUT": "2",
+        "GATEWAY_BREAKER_FAIL_MAX": "2",
+        "GATEWAY_BREAKER_RESET_SECONDS": "2",
+        "GATEWAY_RETRY_BACKOFF_BASE": "0.01",
+        "GATEWAY_RETRY_BACKOFF_MAX": "0.05",
+        "GATEWAY_TIMEOUT_FIRST_TOKEN": "3",
+        "GATEWAY_TIMEOUT_IDLE": "3",
+        "GATEWAY_TIMEOUT_TOTAL": "10",
+        "GATEWAY_SHUTDOWN_TIMEOUT": "2",
+        "GATEWAY_LOG_LEVEL": "INFO",
+    }
+)
+_SIM_BANNER: Final = re.compile(r"FlowGpt simulator on (http://\S+?)/v3/chat-anonymous")
+_PORT_ATTEMPTS: Final = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackOptions:
+    """How the stack runs; the defaults suit a drill or a test (seconds, not minutes)."""
+
+    host: str = "127.0.0.1"
+    for_overrides: Mapping[str, str] = field(default_factory=lambda: dict(DRILL_FOR_OVERRIDES))
+    scrape_interval: str = "1s"
+    evaluation_interval: str = "1s"
+    # Prometheus re-sends firing alerts this often (1m in production); alerts expire after 4x.
+    alert_resend_delay: str = "2s"
+    alertmanager_timings: Mapping[str, str] = field(
+        default_factory=lambda: {"group_wait": "1s", "group_interval": "1s"}
+    )
+    resolve_timeout: str = "30s"
+    gateway_env: Mapping[str, str] = field(default_factory=lambda: dict(FAST_GATEWAY_ENV))
+    start_timeout: float = 30.0
+    # None: a temporary directory, removed on stop. A path: kept (configs, data and logs).
+    workdir: Path | None = None
+
+
+@dataclass(frozen=True)
+class PromAlert:
+    """An active alert as Prometheus reports it (``pending`` or ``firing``)."""
+
+    alertname: str
+    state: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """What the gateway answered to one chat request."""
+
+    status: int
+    code: str | None  # the OpenAI-style error code, None on success
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a Prometheus query result: labels and (time, value) samples."""
+
+    labels: Mapping[str, str]
+    values: tuple[tuple[float, float], ...]
+
+    def has_finite_value(self) -> bool:
+        """True if any sample is a number (not NaN or infinite)."""
+        return any(math.isfinite(value) for _, value in self.values)
+
+
+class Stack:
+    """Starts the whole stack on loopback and always stops what it started."""
+
+    def __init__(
+        self, options: StackOptions | None = None, *, on_notification: Callable[[Notification], None] | None = None
+    ) -> None:
+        self.options = options or StackOptions()
+        self.webhook = WebhookReceiver(on_notification=on_notification)
+        self.processes: list[ManagedProcess] = []
+        self.sim_url = self.gateway_url = self.alertmanager_url = self.prometheus_url = ""
+        self.started_at = 0.0  # time.time() when start() began
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._workdir: Path | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Stack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def workdir(self) -> Path:
+        """Where configs, data and logs are."""
+        if self._workdir is None:
+            raise StackError("the stack has not been started")
+        return self._workdir
+
+    @property
+    def rules_dir(self) -> Path:
+        """The rewritten copy of monitoring/rules that Prometheus loads."""
+        return self.workdir / "rules"
+
+    async def start(self) -> None:
+        """Start everything and wait until each piece answers; on any failure stop what started."""
+        try:
+            await self._start()
+        except StackError as exc:
+            tails = self.log_tails() if "--- last" not in str(exc) else ""
+            message = f"{exc}\n{tails}" if tails else str(exc)
+            await self.stop()
+            raise StackError(message) from exc
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        options = self.options
+        self.started_at = time.time()
+        if options.workdir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="flowgpt-stack-")
+            self._workdir = Path(self._tempdir.name)
+        else:
+            self._workdir = options.workdir
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            # Old TSDB or notification-log state would change what fires and what gets sent.
+            for data in ("prometheus-data", "alertmanager-data", "rules"):
+                shutil.rmtree(self._workdir / data, ignore_errors=True)
+        prometheus = find_tool("prometheus")
+        alertmanager = find_tool("prometheus-alertmanager", "alertmanager")
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        webhook_url = await self.webhook.start(options.host)
+        copy_rules(self.rules_dir, for_overrides=options.for_overrides)
+        try:
+            async with asyncio.timeout(options.start_timeout):
+                await asyncio.gather(self._start_simulator(), self._start_alertmanager(alertmanager, webhook_url))
+                await self._start_gateway()
+                await self._start_prometheus(prometheus)
+        except TimeoutError as exc:
+            raise StackError(f"the stack did not start within {options.start_timeout:g}s") from exc
+
+    async def stop(self) -> None:
+        """Stop everything in reverse order of start; idempotent and bounded.
+
+        If the stop itself is interrupted (a second Ctrl-C), the remaining children
+        are killed before the interruption propagates.
+        """
+        for process in reversed(self.processes):
+            try:
+                await process.stop()
+            except BaseException:  # e.g. a second Ctrl-C: do not leave the others running
+                self.kill_all()
+                raise
+        await self.webhook.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    def kill_all(self) -> None:
+        """SIGKILL every child still running; synchronous, for use when the event loop is gone."""
+        for process in self.processes:
+            process.kill()
+
+    def ensure_running(self) -> None:
+        """Raise ``StackError`` (with its output) if any child has exited; cheap, call it while polling."""
+        for process in self.processes:
+            process.ensure_running()
+
+    def leftover_processes(self) -> list[ManagedProcess]:
+        """Children that were started and have not exited (empty after a proper stop)."""
+        return [process for process in self.processes if process.running]
+
+    # -- starting each piece -------------------------------------------------------------------
+
+    def _process(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, *, log_name: str | None = None
+    ) -> ManagedProcess:
+        process = ManagedProcess(name, argv, log_path=self.workdir / f"{log_name or name}.log", env=env)
+        self.processes.append(process)
+        process.start()
+        return process
+
+    async def _start_on_free_port(
+        self, name: str, argv_for: Callable[[int], list[str]], ready_url: Callable[[str], str], **env: str
+    ) -> str:
+        """Start ``name`` on a free port, retrying with another one if the port was taken meanwhile."""
+        host = self.options.host
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = free_port(host)
+            base = f"http://{host}:{port}"
+            log_name = name if attempt == 1 else f"{name}-{attempt}"
+            process = self._process(name, argv_for(port), env or None, log_name=log_name)
+            try:
+                await self._wait_http_ok(process, ready_url(base), what=f"{name} on {base}")
+            except StackError:
+                taken = "address already in use" in process.log_text().lower()
+                if process.running or not taken or attempt == _PORT_ATTEMPTS:
+                    raise
+                self.processes.remove(process)  # exited (and reaped); the retry replaces it
+                continue
+            return base
+        raise AssertionError("unreachable")
+
+    async def _wait_http_ok(self, process: ManagedProcess, url: str, *, what: str) -> None:
+        async def ready() -> bool:
+            process.ensure_running()
+            async with self.session.get(url) as response:
+                return response.status == 200
+
+        await wait_until(ready, within=self.options.start_timeout, what=what)
+
+    async def _start_simulator(self) -> None:
+        process = self._process(
+            "simulator", [sys.executable, "-m", "gateway", "sim", "--host", self.options.host, "--port", "0"]
+        )
+
+        async def banner() -> str | None:
+            process.ensure_running()
+            match = _SIM_BANNER.search(process.log_text())
+            return None if match is None else match.group(1)
+
+        self.sim_url = await wait_until(banner, within=self.options.start_timeout, what="the simulator's banner")
+        await self._wait_http_ok(process, f"{self.sim_url}/_sim/healthz", what="the simulator")
+
+    async def _start_alertmanager(self, binary: str, webhook_url: str) -> None:
+        options = self.options
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(
+            alertmanager_config_with_webhook(
+                webhook_url, timings=options.alertmanager_timings, resolve_timeout=options.resolve_timeout
+            ),
+            encoding="utf-8",
+        )
+
+        def argv(port: int) -> list[str]:
+            return [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'alertmanager-data'}",
+                f"--web.listen-address={options.host}:{port}",
+                "--cluster.listen-address=",  # no gossip port on 0.0.0.0
+            ]
+
+        self.alertmanager_url = await self._start_on_free_port("alertmanager", argv, lambda base: f"{base}/-/ready")
+
+    async def _start_gateway(self) -> None:
+        # The caller's GATEWAY_* settings (API keys, a real upstream...) must not leak in.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+        env.update(self.options.gateway_env)
+        env.update({"GATEWAY_HOST": self.options.host, "GATEWAY_UPSTREAM_URL": f"{self.sim_url}/v3/chat-anonymous"})
+
+        def argv(port: int) -> list[str]:
+            return [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+
+        self.gateway_url = await self._start_on_free_port("gateway", argv, lambda base: f"{base}/healthz", **env)
+
+        async def probed_and_working() -> bool:
+            self.ensure_running()
+            status, body = await self.readiness()
+            return status == 200 and int(body.get("probes_total", 0)) > 0
+
+        await wait_until(probed_and_working, within=self.options.start_timeout, what="the gateway's first probe")
+
+    async def _start_prometheus(self, binary: str) -> None:
+        options = self.options
+        config = self.workdir / "prometheus.yml"
+        gateway_address = self.gateway_url.removeprefix("http://")
+        alertmanager_address = self.alertmanager_url.removeprefix("http://")
+        config.write_text(
+            prometheus_config_for(
+                target=gateway_address,
+                alertmanager=alertmanager_address,
+                scrape_interval=options.scrape_interval,
+                evaluation_interval=options.evaluation_interval,
+                rules_dir=self.rules_dir,
+            ),
+            encoding="utf-8",
+        )
+
+        def argv(port: int) -> list[str]:
+            return [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                f"--web.listen-address={options.host}:{port}",
+                f"--rules.alert.resend-delay={options.alert_resend_delay}",
+            ]
+
+        self.prometheus_url = await self._start_on_free_port("prometheus", argv, lambda base: f"{base}/-/ready")
+
+        async def scraping_and_alerting() -> bool:
+            self.ensure_running()
+            up = await self.query(f'up{{job="{JOB}"}}')
+            managers = await self._prometheus_api("alertmanagers")
+            return bool(up) and up[0].values[-1][1] == 1 and bool(managers.get("activeAlertmanagers"))
+
+        await wait_until(
+            scraping_and_alerting,
+            within=self.options.start_timeout,
+            what="Prometheus to scrape the gateway and find Alertmanager",
+        )
+
+    # -- talking to the pieces ------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client session (open while the stack runs)."""
+        if self._session is None:
+            raise StackError("the stack is not running")
+        return self._session
+
+    async def set_faults(self, **faults: Any) -> None:
+        """Replace the simulator's faults (``POST /_sim/faults``), e.g. ``http_status=503``."""
+        async with self.session.post(f"{self.sim_url}/_sim/faults", json=faults) as response:
+            if response.status != 200:
+                raise StackError(f"simulator refused faults {faults}: {response.status} {await response.text()}")
+
+    async def heal(self) -> None:
+        """Clear every simulator fault (``DELETE /_sim/faults``)."""
+        async with self.session.delete(f"{self.sim_url}/_sim/faults") as response:
+            if response.status != 200:
+                raise StackError(f"simulator did not heal: {response.status} {await response.text()}")
+
+    async def chat(self, content: str = "Hello", *, stream: bool = False) -> ChatResult:
+        """One chat completion through the gateway, read to the end."""
+        body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": content}]}
+        async with self.session.post(f"{self.gateway_url}/v1/chat/completions", json=body) as response:
+            text = await response.text()
+        code: str | None = None
+        if response.status != 200:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                code = json.loads(text)["error"]["code"]
+        return ChatResult(response.status, code)
+
+    async def trip_breaker(
+        self, *, within: float = 20.0, on_chat: Callable[[ChatResult, str], None] | None = None
+    ) -> None:
+        """Send chat requests until the gateway's breaker leaves ``closed`` (the upstream must be broken).
+
+        Health probes never trip the breaker (they bypass it), so this needs live
+        traffic before the probes turn the working flag off; ``on_chat`` sees each
+        answer and the breaker state after it.
+        """
+
+        async def tripped() -> bool:
+            self.ensure_running()
+            result = await self.chat("Hello")
+            _, body = await self.readiness()
+            state = str(body["breaker"]["state"])
+            if on_chat is not None:
+                on_chat(result, state)
+            if state == "closed" and not body["working"]:
+                raise StackError(
+                    "the working flag went off before chat traffic tripped the breaker "
+                    "(raise GATEWAY_PROBE_UNHEALTHY_THRESHOLD or lower GATEWAY_BREAKER_FAIL_MAX)"
+                )
+            return state != "closed"
+
+        await wait_until(tripped, within=within, what="the circuit breaker to open", interval=0.2)
+
+    async def wait_working(self, working: bool, *, within: float = 20.0) -> None:
+        """Wait until the gateway's working flag is ``working`` (and, when working, the breaker closed)."""
+
+        async def reached() -> bool:
+            self.ensure_running()
+            status, body = await self.readiness()
+            if working:
+                return status == 200 and bool(body["working"]) and body["breaker"]["state"] == "closed"
+            return status == 503 and not body["working"]
+
+        what = "the health probe to mark the upstream " + ("working" if working else "not working")
+        await wait_until(reached, within=within, what=what, interval=0.1)
+
+    async def readiness(self) -> tuple[int, dict[str, Any]]:
+        """The gateway's ``/readyz`` status and JSON (working flag, breaker, last probe)."""
+        async with self.session.get(f"{self.gateway_url}/readyz") as response:
+            body: dict[str, Any] = await response.json()
+            return response.status, body
+
+    async def gateway_metrics(self) -> str:
+        """The gateway's ``/metrics`` exposition (text format)."""
+        async with self.session.get(f"{self.gateway_url}/metrics") as response:
+            response.raise_for_status()
+            return await response.text()
+
+    async def _prometheus_api(self, path: str, **params: str) -> Any:
+        async with self.session.get(f"{self.prometheus_url}/api/v1/{path}", params=params) as response:
+            payload = await response.json()
+        if payload.get("status") != "success":
+            raise StackError(f"Prometheus {path} {params}: {payload.get('error', payload)}")
+        return payload["data"]
+
+    async def query(self, expr: str) -> list[Series]:
+        """An instant query; each series has one sample."""
+        data = await self._prometheus_api("query", query=expr)
+        if data["resultType"] != "vector":
+            raise StackError(f"{expr!r} returned a {data['resultType']}, not a vector")
+        return [
+            Series(labels=item["metric"], values=((float(item["value"][0]), float(item["value"][1])),))
+            for item in data["result"]
+        ]
+
+    async def query_range(self, expr: str, *, start: float, end: float, step: float = 1.0) -> list[Series]:
+        """A range query over Unix times ``start`` to ``end``."""
+        data = await self._prometheus_api("query_range", query=expr, start=str(start), end=str(end), step=str(step))
+        return [
+            Series(labels=item["metric"], values=tuple((float(t), float(v)) for t, v in item["values"]))
+            for item in data["result"]
+        ]
+
+    async def prometheus_alerts(self) -> list[PromAlert]:
+        """Alerts Prometheus holds as pending or firing right now."""
+        data = await self._prometheus_api("alerts")
+        return [
+            PromAlert(alertname=alert["labels"].get("alertname", ""), state=alert["state"], labels=alert["labels"])
+            for alert in data["alerts"]
+        ]
+
+    async def wait_for_scrape_after(self, moment: float, *, within: float = 15.0) -> None:
+        """Wait until Prometheus has scraped the gateway after Unix time ``moment``."""
+
+        async def scraped() -> bool:
+            self.ensure_running()
+            samples = await self.query(f'timestamp(up{{job="{JOB}"}})')
+            return bool(samples) and samples[0].values[0][1] > moment
+
+        await wait_until(scraped, within=within, what="a Prometheus scrape of the gateway", interval=0.25)
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The end of every process's output, for failure messages."""
+        return "\n".join(process.log_tail(lines) for process in self.processes)
