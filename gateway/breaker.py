@@ -232,8 +232,8 @@ class CircuitBreaker:
 
     async def record_success(self) -> None:
         """Count a deferred success (a stream that ended cleanly); only meaningful while closed."""
-        if self._mode != "auto" or self.state != "closed":
-            return
+        if self._mode != "auto" or self.state != "closed" or self._breaker.fail_counter == 0:
+            return  # aiobreaker's closed-state success only resets the count: nothing to do at zero
         await self._replay(None)
 
     # -- operator and probe control ----------------------------------------------------------

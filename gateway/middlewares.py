@@ -6,10 +6,11 @@ import hmac
 import logging
 import math
 import re
+import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING, Final
 
+import orjson
 from aiohttp import web
 
 from gateway.errors import (
@@ -42,7 +43,7 @@ def route_template(request: web.Request) -> str:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, one access-log line and the HTTP metrics for every request."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()
@@ -57,14 +58,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - started
         route = route_template(request)
-        request.app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
-        log.info(
-            "request method=%s route=%s status=%d duration_ms=%.2f",
-            request.method,
-            route,
-            status,
-            elapsed * 1000,
-        )
+        app = request.app
+        app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
+        access_log = app[SETTINGS].access_log
+        if access_log == "all" or (access_log == "errors" and status >= 400):
+            log.info(
+                "request method=%s route=%s status=%d duration_ms=%.2f",
+                request.method,
+                route,
+                status,
+                elapsed * 1000,
+            )
         request_id_var.reset(token)
 
 
@@ -77,7 +81,7 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
 
 def error_response(error: GatewayError) -> web.Response:
     """The single place where an error becomes an HTTP response."""
-    response = web.json_response(error_body(error), status=error.status)
+    response = web.Response(body=orjson.dumps(error_body(error)), status=error.status, content_type="application/json")
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return response

@@ -48,7 +48,7 @@ async def test_every_line_of_a_request_carries_its_id(
 ) -> None:
     """Access log, client warnings and error lines of one request all carry that request's id."""
     caplog.handler.addFilter(RequestIdFilter())
-    gateway = await make_gateway(retry_max=0)
+    gateway = await make_gateway(retry_max=0, access_log="all")
     sim.faults = SimFaults(garbage_ratio=1.0)
     with caplog.at_level(logging.DEBUG, logger="gateway"):
         response = await gateway.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-ID": "req-42"})
@@ -56,3 +56,16 @@ async def test_every_line_of_a_request_carries_its_id(
     lines = [r for r in caplog.records if r.name.startswith("gateway.") and not r.name.startswith("gateway.simulator")]
     assert {r.name for r in lines} >= {"gateway.access", "gateway.flowgpt.client"}
     assert {getattr(r, "request_id", None) for r in lines} == {"req-42"}
+
+
+async def test_access_log_levels(make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """GATEWAY_ACCESS_LOG=errors logs only failed requests; off logs none; all logs every one."""
+    expected = {"all": ["200", "404"], "errors": ["404"], "off": []}
+    for mode, statuses in expected.items():
+        gateway = await make_gateway(access_log=mode)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="gateway.access"):
+            await gateway.get("/healthz")
+            await gateway.get("/nowhere")
+        logged = [r.getMessage().split("status=")[1].split()[0] for r in caplog.records if r.name == "gateway.access"]
+        assert logged == statuses, mode

@@ -196,12 +196,19 @@ class FlowGptStream:
         self._response.release()
 
     async def _read_more(self) -> None:
-        timeout, phase = self._read_budget()
+        content = self._response.content
         try:
-            async with asyncio.timeout(timeout):
-                chunk = await self._response.content.readany()
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"upstream sent nothing for {timeout:.1f}s ({phase})", phase=phase) from exc
+            # Buffered data, or the end, needs no wait and so no timer: the common case under load.
+            chunk = b"" if content.at_eof() else content.read_nowait()
+            if not chunk and not content.at_eof():
+                timeout, phase = self._read_budget()
+                try:
+                    async with asyncio.timeout(timeout):
+                        chunk = await content.readany()
+                except TimeoutError as exc:
+                    raise UpstreamTimeoutError(
+                        f"upstream sent nothing for {timeout:.1f}s ({phase})", phase=phase
+                    ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamInterruptedError(f"upstream stream broke: {type(exc).__name__}") from exc
         if chunk:

@@ -75,6 +75,8 @@ async def _complete(request: web.Request) -> web.StreamResponse:
 
 async def _read_body(request: web.Request) -> bytes:
     """The body, within the client read timeout: a slow client must not hold a slot forever."""
+    if request.content.is_eof():
+        return await request.read()  # already buffered (small bodies come with the headers): no wait, no timer
     seconds = request.app[SETTINGS].client_read_timeout
     try:
         async with asyncio.timeout(seconds):
