@@ -257,31 +257,41 @@ class CircuitBreaker:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _admit(self) -> bool:
-        """Raise if the call must be refused; return True when it holds a half-open trial slot."""
+    def refusal(self) -> CircuitOpenError | None:
+        """The error a call would be refused with right now, or None; changes nothing.
+
+        Lets callers refuse before doing any work of their own (reading a body, say).
+        """
         if self._mode == "forced_open":
-            raise CircuitOpenError(
+            return CircuitOpenError(
                 f"circuit breaker {self.name!r} is forced open by an operator", retry_after=self.retry_after()
             )
         state = self.state
         if state == "open":
             remaining = self.retry_after()
             if remaining > 0:
-                raise CircuitOpenError(
+                return CircuitOpenError(
                     f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s",
                     retry_after=remaining,
                 )
-            self._breaker.half_open()
-            self._sync(traffic=True)
-            state = "half_open"
-        if state != "half_open":
-            return False
-        if self._trials >= self._half_open_calls:
-            raise CircuitOpenError(
+        elif state == "half_open" and self._trials >= self._half_open_calls:
+            return CircuitOpenError(
                 f"circuit breaker {self.name!r} is half-open and its trial call is in progress",
                 retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
                 half_open=True,
             )
+        return None
+
+    def _admit(self) -> bool:
+        """Raise if the call must be refused; return True when it holds a half-open trial slot."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+        if self.state == "open":  # the open period is over: this call is the trial
+            self._breaker.half_open()
+            self._sync(traffic=True)
+        if self.state != "half_open":
+            return False
         self._trials += 1
         return True
 

@@ -101,11 +101,11 @@ class UpstreamService:
             task.cancel()
         await asyncio.wait(self.cut_by_shutdown, timeout=2.0)
 
-    async def open(self, prompt: ChatPrompt) -> Answer:
-        """Admit the request and return an answer whose first fragment has arrived.
+    def refuse_early(self) -> None:
+        """Raise the refusals that need nothing from the request: draining, not working, breaker open.
 
-        Raises an AdmissionError (nothing was sent upstream) or the UpstreamError
-        of the last attempt.
+        Called before the body is even read, so an outage costs callers (and us) the least;
+        :meth:`open` repeats it because state may change while the body arrives.
         """
         if self.draining:
             raise ShuttingDownError("the gateway is shutting down", retry_after=1.0)
@@ -113,6 +113,18 @@ class UpstreamService:
         if refusal is not None:
             self._metrics.rejections["not_working"].inc()
             raise refusal
+        circuit = self.breaker.refusal()
+        if circuit is not None:
+            self._metrics.rejections["half_open_busy" if circuit.half_open else "breaker_open"].inc()
+            raise circuit
+
+    async def open(self, prompt: ChatPrompt) -> Answer:
+        """Admit the request and return an answer whose first fragment has arrived.
+
+        Raises an AdmissionError (nothing was sent upstream) or the UpstreamError
+        of the last attempt.
+        """
+        self.refuse_early()
         try:
             await self.limiter.acquire()
         except OverloadedError:

@@ -701,3 +701,15 @@ def test_invalid_settings_are_refused(options: dict[str, Any]) -> None:
     """Nonsensical limits raise ValueError at construction."""
     with pytest.raises(ValueError, match=r"must be|need"):
         CircuitBreaker(**options)
+
+
+async def test_refusal_reports_without_side_effects(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """refusal() says what a call would get now and never moves the breaker itself."""
+    assert breaker.refusal() is None
+    await trip(breaker)
+    refusal = breaker.refusal()
+    assert refusal is not None
+    assert refusal.code == "circuit_open"
+    clock.advance(breaker.current_open_duration)
+    assert breaker.refusal() is None
+    assert state_of(breaker) == "open"  # only a real call moves it to half-open

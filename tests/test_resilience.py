@@ -249,3 +249,13 @@ async def test_admin_can_force_the_breaker(make_gateway: GatewayFactory, sim: Si
     assert gateway.app[BREAKER].state == "open"
     bad = await gateway.post("/admin/breaker", json={"mode": "sideways"}, headers=auth)
     assert (bad.status, (await bad.json())["error"]["param"]) == (400, "mode")
+
+
+async def test_outage_refusal_comes_before_body_validation(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """While the breaker is open even a malformed body gets 503 circuit_open: nothing is parsed."""
+    gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
+    sim.faults = SimFaults(http_status=500)
+    await _trip(gateway, 1)
+    response = await gateway.post(CHAT, data=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "circuit_open"

@@ -50,6 +50,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _complete(request: web.Request) -> web.StreamResponse:
+    # During an outage refuse before reading or validating anything: it cannot succeed anyway.
+    request.app[UPSTREAM].refuse_early()
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
