@@ -31,6 +31,9 @@ log = logging.getLogger("gateway.access")
 
 _REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED_ROUTE: Final = "unmatched"
+# Deliberate refusals (breaker open, not working, draining) come by the thousand during an outage;
+# they are counted by reason in metrics, so the "errors" access log leaves them out.
+_REFUSALS: Final = frozenset({503})
 
 
 def route_template(request: web.Request) -> str:
@@ -61,7 +64,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         app = request.app
         app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
         access_log = app[SETTINGS].access_log
-        if access_log == "all" or (access_log == "errors" and status >= 400):
+        if access_log == "all" or (access_log == "errors" and status >= 500 and status not in _REFUSALS):
             log.info(
                 "request method=%s route=%s status=%d duration_ms=%.2f",
                 request.method,

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
 from gateway.simulator import SimFaults, Simulator
+from gateway.state import UPSTREAM
 from tests.conftest import GatewayFactory, chat_body
 
 
@@ -58,14 +59,21 @@ async def test_every_line_of_a_request_carries_its_id(
     assert {getattr(r, "request_id", None) for r in lines} == {"req-42"}
 
 
-async def test_access_log_levels(make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
-    """GATEWAY_ACCESS_LOG=errors logs only failed requests; off logs none; all logs every one."""
-    expected = {"all": ["200", "404"], "errors": ["404"], "off": []}
+async def test_access_log_levels(
+    make_gateway: GatewayFactory, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GATEWAY_ACCESS_LOG=errors logs only failures (not client errors or refusals); off none; all every one."""
+    expected = {"all": ["200", "404", "503", "502"], "errors": ["502"], "off": []}
     for mode, statuses in expected.items():
-        gateway = await make_gateway(access_log=mode)
+        gateway = await make_gateway(access_log=mode, retry_max=0, breaker_fail_max=1)
+        sim.faults = SimFaults(http_status=500)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="gateway.access"):
             await gateway.get("/healthz")
             await gateway.get("/nowhere")
+            gateway.app[UPSTREAM].draining = True
+            await gateway.post("/v1/chat/completions", json=chat_body())
+            gateway.app[UPSTREAM].draining = False
+            await gateway.post("/v1/chat/completions", json=chat_body())
         logged = [r.getMessage().split("status=")[1].split()[0] for r in caplog.records if r.name == "gateway.access"]
         assert logged == statuses, mode
