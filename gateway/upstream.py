@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,7 +66,6 @@ class UpstreamService:
         metrics: Metrics,
         timeouts: Timeouts,
         retry: RetryPolicy,
-        sleep: Callable[[float], asyncio.Future[None]] | None = None,
     ) -> None:
         self.client = client
         self.breaker = breaker
@@ -77,7 +75,6 @@ class UpstreamService:
         self._metrics = metrics
         self._timeouts = timeouts
         self._retry = retry
-        self._sleep = sleep or asyncio.sleep
         self.draining = False
         self.active: set[asyncio.Task[object]] = set()  # chat handlers in flight, for the drain
         self.cut_by_shutdown: set[asyncio.Task[object]] = set()
@@ -156,7 +153,7 @@ class UpstreamService:
                     raise
                 log.info("retrying upstream attempt=%d delay_ms=%.0f kind=%s", attempt + 1, delay * 1000, exc.kind)
                 self._metrics.retries.inc()
-                await self._sleep(delay)
+                await asyncio.sleep(delay)
                 attempt += 1
 
     def _retry_delay(self, error: UpstreamError, attempt: int, deadline: float) -> float | None:
