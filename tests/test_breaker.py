@@ -138,10 +138,8 @@ async def trip(breaker: CircuitBreaker, times: int = 2) -> None:
             await breaker.call(fail)
 
 
-async def reach_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
-    """Trip the breaker, wait out the open period and run one trial that hangs, then cancel it."""
-    await trip(breaker)
-    clock.advance(breaker.current_open_duration)
+async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
+    """Start a guarded call that never finishes, then cancel it (a client that went away)."""
     started = asyncio.Event()
 
     async def hang() -> str:
@@ -154,6 +152,13 @@ async def reach_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def reach_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Trip the breaker, wait out the open period and run one trial that hangs, then cancel it."""
+    await trip(breaker)
+    clock.advance(breaker.current_open_duration)
+    await cancel_a_hanging_call(breaker)
     assert state_of(breaker) == "half_open"
 
 
@@ -327,18 +332,7 @@ async def test_cancelled_call_is_neither_failure_nor_success(make_breaker: Break
     """A cancelled call (client disconnect) leaves the count as it was: no trip, no reset."""
     breaker = make_breaker(fail_max=3)
     await trip(breaker, 2)
-    started = asyncio.Event()
-
-    async def hang() -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "never"
-
-    task = asyncio.create_task(breaker.call(hang))
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_a_hanging_call(breaker)
     assert (breaker.state, breaker.consecutive_failures) == ("closed", 2)
     await trip(breaker, 1)
     assert state_of(breaker) == "open"
