@@ -222,11 +222,13 @@ class CircuitBreaker:
     async def record_failure(self, error: UpstreamError) -> None:
         """Count a failure seen after the guarded step succeeded (a stream that broke); may trip.
 
-        Not admission-gated. Ignored while open (already tripped) and in forced modes.
+        Counted only while closed: open means already tripped, and a half-open trial's success
+        closes the breaker at its first token, so a stream breaking while half-open was admitted
+        in an earlier period and must not decide the current trial. Ignored in forced modes.
         """
         if not isinstance(error, UpstreamError):
             raise TypeError("only an UpstreamError is a breaker failure")
-        if self._mode != "auto" or self.state == "open":
+        if self._mode != "auto" or self.state != "closed":
             return
         await self._replay(error)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.breaker import BreakerState
 
 PROVIDER: Final = "flowgpt"
+EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 PROBE_RESULTS: Final = ("success", "failure")
@@ -162,7 +163,8 @@ class Metrics:
         if request_id is None:
             histogram.observe(seconds)
         else:
-            histogram.observe(seconds, exemplar={"request_id": request_id})
+            # OpenMetrics caps an exemplar's labels at 128 characters, "request_id" included.
+            histogram.observe(seconds, exemplar={"request_id": request_id[:EXEMPLAR_ID_CHARS]})
 
     def precreate_routes(self, routes: list[tuple[str, str]]) -> None:
         """Create the success series of the known routes so rate() works from the first scrape."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -31,6 +32,8 @@ log = logging.getLogger("gateway.access")
 
 _REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED_ROUTE: Final = "unmatched"
+# nginx's convention for "the client closed the connection before the answer was complete".
+CLIENT_CLOSED_REQUEST: Final = 499
 # Deliberate refusals (breaker open, not working, draining) come by the thousand during an outage;
 # they are counted by reason in metrics, so the "errors" access log leaves them out.
 _REFUSALS: Final = frozenset({503})
@@ -58,11 +61,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED_REQUEST
+        raise
     finally:
         elapsed = time.perf_counter() - started
         route = route_template(request)
         app = request.app
-        app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
+        try:
+            app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
+        except Exception:  # metrics must never turn an answered request into a failure
+            log.exception("recording request metrics failed")
         access_log = app[SETTINGS].access_log
         if access_log == "all" or (access_log == "errors" and status >= 500 and status not in _REFUSALS):
             log.info(
@@ -86,7 +95,7 @@ def error_response(error: GatewayError) -> web.Response:
     """The single place where an error becomes an HTTP response."""
     response = web.Response(body=orjson.dumps(error_body(error)), status=error.status, content_type="application/json")
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        response.headers["Retry-After"] = str(max(1, math.ceil(min(error.retry_after, 86400.0))))
     return response
 
 

@@ -97,13 +97,14 @@ class Prober:
     async def run(self) -> None:
         """Probe forever; survives every exception; ends only by cancellation."""
         while True:
+            # Cleared before probing, so a trigger that arrives during the probe is kept.
+            self._wake.clear()
             try:
                 await self.probe_once()
             except Exception:
                 log.exception("probe loop error")
             delay = self.next_delay()
             self._health.next_probe_at = self._clock() + delay
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_ATTEMPT_SECONDS = 1.0  # a retry is only worth it with at least this long (or the first-token limit) left
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -164,9 +166,12 @@ class UpstreamService:
             return None  # the breaker refuses (or probes with a single trial): do not pile on
         delay = backoff_delay(attempt, base=self._retry.backoff_base, cap=self._retry.backoff_max)
         if isinstance(error, UpstreamRateLimitedError) and error.retry_after is not None:
+            if error.retry_after > self._retry.backoff_max:
+                return None  # the caller can wait that out without holding one of our slots
             delay = max(delay, error.retry_after)
-        # Leave room for at least a connect after the pause; otherwise the retry cannot succeed.
-        if time.monotonic() + delay >= deadline or not self._budget.try_acquire():
+        # The retry needs time of its own after the pause, or it is a timeout waiting to happen.
+        room = deadline - (time.monotonic() + delay)
+        if room < min(self._timeouts.first_token, MIN_ATTEMPT_SECONDS) or not self._budget.try_acquire():
             return None
         return delay
 

@@ -593,16 +593,17 @@ async def test_a_failing_listener_does_not_break_the_breaker(
     assert "breaker listener failed" in caplog.text
 
 
-async def test_record_failure_is_not_admission_gated_in_half_open(
+async def test_stale_stream_failure_does_not_decide_a_half_open_trial(
     make_breaker: BreakerFactory, clock: FakeClock, opened: list[None]
 ) -> None:
-    """In half-open with the trial slot free, record_failure re-opens (grown period) and fires on_open."""
+    """A stream admitted before the trip that breaks while half-open neither re-opens nor grows the period."""
     breaker = make_breaker(reset_multiplier=2.0)
     await reach_half_open(breaker, clock)
     await breaker.record_failure(UpstreamInterruptedError("an older stream broke"))
-    assert state_of(breaker) == "open"
-    assert breaker.retry_after() == 60.0
-    assert len(opened) == 2
+    assert state_of(breaker) == "half_open"
+    assert len(opened) == 1
+    assert await breaker.call(ok) == "ok"  # the real trial decides
+    assert state_of(breaker) == "closed"
 
 
 async def test_record_failure_leaves_the_error_untouched(breaker: CircuitBreaker) -> None:

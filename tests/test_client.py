@@ -157,7 +157,19 @@ async def test_connection_failure_is_a_connect_error(mock_upstream: Any, client:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(None, None), ("", None), ("5", 5.0), ("-3", 0.0), ("soon", None), ("1.5", 1.5)]
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("5", 5.0),
+        ("-3", 0.0),
+        ("soon", None),
+        ("1.5", 1.5),
+        ("inf", None),
+        ("1e999", None),
+        ("nan", None),
+        ("99999999", 86400.0),
+    ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     """Delta-seconds parse; nonsense is ignored."""

@@ -145,3 +145,13 @@ async def test_promtool_accepts_the_exposition(gateway: Client, sim: Simulator) 
     )
     output, _ = await asyncio.wait_for(process.communicate(text.encode()), timeout=60)
     assert process.returncode == 0, output.decode()
+
+
+async def test_longest_request_ids_still_get_answers(gateway: Client) -> None:
+    """A 128-character request id is echoed and answered; its exemplar is cut to the OpenMetrics limit."""
+    request_id = "r" * 128
+    response = await gateway.get("/healthz", headers={"X-Request-ID": request_id})
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == request_id
+    text = await (await gateway.get("/metrics", headers={"Accept": "application/openmetrics-text"})).text()
+    assert 'request_id="' + "r" * 118 + '"' in text

@@ -224,3 +224,12 @@ async def test_probe_command_exit_codes(sim: Simulator) -> None:
     assert code == 1, output
     assert "failed" in output
     assert "Cloudflare" in output
+
+
+async def test_trigger_during_a_probe_is_not_lost(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A breaker-open trigger that arrives while a probe runs starts another probe right after it."""
+    sim.faults = SimFaults(slow_first_token=0.3)
+    gateway = await make_gateway(probe_enabled=True, probe_interval=600)
+    await eventually(lambda: sim.stats.active_streams == 1)  # the start-up probe is in flight
+    gateway.app[PROBER].trigger()
+    await eventually(lambda: gateway.app[HEALTH].probes_total == 2, within=3.0)

@@ -118,7 +118,9 @@ async def test_streaming_client_disconnect_cancels_upstream(make_gateway: Gatewa
     await eventually(lambda: sim.stats.client_disconnects == 1)
     await eventually(lambda: gateway.app[METRICS].summary()["inflight"] == 0)
     after = await scrape(gateway)
-    assert sum(delta(before, after, "gateway_upstream_errors_total", kind=k, **P) for k in ("timeout", "interrupted")) == 0
+    assert (
+        sum(delta(before, after, "gateway_upstream_errors_total", kind=k, **P) for k in ("timeout", "interrupted")) == 0
+    )
     assert gateway.app[BREAKER].consecutive_failures == 0
     assert gateway.app[UPSTREAM].limiter.in_use == 0
 
@@ -148,7 +150,9 @@ async def test_one_failure_is_retried_transparently(make_gateway: GatewayFactory
     assert sim.stats.requests_total == 2
 
 
-async def test_connect_errors_and_first_token_timeouts_are_retried(make_gateway: GatewayFactory, sim: Simulator) -> None:
+async def test_connect_errors_and_first_token_timeouts_are_retried(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
     """A slow first token is retried and the second attempt answers."""
     gateway = await make_gateway(retry_max=1, timeout_first_token=0.2)
     sim.faults = SimFaults(slow_first_token=1.0, count=1)
@@ -259,3 +263,28 @@ async def test_outage_refusal_comes_before_body_validation(make_gateway: Gateway
     response = await gateway.post(CHAT, data=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "circuit_open"
+
+
+async def test_disconnects_are_counted_as_499_not_500(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A client that goes away is recorded as 499 (client closed request), never as a server error."""
+    gateway = await make_gateway()
+    sim.faults = SimFaults(stall_after=1)
+    before = await scrape(gateway)
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(gateway.make_url(CHAT), json=chat_body(stream=True))
+        await response.content.readline()
+        response.close()
+    await eventually(lambda: gateway.app[UPSTREAM].limiter.in_use == 0)
+    after = await scrape(gateway)
+    route = {"route": CHAT, "method": "POST"}
+    assert delta(before, after, "gateway_http_requests_total", code="499", **route) == 1
+    assert ("gateway_http_requests_total", frozenset({**route, "code": "500"}.items())) not in after
+
+
+async def test_no_retry_without_room_left_in_the_deadline(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A first-token timeout is not retried when too little of the total deadline is left to succeed."""
+    gateway = await make_gateway(retry_max=2, timeout_first_token=0.6, timeout_total=1.0)
+    sim.faults = SimFaults(slow_first_token=5)
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 504
+    assert sim.stats.requests_total == 1

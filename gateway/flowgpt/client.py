@@ -11,6 +11,7 @@ import asyncio
 import collections
 import email.utils
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ CLOUDFLARE_MARKERS: Final = (
 )
 ERROR_BODY_LIMIT: Final = 64 * 1024  # how much of an error body we read to classify it
 MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
+RETRY_AFTER_CAP: Final = 86400.0  # a day; anything longer is noise we do not pass on
 
 _Phase = Literal["idle", "total"]
 # A JSON string, possibly cut off by the sample's end (even right after a backslash), and
@@ -291,14 +293,15 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None  # "inf" or "1e999" from a confused upstream
+    return min(max(0.0, seconds), RETRY_AFTER_CAP)
 
 
 __all__ = ["ChatPrompt", "ClientObserver", "FlowGptClient", "FlowGptStream", "UpstreamError", "parse_retry_after"]

@@ -20,7 +20,7 @@ from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.middlewares import error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
-from gateway.state import SETTINGS, UPSTREAM
+from gateway.state import SETTINGS, STREAM_RESPONSE, UPSTREAM
 from gateway.upstream import Answer
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if task not in upstream.cut_by_shutdown:
             raise  # the client went away
         task.uncancel()
+        started: web.StreamResponse | None = request.get(STREAM_RESPONSE)
+        if started is not None and started.prepared:
+            return started  # its head is on the wire: finish that response, never start a second one
         return error_response(ShuttingDownError("the gateway shut down before the answer was ready"))
     finally:
         upstream.active.discard(task)
@@ -89,6 +92,7 @@ async def _read_body(request: web.Request) -> bytes:
 
 async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
+    request[STREAM_RESPONSE] = response
     await response.prepare(request)
     encoder = ChunkEncoder(new_completion_id(), model)
     try:
