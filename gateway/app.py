@@ -19,7 +19,7 @@ from gateway.middlewares import add_request_id_header, api_key_auth, errors, obs
 from gateway.probe import Prober
 from gateway.retry import RetryBudget
 from gateway.settings import Settings
-from gateway.state import BREAKER, HEALTH, HTTP_SESSION, METRICS, PROBER, SETTINGS, STARTED_AT, UPSTREAM
+from gateway.state import API_KEYS, BREAKER, HEALTH, HTTP_SESSION, METRICS, PROBER, SETTINGS, STARTED_AT, UPSTREAM
 from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
 
 
@@ -57,6 +57,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app[HEALTH] = health
     app[BREAKER] = breaker
     app[STARTED_AT] = time.monotonic()
+    app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     app.cleanup_ctx.append(_upstream_context(clock))
     app.on_response_prepare.append(add_request_id_header)
 

@@ -163,7 +163,6 @@ class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
     kind: UpstreamErrorKind = "http_status"
-    retryable: ClassVar[bool] = False
 
     def _code(self) -> str:
         # The code mirrors the metrics kind, so a client's error and a dashboard agree.
@@ -174,7 +173,6 @@ class UpstreamConnectError(UpstreamError):
     """The TCP/TLS connection (or the proxy) could not be established."""
 
     kind = "connect"
-    retryable = True
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
-from gateway.state import METRICS, REQUEST_ID, SETTINGS
+from gateway.state import API_KEYS, METRICS, REQUEST_ID, SETTINGS
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -136,19 +136,18 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """When keys are configured, ``/v1/*`` needs ``Authorization: Bearer <key>``; ops endpoints stay open."""
-    keys = request.app[SETTINGS].api_keys
+    keys = request.app[API_KEYS]
     if keys and request.path.startswith("/v1/"):
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not _key_matches(presented.strip(), [k.get_secret_value() for k in keys]):
+        if scheme.lower() != "bearer" or not _key_matches(presented.strip().encode(), keys):
             raise AuthenticationError("missing or invalid API key (send Authorization: Bearer <key>)")
     return await handler(request)
 
 
-def _key_matches(presented: str, keys: list[str]) -> bool:
+def _key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
     """Constant-time comparison against every key (no early exit that leaks which one matched)."""
-    candidate = presented.encode()
     found = False
     for key in keys:
-        found |= hmac.compare_digest(candidate, key.encode())
+        found |= hmac.compare_digest(presented, key)
     return found

@@ -20,5 +20,6 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", UpstreamService)
 PROBER = web.AppKey("prober", Prober)
 STARTED_AT = web.AppKey("started_at", float)
+API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)

@@ -125,18 +125,19 @@ class FlowGptClient:
 
     def _new_decoder(self) -> NdjsonDecoder:
         observer = self._observer
-        bad_samples: list[bytes] = []
 
         def on_bad_line(sample: bytes, reason: str) -> None:
             if observer is not None:
                 observer.json_parse_failure()
-            if not bad_samples:
-                bad_samples.append(sample)
+            # One warning per stream (with a redacted sample); the rest only at debug, so a
+            # garbage-spewing upstream cannot flood the log.
+            if decoder.bad_lines == 1:
                 log.warning("upstream sent an unusable line reason=%s sample=%r", reason, redact_sample(sample))
             else:
                 log.debug("upstream sent an unusable line reason=%s", reason)
 
-        return NdjsonDecoder(max_line_bytes=self._max_line_bytes, on_bad_line=on_bad_line)
+        decoder = NdjsonDecoder(max_line_bytes=self._max_line_bytes, on_bad_line=on_bad_line)
+        return decoder
 
 
 def redact_sample(sample: bytes) -> bytes:
