@@ -33,6 +33,7 @@ from gateway.simulator import (
     split_answer,
 )
 from gateway.simulator.cli import add_arguments, options_from_args, run
+from gateway.simulator.faults import LONG_EVENT_CHARS, MAX_ANSWER_BYTES, split_error_body
 
 MODEL = "gpt-4-turbo"
 QUESTION = "What is the capital of France?"
@@ -404,6 +405,173 @@ async def test_empty_stream_has_no_lines(sim: Simulator, session: aiohttp.Client
     assert await post_chat(session, sim) == (200, "application/x-ndjson", b"")
 
 
+async def post_raw(session: aiohttp.ClientSession, sim: Simulator, raw: bytes) -> tuple[int, bytes]:
+    """POST exactly ``raw`` as a signed chat request; the rejection faults measure these bytes."""
+    headers = signed_headers(ANONYMOUS_TOKEN) | {"Content-Type": "application/json"}
+    async with session.post(sim.url, data=raw, headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+def encoded(question: str = QUESTION) -> bytes:
+    """A valid request body as bytes."""
+    return json.dumps(chat_body(question)).encode()
+
+
+async def test_reject_over_bytes_is_413_only_above_the_limit(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """reject_over_bytes serves a body of exactly the limit and answers 413 to one byte more."""
+    at_limit, over = encoded(), encoded(QUESTION + "!")
+    sim.faults = SimFaults(reject_over_bytes=len(at_limit))
+    status, raw = await post_raw(session, sim, at_limit)
+    assert (status, text_of(parse(raw)[0])) == (200, ANSWER)
+    status, raw = await post_raw(session, sim, over)
+    assert status == 413
+    message = f"request body too large ({len(over)} bytes > limit {len(at_limit)})"
+    assert json.loads(raw) == {"error": {"message": message}}
+    assert sim.stats.responses_by_status == {200: 1, 413: 1}
+    assert sim.stats.faulted_total == 1
+
+
+async def test_reject_marker_rejects_only_bodies_containing_it(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """reject_marker answers reject_status with a JSON error to bodies holding the marker, and serves the rest."""
+    sim.faults = SimFaults(reject_marker="FORBIDDEN-WORD", reject_status=422)
+    status, content_type, raw = await post_chat(session, sim, body=chat_body("say FORBIDDEN-WORD please"))
+    assert (status, content_type) == (422, "application/json")
+    assert "FORBIDDEN-WORD" in json.loads(raw)["error"]["message"]
+    status, _, raw = await post_chat(session, sim)
+    assert (status, text_of(parse(raw)[0])) == (200, ANSWER)
+    assert sim.stats.responses_by_status == {422: 1, 200: 1}
+    assert sim.stats.faulted_total == 1
+
+
+async def test_reject_marker_can_name_a_model(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """A model name as the marker rejects that model's requests with the default 400 and serves other models."""
+    sim.faults = SimFaults(reject_marker=MODEL)
+    assert (await post_chat(session, sim))[0] == 400
+    other = build_body("claude-v2", [Message("user", QUESTION)])
+    status, _, raw = await post_chat(session, sim, body=other)
+    assert (status, text_of(parse(raw)[0])) == (200, expected_answer("claude-v2", QUESTION))
+
+
+async def test_rejections_come_first_and_other_faults_apply_to_the_rest(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """A rejection beats http_status; reject_over_bytes beats reject_marker; unrejected requests get the other faults."""
+    sim.faults = SimFaults(reject_marker="FORBIDDEN", http_status=503)
+    assert (await post_chat(session, sim, body=chat_body("FORBIDDEN")))[0] == 400
+    assert (await post_chat(session, sim))[0] == 503
+    sim.faults = SimFaults(reject_marker="FORBIDDEN", reject_over_bytes=10)
+    assert (await post_chat(session, sim, body=chat_body("FORBIDDEN")))[0] == 413
+    assert sim.stats.faulted_total == 3
+
+
+async def test_rejections_skip_the_ratio_draw_and_use_up_count(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """ratio never spares a matching body; count=1 heals everything after the first rejection."""
+    sim.faults = SimFaults(reject_marker="FORBIDDEN", ratio=0, count=1)
+    assert (await post_chat(session, sim))[0] == 200
+    assert sim.stats.faulted_total == 0
+    assert (await post_chat(session, sim, body=chat_body("FORBIDDEN")))[0] == 400
+    assert sim.faults == SimFaults()
+    assert (await post_chat(session, sim, body=chat_body("FORBIDDEN")))[0] == 200
+    assert sim.stats.faulted_total == 1
+
+
+async def test_answer_bytes_streams_a_long_answer_in_many_events(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """answer_bytes streams the expected answer then filler, at least that many bytes of text in KiB-sized events."""
+    sim.faults = SimFaults(answer_bytes=300_000, garbage_ratio=1)
+    status, _, raw = await post_chat(session, sim)
+    objects, garbage = parse(raw)
+    texts = [o["data"] for o in objects if o.get("event") == "text"]
+    text = "".join(texts)
+    assert status == 200
+    assert text.startswith(ANSWER)
+    assert 300_000 <= len(text.encode()) < 300_000 + len(ANSWER)
+    assert len(texts) == len(garbage) == sim.stats.text_chunks_sent > 300_000 // LONG_EVENT_CHARS
+    assert max(len(t) for t in texts) <= LONG_EVENT_CHARS
+    assert sim.stats.completed_streams == 1
+
+
+async def test_answer_bytes_blocks_on_a_slow_reader_and_ends_when_it_leaves(session: aiohttp.ClientSession) -> None:
+    """A reader that stops leaves the long stream waiting on drain; when it disconnects the handler ends at once."""
+    async with Simulator(SimOptions(meta_events=False), SimFaults(answer_bytes=MAX_ANSWER_BYTES)) as sim:
+        async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+            assert ANSWER in json.loads(await resp.content.readline())["data"]
+            sent = -1
+            for _ in range(30):  # until the socket buffers are full and the writes stop
+                await asyncio.sleep(0.1)
+                if sim.stats.text_chunks_sent == sent:
+                    break
+                sent = sim.stats.text_chunks_sent
+            assert sim.stats.text_chunks_sent == sent < MAX_ANSWER_BYTES // LONG_EVENT_CHARS
+            assert (sim.stats.active_streams, sim.stats.completed_streams) == (1, 0)
+        await eventually(lambda: sim.stats.client_disconnects == 1)
+        assert (sim.stats.active_streams, sim.stats.completed_streams) == (0, 0)
+
+
+async def test_error_body_chunks_keeps_cloudflare_markers_out_of_the_first_read(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """With error_body_chunks=2 the first read of the Cloudflare page is the doctype alone; the rest follows later."""
+    sim.faults = SimFaults(http_status=403, http_body="cloudflare", error_body_chunks=2, error_chunk_delay=0.2)
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        assert resp.status == 403
+        assert resp.headers["Content-Type"].startswith("text/html")
+        assert "Content-Length" not in resp.headers
+        first = await resp.content.readany()
+        rest = await resp.read()
+    assert first == b"<!DOCTYPE html>\n"
+    assert b"Just a moment" not in first
+    assert b"cf-please-wait" not in first
+    assert (first + rest).decode() == CLOUDFLARE_PAGE
+    assert sim.stats.responses_by_status == {403: 1}
+
+
+async def test_error_body_chunks_sends_json_error_in_separate_pieces(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """A JSON error body goes out in error_body_chunks pieces, each a separate read, with Retry-After kept."""
+    sim.faults = SimFaults(http_status=429, retry_after=1, error_body_chunks=3, error_chunk_delay=0.1)
+    pieces: list[bytes] = []
+    started = time.monotonic()
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (429, "1")
+        while piece := await resp.content.readany():
+            pieces.append(piece)
+    assert time.monotonic() - started >= 0.2
+    assert len(pieces) == 3
+    assert json.loads(b"".join(pieces)) == {"error": {"message": "simulated upstream error 429"}}
+
+
+async def test_stop_cuts_a_chunked_error_body(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """Stopping mid error body aborts it, so the client never mistakes a prefix for the whole page."""
+    sim.faults = SimFaults(http_status=403, http_body="cloudflare", error_body_chunks=2, error_chunk_delay=5)
+    async with session.post(sim.url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+        await resp.content.readany()
+        started = time.monotonic()
+        await sim.stop()
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_split_error_body_sends_the_first_line_alone(chunks: int) -> None:
+    """The first piece of a multi-line body is its first line; the pieces join back to the body."""
+    body = CLOUDFLARE_PAGE.encode()
+    pieces = split_error_body(body, chunks)
+    assert (len(pieces), pieces[0], b"".join(pieces)) == (chunks, b"<!DOCTYPE html>\n", body)
+    assert body.index(b"<title>") >= len(pieces[0])
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"), [(b"abcdef", [b"abc", b"def"]), (b"abc\n", [b"ab", b"c\n"]), (b"a", [b"a"])]
+)
+def test_split_error_body_without_inner_line_break_splits_evenly(body: bytes, expected: list[bytes]) -> None:
+    """A one-line body is cut into near-equal pieces (never more pieces than bytes)."""
+    assert split_error_body(body, 2) == expected
+
+
 async def _statuses_with_ratio(session: aiohttp.ClientSession, seed: int, count: int) -> list[int]:
     async with Simulator(SimOptions(seed=seed, chunks=1), SimFaults(http_status=500, ratio=0.3)) as sim:
         statuses = [(await post_chat(session, sim))[0] for _ in range(count)]
@@ -432,6 +600,11 @@ def test_fault_model_validates() -> None:
     assert not SimFaults().active
     assert not SimFaults(ratio=0.5).active
     assert SimFaults(stall_after=0).active
+    assert SimFaults(reject_marker="x").active
+    assert SimFaults(reject_over_bytes=1).active
+    assert SimFaults(answer_bytes=1).active
+    assert not SimFaults(reject_status=403).active
+    assert not SimFaults(reject_marker="x").shapes_responses
     with pytest.raises(ValidationError):
         SimFaults(http_status=99)
     with pytest.raises(ValidationError):
@@ -440,6 +613,18 @@ def test_fault_model_validates() -> None:
         SimFaults(retry_after=float("inf"))
     with pytest.raises(ValidationError):
         SimFaults.model_validate({"bogus": 1})
+    for bad in (
+        {"reject_over_bytes": 0},
+        {"reject_marker": ""},
+        {"reject_status": 500},
+        {"reject_status": 399},
+        {"answer_bytes": 0},
+        {"answer_bytes": MAX_ANSWER_BYTES + 1},
+        {"error_body_chunks": 1},
+        {"error_chunk_delay": -1},
+    ):
+        with pytest.raises(ValidationError):
+            SimFaults.model_validate(bad)
     with pytest.raises(ValidationError):
         SimOptions(chunks=0)
 

@@ -10,9 +10,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
 from typing import Any, Final, Literal
 
 import orjson
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from gateway.simulator.faults import (
     GARBAGE_LINES,
     HTML,
+    JSON,
     MAINTENANCE_PAGE,
     META_LINES,
     NDJSON,
@@ -32,6 +34,8 @@ from gateway.simulator.faults import (
     auth_problem,
     describe_error,
     expected_answer,
+    long_answer_lines,
+    split_error_body,
 )
 
 logger = logging.getLogger(__name__)
@@ -182,7 +186,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if problem is not None:
             return _reject(state, 401, problem)
     try:
-        payload = orjson.loads(await request.read())
+        raw = await request.read()
+        payload = orjson.loads(raw)
     except web.HTTPRequestEntityTooLarge:
         return _reject(state, 413, "body too large")
     except orjson.JSONDecodeError:
@@ -197,23 +202,55 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return _reject(state, 400, message, field)
 
     faults = state.faults
+    # The body alone decides a rejection: a test reproduces it by what it sends, not by luck.
+    rejection = faults.rejection(raw)
+    if rejection is not None:
+        state.take_fault()
+        status, data = rejection
+        stats.count(status)
+        logger.debug("chat rejected by fault status=%d", status)
+        return web.Response(status=status, body=data, headers={"Content-Type": JSON})
     # Drawn per request from the seeded RNG, so a seeded run faults the same requests.
-    if faults.active and (faults.ratio >= 1 or state.rng.random() < faults.ratio):
+    if faults.shapes_responses and (faults.ratio >= 1 or state.rng.random() < faults.ratio):
         state.take_fault()
     else:
         faults = _HEALTHY
     if faults.http_status is not None:
-        status, data, content_type, headers = faults.error_response()
-        stats.count(status)
-        # 1xx, 204 and 304 must not carry a body.
-        no_body = status < 200 or status in (204, 304)
-        return web.Response(
-            status=status, body=None if no_body else data, headers={"Content-Type": content_type, **headers}
-        )
+        return await _send_error(request, state, faults)
     if faults.html_200:
         stats.count(200)
         return web.Response(body=MAINTENANCE_PAGE.encode(), headers={"Content-Type": HTML})
     return await _stream(request, state, faults, expected_answer(body.model, body.question))
+
+
+async def _send_error(request: web.Request, state: SimState, faults: SimFaults) -> web.StreamResponse:
+    status, data, content_type, extra = faults.error_response()
+    state.stats.count(status)
+    headers = {"Content-Type": content_type, **extra}
+    # 1xx, 204 and 304 must not carry a body.
+    if status < 200 or status in (204, 304):
+        return web.Response(status=status, headers=headers)
+    if faults.error_body_chunks is None:
+        return web.Response(status=status, body=data, headers=headers)
+    # Chunked, one write per piece with a pause between, so each piece reaches the
+    # client as a separate read.
+    response = web.StreamResponse(status=status, headers=headers)
+    try:
+        await response.prepare(request)
+        for index, piece in enumerate(split_error_body(data, faults.error_body_chunks)):
+            if index:
+                woke = await state.pause(request, faults.error_chunk_delay)
+                if woke == "gone":
+                    break
+                if woke == "stopping":
+                    # Cut, not finished: a complete chunked body would pass for the whole page.
+                    if request.transport is not None:
+                        request.transport.abort()
+                    break
+            await response.write(piece)
+    except ConnectionError:
+        pass  # the client left; aiohttp then drops its final write quietly
+    return response
 
 
 async def _stream(request: web.Request, state: SimState, faults: SimFaults, answer: str) -> web.StreamResponse:
@@ -228,7 +265,7 @@ async def _stream(request: web.Request, state: SimState, faults: SimFaults, answ
     try:
         await response.prepare(request)  # StreamResponse sends the headers now, like a slow real model
         outcome = await _send_answer(request, response, state, faults, answer)
-    except ConnectionResetError:
+    except ConnectionError:  # a write blocked on drain gets a plain ConnectionError when the client leaves
         outcome = "stopping" if state.stopping else "gone"
     finally:
         if transport is not None:
@@ -258,14 +295,12 @@ async def _send_answer(
         woke = await state.pause(request, faults.slow_first_token)
         if woke != "elapsed":
             return woke
-    lines = answer_lines(answer, options.chunks)
     cuts = [n for n in (faults.reset_after, faults.stall_after) if n is not None]
     cut = min(cuts) if cuts else None
-    if cut is not None:
-        lines = lines[:cut]
     head = META_LINES if options.meta_events else b""
-    if options.chunk_delay == 0:
+    if options.chunk_delay == 0 and faults.answer_bytes is None:
         # Benchmark path: the whole body in one write, garbage drawn only when asked for.
+        lines = answer_lines(answer, options.chunks)[:cut]
         if faults.garbage_ratio > 0:
             lines = tuple(_garbage(state, faults) + line for line in lines)
         data = head + b"".join(lines)
@@ -273,10 +308,17 @@ async def _send_answer(
             await response.write(data)
         stats.text_chunks_sent += len(lines)
     else:
+        # One write per event: a long answer is made lazily and each write waits for
+        # a slow reader to drain, so it never piles up in memory.
+        events: Iterable[bytes] = (
+            answer_lines(answer, options.chunks)
+            if faults.answer_bytes is None
+            else long_answer_lines(answer, faults.answer_bytes)
+        )
         if head:
             await response.write(head)
-        for index, line in enumerate(lines):
-            if index:
+        for index, line in enumerate(islice(events, cut)):
+            if index and options.chunk_delay > 0:
                 woke = await state.pause(request, options.chunk_delay)
                 if woke != "elapsed":
                     return woke

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property, lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -51,6 +51,10 @@ MAINTENANCE_PAGE: Final = """<!DOCTYPE html>
 <body><h1>We'll be right back</h1><p>FlowGPT is under scheduled maintenance.</p></body></html>
 """
 
+# Bounds the answer_bytes fault: big enough to outlast any socket buffers, small
+# enough that a typo cannot keep a stream busy for minutes.
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+
 # None is valid JSON and none is blank (blank lines are legitimately skipped).
 GARBAGE_LINES: Final[tuple[bytes, ...]] = (
     b'{"event":"text","data":"trunc\n',
@@ -62,17 +66,27 @@ GARBAGE_LINES: Final[tuple[bytes, ...]] = (
 class SimFaults(BaseModel):
     """Faults to inject into chat responses; ``SimFaults()`` is a healthy upstream.
 
-    Precedence when several are set: ``http_status`` > ``html_200`` > ``empty_stream``
-    > a stream shaped by ``slow_first_token``, ``garbage_ratio``, ``stall_after`` and
-    ``reset_after``. Frozen: replace the whole object to change faults.
+    Precedence when several are set: first the rejections, decided by the request body
+    alone (``reject_over_bytes`` > ``reject_marker``); they skip the ``ratio`` draw but
+    each rejection counts towards ``count``. A request they let through is then faulted
+    by ``ratio``: ``http_status`` (its body cut by ``error_body_chunks``) > ``html_200``
+    > ``empty_stream`` > a stream shaped by ``answer_bytes``, ``slow_first_token``,
+    ``garbage_ratio``, ``stall_after`` and ``reset_after``. Frozen: replace the whole
+    object to change faults.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    reject_over_bytes: int | None = Field(default=None, ge=1)
+    reject_marker: str | None = Field(default=None, min_length=1)
+    reject_status: int = Field(default=400, ge=400, le=499)
     http_status: int | None = Field(default=None, ge=100, le=599)
     http_body: str | None = None
     retry_after: float | None = Field(default=None, ge=0)
+    error_body_chunks: int | None = Field(default=None, ge=2)
+    error_chunk_delay: float = Field(default=0.05, ge=0)
     slow_first_token: float = Field(default=0.0, ge=0)
+    answer_bytes: int | None = Field(default=None, ge=1, le=MAX_ANSWER_BYTES)
     stall_after: int | None = Field(default=None, ge=0)
     reset_after: int | None = Field(default=None, ge=0)
     garbage_ratio: float = Field(default=0.0, ge=0, le=1)
@@ -83,8 +97,23 @@ class SimFaults(BaseModel):
 
     @cached_property
     def active(self) -> bool:
-        """True when any fault is set (``ratio`` and ``count`` alone change nothing); cached, the model is frozen."""
-        return self.model_dump(exclude={"ratio", "count"}) != _HEALTHY
+        """True when any fault is set (``ratio``, ``count``, ``reject_status`` alone change nothing); cached."""
+        return self.reject_over_bytes is not None or self.reject_marker is not None or self.shapes_responses
+
+    @cached_property
+    def shapes_responses(self) -> bool:
+        """True when a fault other than the rejections is set: the ones ``ratio`` draws for."""
+        return self.model_dump(exclude=_NOT_RESPONSE_FAULTS) != _HEALTHY
+
+    def rejection(self, body: bytes) -> tuple[int, bytes] | None:
+        """Status and JSON error body when the rejections refuse the raw request ``body``, else None."""
+        if self.reject_over_bytes is not None and len(body) > self.reject_over_bytes:
+            message = f"request body too large ({len(body)} bytes > limit {self.reject_over_bytes})"
+            return 413, _error_json(message)
+        # Matched on the bytes as sent: a JSON encoder may escape a non-ASCII marker.
+        if self.reject_marker is not None and self.reject_marker.encode() in body:
+            return self.reject_status, _error_json(f"simulated rejection: request body contains {self.reject_marker!r}")
+        return None
 
     def error_response(self) -> tuple[int, bytes, str, dict[str, str]]:
         """Status, body, content type and extra headers for the ``http_status`` fault."""
@@ -93,13 +122,17 @@ class SimFaults(BaseModel):
         if self.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(self.retry_after))
         if self.http_body is None:
-            body = orjson.dumps({"error": {"message": f"simulated upstream error {status}"}})
-            return status, body, JSON, headers
+            return status, _error_json(f"simulated upstream error {status}"), JSON, headers
         text = CLOUDFLARE_PAGE if self.http_body == "cloudflare" else self.http_body
         return status, text.encode(), content_type_of(text), headers
 
 
-_HEALTHY: Final = SimFaults().model_dump(exclude={"ratio", "count"})
+_NOT_RESPONSE_FAULTS: Final = {"ratio", "count", "reject_over_bytes", "reject_marker", "reject_status"}
+_HEALTHY: Final = SimFaults().model_dump(exclude=_NOT_RESPONSE_FAULTS)
+
+
+def _error_json(message: str) -> bytes:
+    return orjson.dumps({"error": {"message": message}})
 
 
 def content_type_of(text: str) -> str:
@@ -135,17 +168,36 @@ def expected_answer(model: str, question: str) -> str:
 
 def split_answer(answer: str, chunks: int) -> list[str]:
     """Split ``answer`` into at most ``chunks`` non-empty pieces of near-equal length."""
+    return _even_pieces(answer, chunks)
+
+
+def split_error_body(body: bytes, chunks: int) -> list[bytes]:
+    """Split an error body into at most ``chunks`` non-empty pieces: its first line alone, then near-equal ones.
+
+    The first line goes alone so that a client's first read of the Cloudflare page
+    gets only the doctype, none of the markers that identify the page.
+    """
+    first = body.find(b"\n") + 1
+    if chunks < 2 or not 0 < first < len(body):
+        return _even_pieces(body, chunks)
+    return [body[:first], *_even_pieces(body[first:], chunks - 1)]
+
+
+_Seq = TypeVar("_Seq", str, bytes)
+
+
+def _even_pieces(data: _Seq, chunks: int) -> list[_Seq]:
     if chunks < 1:
         raise ValueError("chunks must be at least 1")
-    count = min(chunks, len(answer))
+    count = min(chunks, len(data))
     if count == 0:
         return []
-    size, extra = divmod(len(answer), count)
-    pieces: list[str] = []
+    size, extra = divmod(len(data), count)
+    pieces: list[_Seq] = []
     start = 0
     for index in range(count):
         end = start + size + (1 if index < extra else 0)
-        pieces.append(answer[start:end])
+        pieces.append(data[start:end])
         start = end
     return pieces
 
@@ -159,6 +211,26 @@ def text_line(piece: str) -> bytes:
 def answer_lines(answer: str, chunks: int) -> tuple[bytes, ...]:
     """The encoded text events for ``answer``; cached because benchmarks repeat one question."""
     return tuple(text_line(piece) for piece in split_answer(answer, chunks))
+
+
+# Characters of filler per text event of a long answer: many events of a few KiB,
+# like a real model's long answer, each written (and so drained) on its own.
+LONG_EVENT_CHARS: Final = 8192
+_FILLER: Final = (" lorem ipsum dolor sit amet," * LONG_EVENT_CHARS)[:LONG_EVENT_CHARS]
+_FILLER_LINE: Final = text_line(_FILLER)
+
+
+def long_answer_lines(answer: str, total_bytes: int) -> Iterator[bytes]:
+    """Text events for ``answer`` followed by ASCII filler, at least ``total_bytes`` bytes of text in all.
+
+    Made lazily, so even the largest answer costs no more memory than one event.
+    """
+    yield text_line(answer)
+    full, rest = divmod(max(total_bytes - len(answer.encode()), 0), LONG_EVENT_CHARS)
+    for _ in range(full):
+        yield _FILLER_LINE
+    if rest:
+        yield text_line(_FILLER[:rest])
 
 
 # Sent at the start of every non-empty stream: a non-text event and an object
