@@ -1,4 +1,9 @@
-"""The application factory: one place that wires every component together."""
+"""The application factory: one place that wires every component together.
+
+Components talk through events (:mod:`gateway.events`): the breaker, the working flag and
+the prober publish; the metrics, the prober's trigger and the breaker's probe-driven
+recovery subscribe. Nothing here reaches into another component's fields.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,31 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.breaker import CircuitBreaker
+from gateway.events import BreakerChanged, EventBus, ProbeFinished
 from gateway.flowgpt.client import FlowGptClient
 from gateway.handlers import admin, chat, models, ops
 from gateway.health import HealthState
+from gateway.inflight import InFlightTracker
 from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
 from gateway.probe import Prober
 from gateway.retry import RetryBudget
 from gateway.settings import Settings
-from gateway.state import API_KEYS, BREAKER, HEALTH, HTTP_SESSION, METRICS, PROBER, SETTINGS, STARTED_AT, UPSTREAM
+from gateway.state import (
+    API_KEYS,
+    BREAKER,
+    CLOCK,
+    EVENTS,
+    HEALTH,
+    HTTP_SESSION,
+    INFLIGHT,
+    METRICS,
+    PROBER,
+    SETTINGS,
+    STARTED_AT,
+    UPSTREAM,
+)
 from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
 
 
@@ -35,11 +55,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
             "keepalive_timeout": settings.keepalive_timeout,
         },
     )
+    events = EventBus()
     metrics = Metrics()
+    metrics.subscribe(events)
     health = HealthState(
         healthy_threshold=settings.probe_healthy_threshold,
         unhealthy_threshold=settings.probe_unhealthy_threshold,
         clock=clock,
+        events=events,
     )
     breaker = CircuitBreaker(
         fail_max=settings.breaker_fail_max,
@@ -48,17 +71,20 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
         reset_max=settings.breaker_reset_max_seconds,
         half_open_calls=settings.breaker_half_open_calls,
         clock=clock,
-        listeners=[metrics],
-        on_open=lambda: _on_breaker_open(app),
+        events=events,
     )
-    health.add_listener(lambda working: _on_working_changed(app, working))
+    events.subscribe(ProbeFinished, health.probe_finished)
+    events.subscribe(ProbeFinished, breaker.probe_finished)
     app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[EVENTS] = events
     app[METRICS] = metrics
     app[HEALTH] = health
     app[BREAKER] = breaker
+    app[INFLIGHT] = InFlightTracker()
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
-    app.cleanup_ctx.append(_upstream_context(clock))
+    app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_request_id_header)
 
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
@@ -77,47 +103,53 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     return app
 
 
-def _upstream_context(
-    clock: Callable[[], float],
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        metrics = app[METRICS]
-        # One session per app: connection pooling across requests, closed on exit.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-        client = make_client(session, settings, metrics)
-        app[HTTP_SESSION] = session
-        app[UPSTREAM] = UpstreamService(
-            client,
-            breaker=app[BREAKER],
-            health=app[HEALTH],
-            limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),
-            budget=RetryBudget(ratio=settings.retry_budget_ratio, minimum=settings.retry_budget_min, clock=clock),
-            metrics=metrics,
-            timeouts=Timeouts(
-                first_token=settings.timeout_first_token, idle=settings.timeout_idle, total=settings.timeout_total
-            ),
-            retry=RetryPolicy(
-                max_retries=settings.retry_max,
-                backoff_base=settings.retry_backoff_base,
-                backoff_max=settings.retry_backoff_max,
-            ),
-        )
-        prober = make_prober(client, app[HEALTH], metrics, settings, clock)
-        app[PROBER] = prober
-        if settings.probe_enabled:
-            prober.start()
-        try:
-            yield
-        finally:
-            await prober.stop()
-            await session.close()
+async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    clock = app[CLOCK]
+    # One session per app: connection pooling across requests, closed on exit.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+    client = make_client(session, settings, metrics, clock)
+    app[HTTP_SESSION] = session
+    app[UPSTREAM] = UpstreamService(
+        client,
+        breaker=app[BREAKER],
+        health=app[HEALTH],
+        limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),
+        budget=RetryBudget(ratio=settings.retry_budget_ratio, minimum=settings.retry_budget_min, clock=clock),
+        metrics=metrics,
+        timeouts=Timeouts(
+            first_token=settings.timeout_first_token,
+            idle=settings.timeout_idle,
+            total=settings.timeout_total,
+            client_write=settings.timeout_client_write,
+        ),
+        retry=RetryPolicy(
+            max_retries=settings.retry_max,
+            backoff_base=settings.retry_backoff_base,
+            backoff_max=settings.retry_backoff_max,
+        ),
+        clock=clock,
+    )
+    prober = make_prober(client, app[HEALTH], app[EVENTS], settings, clock)
+    app[PROBER] = prober
+    if settings.probe_enabled:
+        app[EVENTS].subscribe(BreakerChanged, prober.breaker_changed)
+        prober.start()
+    try:
+        yield
+    finally:
+        await prober.stop()
+        await session.close()
 
-    return context
 
-
-def make_client(session: aiohttp.ClientSession, settings: Settings, metrics: Metrics) -> FlowGptClient:
+def make_client(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.monotonic,
+) -> FlowGptClient:
     """The FlowGpt client as the settings describe it (also used by the ``probe`` command)."""
     return FlowGptClient(
         session,
@@ -127,13 +159,14 @@ def make_client(session: aiohttp.ClientSession, settings: Settings, metrics: Met
         connect_timeout=settings.timeout_connect,
         max_line_bytes=settings.upstream_max_line_bytes,
         observer=metrics,
+        clock=clock,
     )
 
 
 def make_prober(
     client: FlowGptClient,
     health: HealthState,
-    metrics: Metrics,
+    events: EventBus,
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
 ) -> Prober:
@@ -141,32 +174,11 @@ def make_prober(
     return Prober(
         client,
         health,
-        metrics,
+        events,
         interval=settings.probe_interval,
         unhealthy_interval=settings.probe_unhealthy_interval,
-        timeout=settings.probe_timeout,
+        timeout=settings.probe_deadline,
         model=settings.probe_model,
         prompt=settings.probe_prompt,
         clock=clock,
     )
-
-
-def _on_breaker_open(app: web.Application) -> None:
-    """Live traffic tripped the breaker: probe now rather than at the next tick."""
-    prober = app.get(PROBER)
-    if prober is not None and app[SETTINGS].probe_enabled:
-        prober.trigger()
-
-
-def _on_working_changed(app: web.Application, working: bool) -> None:
-    app[METRICS].working.set(1 if working else 0)
-    if working:
-        # The probe saw the upstream recover: do not make callers wait out the open timer.
-        app[BREAKER].close()
-
-
-def begin_shutdown(app: web.Application) -> None:
-    """First step of a graceful stop: readiness fails and new chat requests are refused."""
-    upstream = app.get(UPSTREAM)
-    if upstream is not None:
-        upstream.draining = True

@@ -6,60 +6,64 @@ success and re-opens on a failure). The adapter adds what aiobreaker gets wrong 
 
 * Time: every timing decision uses the injected monotonic ``clock``. aiobreaker's datetime fields
   mix ``utcnow()`` and ``now()`` (wrong on non-UTC hosts), so it gets a ten-year ``timedelta`` and
-  never moves open -> half-open by itself; :meth:`CircuitBreaker.call` does that when ``open_until``
-  has passed. Open periods grow by ``reset_multiplier`` per failed trial, capped at ``reset_max``.
+  never moves open -> half-open by itself. The adapter does, when ``open_until`` passes: a loop
+  timer fires then (so gauges and readiness change without traffic), and every read of the state
+  checks the clock too (so an injected clock needs no timer). Open periods grow by
+  ``reset_multiplier`` per failed trial, capped at ``reset_max``.
+* Probe: :meth:`CircuitBreaker.probe_recovered` moves an open breaker to half-open at once. It
+  never closes it: only a live trial's success does.
 * Half-open admits at most ``half_open_calls`` concurrent trials; further callers get
   ``CircuitOpenError(half_open=True)`` (code ``half_open_busy``) instead of reaching the upstream.
-* Outcomes: the adapter awaits ``fn`` itself, then replays its outcome through aiobreaker's public
-  ``call_async`` at once. The replay never suspends, so aiobreaker's state changes happen in one
-  synchronous step (no stale state objects across awaits, and the ``utcnow`` DeprecationWarning
-  can be silenced locally). An outcome is dropped when the breaker changed state while the call
-  ran: only calls admitted in the current state period count. ``record_failure`` replays a failure
-  seen after the guarded step (a stream that broke mid-way) the same way.
-* Exclusion: only :class:`UpstreamError` counts as a failure. Any other ``Exception`` is excluded,
-  which aiobreaker counts as a *success* (it resets the count and closes a half-open breaker: the
-  upstream did answer). ``fn`` must therefore translate upstream failures, timeouts included, into
-  ``UpstreamError``. ``asyncio.CancelledError`` (a client disconnect) counts as neither and frees
-  its half-open trial slot.
-* The call that trips the breaker raises the original ``UpstreamError``, never aiobreaker's
-  ``CircuitBreakerError`` (whose ``str`` is a tuple); nothing from aiobreaker escapes.
+* Outcomes: a call is admitted with a :class:`Ticket` that remembers the state period (generation)
+  it was admitted in; an outcome whose period has ended is dropped, so requests admitted before a
+  trip (or before a close) never decide a later period. Outcomes are replayed through aiobreaker's
+  public ``call_async`` at once; the replay never suspends, so aiobreaker's state changes happen in
+  one synchronous step and its ``utcnow`` DeprecationWarning can be silenced locally.
+* What counts: an :class:`UpstreamError` for which ``counts_against_upstream`` holds is a failure.
+  A per-request rejection (upstream 400/413/422) is neutral: it neither counts nor resets the
+  count, and a trial that gets one frees its slot for the next caller. Any other ``Exception`` is
+  excluded, which aiobreaker counts as a *success* (the upstream did answer).
+  ``asyncio.CancelledError`` (a client disconnect) counts as neither.
+* Nothing from aiobreaker escapes: the call that trips the breaker raises the original error.
 
 Operator modes win over everything: ``forced_open`` refuses every call, ``forced_closed`` admits
-every call and counts nothing. Entering either mode, :meth:`CircuitBreaker.automatic` and
-:meth:`CircuitBreaker.close` reset the automatic machinery (closed, no failures, no growth).
+every call and counts nothing. Entering either mode and :meth:`CircuitBreaker.automatic` reset the
+automatic machinery (closed, no failures, no growth).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import math
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal, Protocol, TypedDict, TypeVar
+from typing import Any, Final, TypedDict, TypeVar
 
 from aiobreaker import CircuitBreaker as _AioBreaker
 from aiobreaker import CircuitBreakerError, CircuitBreakerState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
-from gateway.errors import CircuitOpenError, UpstreamError
+from gateway.errors import CircuitOpenError, UpstreamError, counts_against_upstream
+from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished
 
 __all__ = [
     "HALF_OPEN_BUSY_RETRY_AFTER",
-    "BreakerListener",
     "BreakerMode",
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
+    "Ticket",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-BreakerState = Literal["closed", "open", "half_open"]
-BreakerMode = Literal["auto", "forced_open", "forced_closed"]
 
 # aiobreaker's own open -> half-open check compares datetimes; this keeps it from ever firing.
 _AIOBREAKER_NEVER: Final = timedelta(days=3650)
@@ -72,12 +76,6 @@ _STATE_NAMES: Final[dict[Any, BreakerState]] = {
 }
 
 
-class BreakerListener(Protocol):
-    """Told about every state change, forced ones included. Called synchronously: no I/O."""
-
-    def state_changed(self, old: BreakerState, new: BreakerState) -> None: ...
-
-
 class BreakerSnapshot(TypedDict):
     """The breaker as a status endpoint shows it."""
 
@@ -87,6 +85,16 @@ class BreakerSnapshot(TypedDict):
     consecutive_failures: int
     retry_after: float
     open_duration: float
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted call: the period it belongs to, and whether it holds a half-open trial slot."""
+
+    generation: int
+    trial: bool
+    counted: bool = True  # False in forced-closed mode: nothing is counted
+    released: bool = False
 
 
 def _is_not_upstream_error(error: BaseException) -> bool:
@@ -106,8 +114,7 @@ class CircuitBreaker:
         reset_max: float = 300.0,
         half_open_calls: int = 1,
         clock: Callable[[], float] = time.monotonic,
-        listeners: Sequence[BreakerListener] = (),
-        on_open: Callable[[], None] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         if fail_max < 1 or half_open_calls < 1:
             raise ValueError("fail_max and half_open_calls must be at least 1")
@@ -119,8 +126,7 @@ class CircuitBreaker:
         self._reset_max = float(reset_max)
         self._half_open_calls = half_open_calls
         self._clock = clock
-        self._listeners = tuple(listeners)
-        self._on_open = on_open
+        self._events = events or EventBus()
         # Memory storage on purpose: CircuitRedisStorage is synchronous and would block the loop.
         self._breaker = _AioBreaker(
             fail_max=fail_max,
@@ -135,16 +141,19 @@ class CircuitBreaker:
         self._open_duration = self._reset_timeout
         self._trials = 0
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- read side ---------------------------------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
-        """The effective state (a forced mode decides it). Open stays open until a call arrives."""
+        """The effective state (a forced mode decides it); an open period that has ended reads half-open."""
         if self._mode == "forced_open":
             return "open"
         if self._mode == "forced_closed":
             return "closed"
+        if self._open_until is not None and self._clock() >= self._open_until:
+            self._end_open_period()
         return _STATE_NAMES[self._breaker.current_state]
 
     @property
@@ -154,12 +163,12 @@ class CircuitBreaker:
 
     @property
     def open_until(self) -> float | None:
-        """Clock reading at which an automatically opened breaker admits a trial; None otherwise."""
+        """Clock reading at which an automatically opened breaker turns half-open; None otherwise."""
         return self._open_until
 
     @property
     def consecutive_failures(self) -> int:
-        """Consecutive ``UpstreamError`` failures as aiobreaker counts them (opening does not reset)."""
+        """Consecutive upstream failures as aiobreaker counts them (opening does not reset)."""
         return int(self._breaker.fail_counter)
 
     @property
@@ -171,9 +180,10 @@ class CircuitBreaker:
         """Seconds until the breaker would admit a trial call; 0 when it admits now."""
         if self._mode == "forced_open":
             return self._open_duration
-        if self._open_until is not None:
+        state = self.state
+        if state == "open" and self._open_until is not None:
             return max(0.0, self._open_until - self._clock())
-        if self.state == "half_open" and self._trials >= self._half_open_calls:
+        if state == "half_open" and self._trials >= self._half_open_calls:
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
 
@@ -188,55 +198,89 @@ class CircuitBreaker:
             "open_duration": self._open_duration,
         }
 
-    # -- guarded calls -----------------------------------------------------------------------
+    def refusal(self) -> CircuitOpenError | None:
+        """The error a call would be refused with right now, or None; admits nothing.
 
-    async def call(self, fn: Callable[[], Awaitable[T]], *, defer_success: bool = False) -> T:
-        """Admit the call or raise ``CircuitOpenError``; then run ``fn`` and count its outcome.
-
-        Guard the coroutine that opens a stream, not an async generator: report later stream
-        failures with :meth:`record_failure`. With ``defer_success`` a success in the closed state
-        is not counted here but by :meth:`record_success` when the stream ends; otherwise every
-        opened stream would reset the failure count and streams that always break mid-way could
-        never trip the breaker. A half-open trial still counts at once, so recovery is fast.
+        Lets callers refuse before doing any work of their own (reading a body, say).
         """
-        if inspect.isasyncgenfunction(fn):
-            raise TypeError("guard the coroutine that opens the stream, not an async generator function")
+        if self._mode == "forced_open":
+            return CircuitOpenError(
+                f"circuit breaker {self.name!r} is forced open by an operator", retry_after=self.retry_after()
+            )
+        state = self.state
+        if state == "open":
+            remaining = self.retry_after()
+            return CircuitOpenError(
+                f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s", retry_after=remaining
+            )
+        if state == "half_open" and self._trials >= self._half_open_calls:
+            return CircuitOpenError(
+                f"circuit breaker {self.name!r} is half-open and its trial call is in progress",
+                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+                half_open=True,
+            )
+        return None
+
+    # -- admitted calls ----------------------------------------------------------------------
+
+    def admit(self) -> Ticket:
+        """Admit one call or raise ``CircuitOpenError``; always :meth:`release` the ticket."""
         if self._mode == "forced_closed":
-            return await fn()
-        trial = self._admit()
-        generation = self._generation
-        try:
-            try:
-                result = await fn()
-            except Exception as error:
-                if generation == self._generation:
-                    await self._replay(error)
-                raise  # the original error, also for the call that tripped the breaker
-            if generation == self._generation and (trial or not defer_success):
-                await self._replay(None)
-            return result
-        finally:
-            if trial:
-                self._trials -= 1
+            return Ticket(self._generation, trial=False, counted=False)
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+        trial = self._breaker.current_state == CircuitBreakerState.HALF_OPEN
+        if trial:
+            self._trials += 1
+        return Ticket(self._generation, trial=trial)
 
-    async def record_failure(self, error: UpstreamError) -> None:
-        """Count a failure seen after the guarded step succeeded (a stream that broke); may trip.
+    def release(self, ticket: Ticket) -> None:
+        """The call is over (any outcome): free its half-open trial slot."""
+        if ticket.released:
+            return
+        ticket.released = True
+        if ticket.trial:
+            self._trials -= 1
 
-        Counted only while closed: open means already tripped, and a half-open trial's success
-        closes the breaker at its first token, so a stream breaking while half-open was admitted
-        in an earlier period and must not decide the current trial. Ignored in forced modes.
-        """
-        if not isinstance(error, UpstreamError):
-            raise TypeError("only an UpstreamError is a breaker failure")
-        if self._mode != "auto" or self.state != "closed":
+    async def failed(self, ticket: Ticket, error: BaseException) -> None:
+        """Count ``error`` (before or after the first token) if it says something about the upstream."""
+        if not self._current(ticket):
+            return
+        if isinstance(error, UpstreamError) and not counts_against_upstream(error):
+            return  # one request's fault: neither a failure nor a success
+        if not isinstance(error, Exception):
             return
         await self._replay(error)
 
-    async def record_success(self) -> None:
-        """Count a deferred success (a stream that ended cleanly); only meaningful while closed."""
-        if self._mode != "auto" or self.state != "closed" or self._breaker.fail_counter == 0:
-            return  # aiobreaker's closed-state success only resets the count: nothing to do at zero
-        await self._replay(None)
+    async def answered(self, ticket: Ticket) -> None:
+        """The first token arrived: a half-open trial succeeds now (fast recovery), others wait for the end."""
+        if ticket.trial and self._current(ticket):
+            await self._replay(None)
+
+    async def completed(self, ticket: Ticket) -> None:
+        """The answer ended cleanly: a success for the period the call was admitted in."""
+        if self._current(ticket) and self._breaker.fail_counter > 0:
+            await self._replay(None)  # at zero aiobreaker's closed-state success changes nothing
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, defer_success: bool = False) -> T:
+        """Admit, run ``fn`` and count its outcome; ``defer_success`` leaves a success to :meth:`completed`."""
+        if inspect.isasyncgenfunction(fn):
+            raise TypeError("guard the coroutine that opens the stream, not an async generator function")
+        ticket = self.admit()
+        try:
+            try:
+                result = await fn()
+            except BaseException as error:
+                await self.failed(ticket, error)
+                raise  # the original error, also for the call that tripped the breaker
+            if ticket.trial:
+                await self.answered(ticket)
+            elif not defer_success:
+                await self.completed(ticket)
+            return result
+        finally:
+            self.release(ticket)
 
     # -- operator and probe control ----------------------------------------------------------
 
@@ -252,50 +296,24 @@ class CircuitBreaker:
         """Hand control back to the breaker, starting closed with a fresh failure count."""
         self._set_mode("auto")
 
-    def close(self) -> None:
-        """Close (the probe saw the upstream recover): reset failures and growth. A forced mode still wins."""
-        self._reset()
-        self._sync(traffic=False)
+    def probe_recovered(self) -> None:
+        """A health probe succeeded: end an open period now, so a live trial can confirm recovery."""
+        if self._mode == "auto" and self.state == "open":
+            self._end_open_period()
+
+    def probe_finished(self, event: ProbeFinished) -> None:
+        """Subscriber: a successful probe shortens the open period (a failed one changes nothing)."""
+        if event.result.ok:
+            self.probe_recovered()
 
     # -- internals ---------------------------------------------------------------------------
 
-    def refusal(self) -> CircuitOpenError | None:
-        """The error a call would be refused with right now, or None; changes nothing.
+    def _current(self, ticket: Ticket) -> bool:
+        return ticket.counted and self._mode == "auto" and ticket.generation == self._generation
 
-        Lets callers refuse before doing any work of their own (reading a body, say).
-        """
-        if self._mode == "forced_open":
-            return CircuitOpenError(
-                f"circuit breaker {self.name!r} is forced open by an operator", retry_after=self.retry_after()
-            )
-        state = self.state
-        if state == "open":
-            remaining = self.retry_after()
-            if remaining > 0:
-                return CircuitOpenError(
-                    f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s",
-                    retry_after=remaining,
-                )
-        elif state == "half_open" and self._trials >= self._half_open_calls:
-            return CircuitOpenError(
-                f"circuit breaker {self.name!r} is half-open and its trial call is in progress",
-                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
-                half_open=True,
-            )
-        return None
-
-    def _admit(self) -> bool:
-        """Raise if the call must be refused; return True when it holds a half-open trial slot."""
-        refusal = self.refusal()
-        if refusal is not None:
-            raise refusal
-        if self.state == "open":  # the open period is over: this call is the trial
-            self._breaker.half_open()
-            self._sync(traffic=True)
-        if self.state != "half_open":
-            return False
-        self._trials += 1
-        return True
+    def _end_open_period(self) -> None:
+        self._breaker.half_open()
+        self._sync(traffic=False)
 
     async def _replay(self, error: Exception | None) -> None:
         """Feed one finished call's outcome through aiobreaker's public path; never raises it."""
@@ -329,23 +347,20 @@ class CircuitBreaker:
         if mode == self._mode:
             return
         self._mode = mode
-        self._reset()
-        self._sync(traffic=False)
-
-    def _reset(self) -> None:
-        """Closed aiobreaker, zero failures (its close() resets the count), no growth."""
-        self._breaker.close()
+        self._breaker.close()  # closed aiobreaker, zero failures
         self._open_duration = self._reset_timeout
         self._open_until = None
         self._generation += 1
+        self._sync(traffic=False)
 
     def _sync(self, *, traffic: bool) -> None:
         """Book-keep and announce a change of the effective state; ``traffic``: live calls caused it."""
-        old, new = self._reported, self.state
+        old, new = self._reported, self._raw_state()
         if old == new:
             return
         self._reported = new
         self._generation += 1
+        self._cancel_timer()
         if new == "closed":
             self._open_duration = self._reset_timeout
             self._open_until = None
@@ -355,15 +370,35 @@ class CircuitBreaker:
             if old == "half_open":
                 self._open_duration = min(self._open_duration * self._reset_multiplier, self._reset_max)
             self._open_until = self._clock() + self._open_duration
+            self._arm_timer(self._open_duration)
         log_level = logging.WARNING if new == "open" else logging.INFO
         log.log(log_level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, self._mode)
-        for listener in self._listeners:
-            try:
-                listener.state_changed(old, new)
-            except Exception:
-                log.exception("breaker listener failed breaker=%s listener=%r", self.name, listener)
-        if traffic and new == "open" and self._on_open is not None:
-            try:
-                self._on_open()
-            except Exception:
-                log.exception("breaker on_open hook failed breaker=%s", self.name)
+        self._events.publish(BreakerChanged(self.name, old, new, self._mode, by_traffic=traffic))
+
+    def _raw_state(self) -> BreakerState:
+        """The effective state without the clock check (which would recurse from ``_sync``)."""
+        if self._mode == "forced_open":
+            return "open"
+        if self._mode == "forced_closed":
+            return "closed"
+        return _STATE_NAMES[self._breaker.current_state]
+
+    def _arm_timer(self, delay: float) -> None:
+        """End the open period on time even with no traffic (outside a loop, reads do it)."""
+        with contextlib.suppress(RuntimeError):
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._open_until is None:
+            return
+        remaining = self._open_until - self._clock()
+        if remaining > 0:  # an injected clock runs behind the loop's: check again later
+            self._arm_timer(remaining)
+        else:
+            _ = self.state  # the read ends the period and announces it
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -18,13 +18,15 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import begin_shutdown, create_app, make_client, make_prober
+from gateway.app import create_app, make_client, make_prober
+from gateway.events import EventBus
 from gateway.health import HealthState
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
+from gateway.redact import mask_url
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
-from gateway.state import UPSTREAM
+from gateway.state import INFLIGHT
 
 log = logging.getLogger("gateway")
 
@@ -112,7 +114,7 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
         "gateway listening url=http://%s:%d upstream=%s",
         settings.host,
         settings.port,
-        settings.upstream_url,
+        mask_url(settings.upstream_url),
     )
     # Start-up objects (modules, pydantic schemas, metrics) live forever: keep them out of every
     # collection. Request garbage is freed by reference counting; at the default threshold (700)
@@ -128,9 +130,10 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     try:
         await stop.wait()
         log.info("shutting down grace_seconds=%s", settings.shutdown_timeout)
-        begin_shutdown(app)  # readiness and liveness fail first,
+        tracker = app[INFLIGHT]
+        tracker.begin_shutdown()  # readiness and liveness fail first,
         await site.stop()  # then no new connections,
-        await app[UPSTREAM].drain(settings.shutdown_timeout)  # then in-flight work gets its grace
+        await tracker.drain(settings.shutdown_timeout)  # then in-flight work gets its grace
         await runner.cleanup()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -161,15 +164,17 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
 
 async def probe_once(settings: Settings) -> int:
     """One probe against the configured upstream: prints the result, exit 0 on success, 1 on failure."""
-    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=time.monotonic)
+    events = EventBus()
+    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=time.monotonic, events=events)
     metrics = Metrics()
     async with aiohttp.ClientSession() as session:
-        prober = make_prober(make_client(session, settings, metrics), health, metrics, settings)
+        prober = make_prober(make_client(session, settings, metrics), health, events, settings)
         result = await prober.probe_once()
+    shown = mask_url(settings.upstream_url)
     if result.ok:
-        print(f"ok upstream={settings.upstream_url} latency={result.latency:.3f}s")
+        print(f"ok upstream={shown} latency={result.latency:.3f}s")
         return 0
-    print(f"failed upstream={settings.upstream_url} latency={result.latency:.3f}s error={result.error}")
+    print(f"failed upstream={shown} latency={result.latency:.3f}s error={result.error}")
     return 1
 
 

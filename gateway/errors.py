@@ -26,6 +26,8 @@
         └── UpstreamInterruptedError  interrupted (stream broke after it started)
 
 aiohttp's exceptions are translated into these only in the FlowGpt client.
+Every UpstreamError counts against the upstream (breaker, failover) except a
+rejection: see :func:`counts_against_upstream`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 from typing import ClassVar, Final, Literal
 
 UpstreamErrorKind = Literal[
-    "connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "protocol", "interrupted"
+    "connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "rejected", "protocol", "interrupted"
 ]
 UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = (
     "connect",
@@ -42,6 +44,7 @@ UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = (
     "rate_limited",
     "blocked",
     "auth",
+    "rejected",
     "protocol",
     "interrupted",
 )
@@ -216,6 +219,25 @@ class UpstreamAuthError(UpstreamStatusError):
     kind = "auth"
 
 
+# Statuses that judge one request, not the upstream: another attempt (or another route) would get
+# the same answer. 401/403/404/407/408/429 and 5xx say something about the upstream or the way to it.
+REQUEST_REJECTION_STATUSES: Final = frozenset({400, 409, 411, 413, 414, 415, 422, 431})
+
+
+class UpstreamRejectedError(UpstreamStatusError):
+    """The upstream refused this particular request (too large, invalid); passed to the caller as a 4xx."""
+
+    kind = "rejected"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message, upstream_status=upstream_status)
+        self.status = upstream_status  # type: ignore[misc]  # 413 stays 413, 422 stays 422
+
+    def _code(self) -> str:
+        return "upstream_rejected_request"
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream said 200 but did not speak the protocol."""
 
@@ -226,6 +248,11 @@ class UpstreamInterruptedError(UpstreamError):
     """The stream broke after it had started."""
 
     kind = "interrupted"
+
+
+def counts_against_upstream(error: UpstreamError) -> bool:
+    """Whether ``error`` says the upstream (or the way to it) is failing; a rejection does not."""
+    return not isinstance(error, UpstreamRejectedError)
 
 
 def is_retryable(error: BaseException) -> bool:

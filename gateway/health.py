@@ -9,23 +9,11 @@ checks do) and an operator can pin it for a maintenance window.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from gateway.errors import UpstreamNotWorkingError
+from gateway.events import EventBus, ProbeFinished, ProbeResult, WorkingChanged, WorkingMode
 
-WorkingMode = Literal["auto", "working", "not_working"]
-WorkingListener = Callable[[bool], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """One probe: when (Unix seconds), how long, and why it failed."""
-
-    ok: bool
-    at: float
-    latency: float
-    error: str | None = None
+__all__ = ["HealthState", "ProbeResult", "WorkingMode"]
 
 
 class HealthState:
@@ -37,12 +25,12 @@ class HealthState:
         healthy_threshold: int,
         unhealthy_threshold: int,
         clock: Callable[[], float],
-        listeners: list[WorkingListener] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._healthy_threshold = healthy_threshold
         self._unhealthy_threshold = unhealthy_threshold
         self._clock = clock
-        self._listeners = listeners or []
+        self._events = events or EventBus()
         self._probed_working = True  # traffic is admitted before the first probe completes
         self.mode: WorkingMode = "auto"
         self.consecutive_failures = 0
@@ -58,9 +46,9 @@ class HealthState:
             return self._probed_working
         return self.mode == "working"
 
-    def add_listener(self, listener: WorkingListener) -> None:
-        """Be told (with the new value) whenever the effective flag changes."""
-        self._listeners.append(listener)
+    def probe_finished(self, event: ProbeFinished) -> None:
+        """Subscriber for the prober's results."""
+        self.record(event.result)
 
     def record(self, result: ProbeResult) -> None:
         """Apply one probe result with hysteresis."""
@@ -113,5 +101,4 @@ class HealthState:
     def _notify(self, before: bool) -> None:
         after = self.working
         if after != before:
-            for listener in self._listeners:
-                listener(after)
+            self._events.publish(WorkingChanged(after, self.mode))

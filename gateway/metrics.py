@@ -7,7 +7,7 @@ with the alert rules and dashboards: extend, never rename.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
@@ -16,15 +16,15 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.errors import UPSTREAM_ERROR_KINDS
-
-if TYPE_CHECKING:
-    from gateway.breaker import BreakerState
+from gateway.events import BreakerChanged, EventBus, ProbeFinished, WorkingChanged
 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 PROBE_RESULTS: Final = ("success", "failure")
+# The method label takes only methods the gateway routes; anything a client invents is "other".
+OTHER_METHOD: Final = "other"
 
 # An LLM call spans milliseconds (refusals, first token) to minutes (long streams).
 REQUEST_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -132,6 +132,7 @@ class Metrics:
         self.probe_last_success = probe_last_success.labels(provider)
         self.inflight = inflight.labels(provider)
         self._http_children: dict[tuple[str, str, int], Counter] = {}
+        self._methods: frozenset[str] = frozenset()
         self._http_duration_children: dict[str, Histogram] = {}
 
         self.breaker_state["closed"].set(1)
@@ -142,16 +143,35 @@ class Metrics:
         """One upstream line could not be parsed."""
         self.parse_failures.inc()
 
-    # BreakerListener
-    def state_changed(self, old: BreakerState, new: BreakerState) -> None:
-        """Mirror a breaker transition in the state gauge and transition counter."""
+    def subscribe(self, events: EventBus) -> None:
+        """Mirror the breaker, the working flag and the probes from their events."""
+        events.subscribe(BreakerChanged, self.breaker_changed)
+        events.subscribe(WorkingChanged, self.working_changed)
+        events.subscribe(ProbeFinished, self.probe_finished)
+
+    def breaker_changed(self, event: BreakerChanged) -> None:
+        """The state gauge and the transition counter."""
         for state, gauge in self.breaker_state.items():
-            gauge.set(1 if state == new else 0)
-        if old != new:
-            self.transitions[new].inc()
+            gauge.set(1 if state == event.new else 0)
+        if event.old != event.new:
+            self.transitions[event.new].inc()
+
+    def working_changed(self, event: WorkingChanged) -> None:
+        """The working-flag gauge."""
+        self.working.set(1 if event.working else 0)
+
+    def probe_finished(self, event: ProbeFinished) -> None:
+        """Probe counters, duration and the last-success timestamp."""
+        result = event.result
+        self.probes["success" if result.ok else "failure"].inc()
+        self.probe_duration.observe(result.latency)
+        if result.ok:
+            self.probe_last_success.set(result.at)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
-        """One finished inbound request."""
+        """One finished inbound request; an unrouted method is labelled ``other``."""
+        if method not in self._methods:
+            method = OTHER_METHOD
         key = (route, method, status)
         counter = self._http_children.get(key)
         if counter is None:
@@ -167,7 +187,11 @@ class Metrics:
             histogram.observe(seconds, exemplar={"request_id": request_id[:EXEMPLAR_ID_CHARS]})
 
     def precreate_routes(self, routes: list[tuple[str, str]]) -> None:
-        """Create the success series of the known routes so rate() works from the first scrape."""
+        """Create the success series of the known routes so rate() works from the first scrape.
+
+        Their methods (plus HEAD, which aiohttp answers for every GET) become the method label's values.
+        """
+        self._methods = frozenset({method for _, method in routes} | {"HEAD"})
         for route, method in routes:
             self._http_requests.labels(route, method, "200")
             self._http_duration.labels(route)

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
-from gateway.state import API_KEYS, METRICS, REQUEST_ID, SETTINGS
+from gateway.state import API_KEYS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -56,7 +56,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         response = await handler(request)
-        status = response.status
+        status = request.get(STATUS_OVERRIDE, response.status)
         return response
     except web.HTTPException as exc:
         status = exc.status

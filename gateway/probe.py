@@ -1,4 +1,9 @@
-"""The periodic health probe: a tiny real chat request that sets the provider's ``working`` flag."""
+"""The periodic health probe: a tiny real chat request whose result sets the provider's ``working`` flag.
+
+The prober publishes :class:`ProbeFinished`; the working flag, the metrics and the breaker
+subscribe. It subscribes to :class:`BreakerChanged` itself: a trip caused by live traffic
+makes it probe at once instead of at the next tick.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
+from gateway.events import BreakerChanged, EventBus, ProbeFinished, ProbeResult
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import Message, resolve_model
-from gateway.health import ProbeResult
 
 if TYPE_CHECKING:
     from gateway.flowgpt.client import FlowGptClient
     from gateway.health import HealthState
-    from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ class Prober:
         self,
         client: FlowGptClient,
         health: HealthState,
-        metrics: Metrics,
+        events: EventBus,
         *,
         interval: float,
         unhealthy_interval: float,
@@ -42,7 +46,7 @@ class Prober:
     ) -> None:
         self._client = client
         self._health = health
-        self._metrics = metrics
+        self._events = events
         self._interval = interval
         self._unhealthy_interval = unhealthy_interval
         self._timeout = timeout
@@ -58,8 +62,13 @@ class Prober:
         return base * random.uniform(1 - self._jitter, 1 + self._jitter)
 
     def trigger(self) -> None:
-        """Probe now instead of at the next tick (the breaker just opened on live traffic)."""
+        """Probe now instead of at the next tick."""
         self._wake.set()
+
+    def breaker_changed(self, event: BreakerChanged) -> None:
+        """Subscriber: live traffic tripped the breaker, so find out now whether the upstream is down."""
+        if event.new == "open" and event.by_traffic:
+            self.trigger()
 
     async def probe_once(self) -> ProbeResult:
         """One probe straight through the client, bypassing admission; records the result."""
@@ -81,18 +90,10 @@ class Prober:
             error = f"unexpected {type(exc).__name__}"
         latency = self._clock() - started
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
-        self._record(result)
-        return result
-
-    def _record(self, result: ProbeResult) -> None:
-        metrics = self._metrics
-        metrics.probes["success" if result.ok else "failure"].inc()
-        metrics.probe_duration.observe(result.latency)
-        if result.ok:
-            metrics.probe_last_success.set(result.at)
-        else:
+        if not result.ok:
             log.warning("health probe failed error=%s", result.error)
-        self._health.record(result)
+        self._events.publish(ProbeFinished(result))
+        return result
 
     async def run(self) -> None:
         """Probe forever; survives every exception; ends only by cancellation."""

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
+from gateway.redact import mask_url
 
 ENV_PREFIX: Final = "GATEWAY_"
 
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     timeout_first_token: Seconds = 30.0
     timeout_idle: Seconds = 30.0
     timeout_total: Seconds = 300.0
+    # One write to a client that has stopped reading; also bounded by timeout_total.
+    timeout_client_write: Seconds = 30.0
     retry_max: int = Field(2, ge=0, le=10)
     retry_backoff_base: Seconds = 0.1
     retry_backoff_max: Seconds = 2.0
@@ -67,7 +70,8 @@ class Settings(BaseSettings):
     probe_enabled: bool = True
     probe_interval: Seconds = 30.0
     probe_unhealthy_interval: Seconds = 5.0
-    probe_timeout: Seconds = 10.0
+    # The probe is held to the live standard: unset means timeout_first_token, and less is refused.
+    probe_timeout: Seconds | None = None
     probe_healthy_threshold: int = Field(1, ge=1)
     probe_unhealthy_threshold: int = Field(2, ge=1)
     probe_model: str = DEFAULT_MODEL
@@ -98,7 +102,19 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_BREAKER_RESET_MAX_SECONDS must be >= GATEWAY_BREAKER_RESET_SECONDS")
         if self.retry_backoff_max < self.retry_backoff_base:
             raise ValueError("GATEWAY_RETRY_BACKOFF_MAX must be >= GATEWAY_RETRY_BACKOFF_BASE")
+        if self.probe_timeout is None:
+            object.__setattr__(self, "probe_timeout", self.timeout_first_token)  # frozen: set once, here
+        elif self.probe_timeout < self.timeout_first_token:
+            raise ValueError(
+                "GATEWAY_PROBE_TIMEOUT must be >= GATEWAY_TIMEOUT_FIRST_TOKEN"
+                " (a probe held to a stricter limit than live traffic declares a slow upstream dead)"
+            )
         return self
+
+    @property
+    def probe_deadline(self) -> float:
+        """The probe's limit in seconds (``probe_timeout``, which defaults to the first-token limit)."""
+        return self.probe_timeout if self.probe_timeout is not None else self.timeout_first_token
 
     def masked(self) -> dict[str, Any]:
         """Settings for display: secrets shown only as set or unset."""
@@ -111,6 +127,8 @@ class Settings(BaseSettings):
                 value = f"{len(value)} configured"
             elif name == "admin_token":
                 value = "unset" if value is None else "***"
+            elif name in ("upstream_url", "upstream_proxy") and value is not None:
+                value = mask_url(value)
             shown[name] = value
         return shown
 
@@ -125,6 +143,7 @@ def describe_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(piece) for piece in item["loc"] if isinstance(piece, str))
-        name = env_name(where) if where else "settings"
-        parts.append(f"{name}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        # A check across fields names its variables in its message already.
+        parts.append(f"{env_name(where)}: {message}" if where else message)
     return "invalid setting " + "; ".join(parts)

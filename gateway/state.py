@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiohttp import web
 
 from gateway.breaker import CircuitBreaker
+from gateway.events import EventBus
 from gateway.health import HealthState
+from gateway.inflight import InFlightTracker
 from gateway.metrics import Metrics
 from gateway.probe import Prober
 from gateway.settings import Settings
@@ -20,6 +24,11 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", UpstreamService)
 PROBER = web.AppKey("prober", Prober)
 STARTED_AT = web.AppKey("started_at", float)
+EVENTS = web.AppKey("events", EventBus)
+INFLIGHT = web.AppKey("inflight", InFlightTracker)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
+# The status to record when it differs from the response's (a stream whose client was cut: 499).
+STATUS_OVERRIDE = web.RequestKey("status_override", int)

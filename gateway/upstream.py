@@ -1,8 +1,13 @@
-"""The resilient path to the upstream: admission, breaker, retries, timeouts and metrics.
+"""The resilient path to the upstream: one scope per call holds admission, slot, deadlines and outcome.
 
-Order of admission, cheapest refusal first: draining, working flag, concurrency
-slot, breaker. Retries happen only before the first text fragment, because after
-that the client has already seen part of an answer.
+``async with service.answer(prompt) as answer:`` checks admission once (working flag, a
+concurrency slot, the breaker), opens the stream with retries before the first text
+fragment, and on leaving settles everything in one place: the stream is closed, the slot
+freed, the metrics and the breaker told the outcome. Draining is the handlers' business
+(see :mod:`gateway.inflight`); the caller checks it first.
+
+Retries happen only before the first fragment, because after that the client has
+already seen part of an answer.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import (
     CircuitOpenError,
     OverloadedError,
-    ShuttingDownError,
     UpstreamError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
@@ -25,7 +31,7 @@ from gateway.errors import (
 from gateway.retry import RetryBudget, backoff_delay
 
 if TYPE_CHECKING:
-    from gateway.breaker import CircuitBreaker
+    from gateway.breaker import CircuitBreaker, Ticket
     from gateway.flowgpt.client import ChatPrompt, FlowGptClient, FlowGptStream
     from gateway.health import HealthState
     from gateway.limiter import ConcurrencyLimiter
@@ -38,11 +44,12 @@ MIN_ATTEMPT_SECONDS = 1.0  # a retry is only worth it with at least this long (o
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Per-request deadlines in seconds."""
+    """Per-request limits in seconds; ``client_write`` bounds one blocked write to the client."""
 
     first_token: float
     idle: float
     total: float
+    client_write: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class UpstreamService:
         metrics: Metrics,
         timeouts: Timeouts,
         retry: RetryPolicy,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.breaker = breaker
@@ -75,39 +83,16 @@ class UpstreamService:
         self.limiter = limiter
         self._budget = budget
         self._metrics = metrics
-        self._timeouts = timeouts
+        self.timeouts = timeouts
         self._retry = retry
-        self.draining = False
-        self.active: set[asyncio.Task[object]] = set()  # chat handlers in flight, for the drain
-        self.cut_by_shutdown: set[asyncio.Task[object]] = set()
-
-    async def drain(self, grace: float) -> None:
-        """Refuse new work, give in-flight chat requests ``grace`` seconds, then cut the rest.
-
-        Cut handlers are cancelled and marked, so each can tell its client why
-        (a stream error event, or a 503) instead of dropping the connection.
-        """
-        self.draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.active and loop.time() < deadline:  # noqa: ASYNC110 - handlers finish on their own
-            await asyncio.sleep(0.05)
-        if not self.active:
-            return
-        log.warning("shutdown grace over, cutting in-flight requests count=%d", len(self.active))
-        self.cut_by_shutdown = set(self.active)
-        for task in self.cut_by_shutdown:
-            task.cancel()
-        await asyncio.wait(self.cut_by_shutdown, timeout=2.0)
+        self._clock = clock
 
     def refuse_early(self) -> None:
-        """Raise the refusals that need nothing from the request: draining, not working, breaker open.
+        """Raise the refusals that need nothing from the request: not working, breaker open.
 
         Called before the body is even read, so an outage costs callers (and us) the least;
-        :meth:`open` repeats it because state may change while the body arrives.
+        :meth:`answer` repeats it because state may change while the body arrives.
         """
-        if self.draining:
-            raise ShuttingDownError("the gateway is shutting down", retry_after=1.0)
         refusal = self.health.admission_error()
         if refusal is not None:
             self._metrics.rejections["not_working"].inc()
@@ -117,11 +102,12 @@ class UpstreamService:
             self._metrics.rejections["half_open_busy" if circuit.half_open else "breaker_open"].inc()
             raise circuit
 
-    async def open(self, prompt: ChatPrompt) -> Answer:
-        """Admit the request and return an answer whose first fragment has arrived.
+    @asynccontextmanager
+    async def answer(self, prompt: ChatPrompt) -> AsyncIterator[Answer]:
+        """Admit the request and yield an answer whose first fragment has arrived.
 
-        Raises an AdmissionError (nothing was sent upstream) or the UpstreamError
-        of the last attempt.
+        Raises an AdmissionError (nothing was sent upstream) or the UpstreamError of the
+        last attempt. A client that goes away (cancellation) is no upstream failure.
         """
         self.refuse_early()
         try:
@@ -130,26 +116,47 @@ class UpstreamService:
             self._metrics.rejections["overloaded"].inc()
             raise
         try:
-            deadline = time.monotonic() + self._timeouts.total
+            deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
-            stream, first, started = await self._open_with_retries(prompt, deadline)
-        except BaseException:
+            stream, first, ticket, started = await self._open_with_retries(prompt, deadline)
+            answer = Answer(stream, first, deadline)
+            try:
+                yield answer
+            finally:
+                await self._settle(answer, ticket, started)
+        finally:
             self.limiter.release()
-            raise
-        return Answer(self, stream, first, started)
 
-    async def _open_with_retries(self, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
+    async def _settle(self, answer: Answer, ticket: Ticket, started: float) -> None:
+        """The answer's end: close the stream, then metrics and the breaker from what it saw."""
+        await answer.stream.aclose()
+        metrics = self._metrics
+        metrics.inflight.dec()
+        metrics.upstream_duration.observe(self._clock() - started)
+        if answer.error is not None:
+            metrics.upstream_errors[answer.error.kind].inc()
+            await self.breaker.failed(ticket, answer.error)
+        elif answer.completed:
+            await self.breaker.completed(ticket)
+        self.breaker.release(ticket)
+
+    async def _open_with_retries(
+        self, prompt: ChatPrompt, deadline: float
+    ) -> tuple[FlowGptStream, str, Ticket, float]:
         attempt = 0
         while True:
             try:
-                opened: tuple[FlowGptStream, str, float] = await self.breaker.call(
-                    lambda: self._attempt(prompt, deadline), defer_success=True
-                )
-                return opened
+                ticket = self.breaker.admit()
             except CircuitOpenError as exc:
                 self._metrics.rejections["half_open_busy" if exc.half_open else "breaker_open"].inc()
                 raise
-            except UpstreamError as exc:
+            try:
+                stream, first, started = await self._attempt(prompt, deadline)
+            except BaseException as exc:
+                await self.breaker.failed(ticket, exc)
+                self.breaker.release(ticket)
+                if not isinstance(exc, UpstreamError):
+                    raise
                 delay = self._retry_delay(exc, attempt, deadline)
                 if delay is None:
                     raise
@@ -157,6 +164,11 @@ class UpstreamService:
                 self._metrics.retries.inc()
                 await asyncio.sleep(delay)
                 attempt += 1
+                continue
+            await self.breaker.answered(ticket)
+            if ticket.trial:
+                self.breaker.release(ticket)  # the trial is decided: let the next caller in
+            return stream, first, ticket, started
 
     def _retry_delay(self, error: UpstreamError, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before retrying ``error``, or None when it must not be retried."""
@@ -170,28 +182,28 @@ class UpstreamService:
                 return None  # the caller can wait that out without holding one of our slots
             delay = max(delay, error.retry_after)
         # The retry needs time of its own after the pause, or it is a timeout waiting to happen.
-        room = deadline - (time.monotonic() + delay)
-        if room < min(self._timeouts.first_token, MIN_ATTEMPT_SECONDS) or not self._budget.try_acquire():
+        room = deadline - (self._clock() + delay)
+        if room < min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) or not self._budget.try_acquire():
             return None
         return delay
 
     async def _attempt(self, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
-        """One upstream attempt up to the first text fragment (the step the breaker guards)."""
+        """One upstream attempt up to the first text fragment."""
         metrics = self._metrics
         metrics.upstream_requests.inc()
         metrics.inflight.inc()
-        started = time.monotonic()
+        started = self._clock()
         remaining = deadline - started
         budget, phase = (
-            (self._timeouts.first_token, "first_token")
-            if self._timeouts.first_token < remaining
+            (self.timeouts.first_token, "first_token")
+            if self.timeouts.first_token < remaining
             else (max(0.0, remaining), "total")
         )
         stream: FlowGptStream | None = None
         try:
             try:
                 async with asyncio.timeout(budget):
-                    stream = await self.client.open(prompt)
+                    stream = await self.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
                     first = await anext(stream)
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
@@ -202,40 +214,28 @@ class UpstreamService:
             if stream is not None:
                 await stream.aclose()
             metrics.inflight.dec()
-            metrics.upstream_duration.observe(time.monotonic() - started)
+            metrics.upstream_duration.observe(self._clock() - started)
             if isinstance(exc, UpstreamError):
                 metrics.upstream_errors[exc.kind].inc()
             raise
-        metrics.first_token.observe(time.monotonic() - started)
-        stream.idle_timeout = self._timeouts.idle
-        stream.deadline = deadline
+        metrics.first_token.observe(self._clock() - started)
         return stream, first, started
-
-    async def finished(self, answer: Answer, error: UpstreamError | None, *, completed: bool) -> None:
-        """Book-keeping when an answer ends: metrics, breaker outcome, the concurrency slot.
-
-        A stream's success counts when it completes; one abandoned by the client counts as nothing.
-        """
-        self._metrics.inflight.dec()
-        self._metrics.upstream_duration.observe(time.monotonic() - answer.started)
-        self.limiter.release()
-        if error is not None:
-            self._metrics.upstream_errors[error.kind].inc()
-            await self.breaker.record_failure(error)
-        elif completed:
-            await self.breaker.record_success()
 
 
 class Answer:
-    """An answer in progress: iterate it for text fragments, then :meth:`aclose` it (always)."""
+    """An answer in progress: iterate it for text fragments inside its ``answer()`` scope.
 
-    def __init__(self, service: UpstreamService, stream: FlowGptStream, first: str, started: float) -> None:
-        self._service = service
-        self._stream = stream
+    It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
+    """
+
+    __slots__ = ("_first", "completed", "deadline", "error", "stream")
+
+    def __init__(self, stream: FlowGptStream, first: str, deadline: float) -> None:
+        self.stream = stream
         self._first: str | None = first
-        self.started = started
-        self._closed = False
-        self._completed = False
+        self.deadline = deadline  # a reading of the service's clock
+        self.completed = False
+        self.error: UpstreamError | None = None
 
     def __aiter__(self) -> Answer:
         return self
@@ -245,26 +245,14 @@ class Answer:
             first, self._first = self._first, None
             return first
         try:
-            return await anext(self._stream)
+            return await anext(self.stream)
         except StopAsyncIteration:
-            self._completed = True
-            await self._close(None)
+            self.completed = True
             raise
         except UpstreamError as exc:
-            await self._close(exc)
+            self.error = exc
             raise
 
     async def read_all(self) -> str:
         """The whole answer as one string."""
         return "".join([fragment async for fragment in self])
-
-    async def aclose(self) -> None:
-        """End the answer; a stream closed early (client gone) is not an upstream failure."""
-        await self._close(None)
-
-    async def _close(self, error: UpstreamError | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._stream.aclose()
-        await self._service.finished(self, error, completed=self._completed)

@@ -49,7 +49,6 @@ FAST_GATEWAY_ENV: Final[Mapping[str, str]] = MappingProxyType(
         "GATEWAY_PROBE_UNHEALTHY_INTERVAL": "0.5",
         # Two failed probes (about a second) leave time for one chat request to trip the breaker.
         "GATEWAY_PROBE_UNHEALTHY_THRESHOLD": "2",
-        "GATEWAY_PROBE_TIMEOUT": "2",
         "GATEWAY_BREAKER_FAIL_MAX": "2",
         "GATEWAY_BREAKER_RESET_SECONDS": "2",
         "GATEWAY_RETRY_BACKOFF_BASE": "0.01",
@@ -413,12 +412,19 @@ class Stack:
         await wait_until(tripped, within=within, what="the circuit breaker to open", interval=0.2)
 
     async def wait_working(self, working: bool, *, within: float = 20.0) -> None:
-        """Wait until the gateway's working flag is ``working`` (and, when working, the breaker closed)."""
+        """Wait until the gateway's working flag is ``working`` (and, when working, the breaker closed).
+
+        A probe success only half-opens the breaker; as in production, live traffic closes
+        it, so while half-open this sends one chat request (the trial).
+        """
 
         async def reached() -> bool:
             self.ensure_running()
             status, body = await self.readiness()
             if working:
+                if status == 200 and body["working"] and body["breaker"]["state"] == "half_open":
+                    await self.chat("trial")
+                    status, body = await self.readiness()
                 return status == 200 and bool(body["working"]) and body["breaker"]["state"] == "closed"
             return status == 503 and not body["working"]
 

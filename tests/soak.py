@@ -32,9 +32,10 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from gateway.events import WorkingChanged
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import BREAKER, HEALTH, METRICS
+from gateway.state import BREAKER, EVENTS, HEALTH, METRICS
 
 ALLOWED_STATUSES: Final = frozenset({200, 429, 502, 503, 504})
 # The first failing phase always fails every request, so the breaker must open during it.
@@ -61,7 +62,6 @@ GATEWAY_SETTINGS: Final[dict[str, Any]] = {
     "probe_enabled": True,
     "probe_interval": 0.25,
     "probe_unhealthy_interval": 0.1,
-    "probe_timeout": 0.5,
     "probe_unhealthy_threshold": 2,
     "max_concurrency": 64,
     "queue_timeout": 0.2,
@@ -269,7 +269,7 @@ async def run_soak(config: SoakConfig) -> SoakReport:
     try:
         async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
             app = create_app(Settings(upstream_url=sim.url, **GATEWAY_SETTINGS))
-            app[HEALTH].add_listener(report.working_flips.append)
+            app[EVENTS].subscribe(WorkingChanged, lambda event: report.working_flips.append(event.working))
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
             connector = aiohttp.TCPConnector(limit=0)

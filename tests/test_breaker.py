@@ -14,13 +14,15 @@ from typing import Any, NoReturn, Self
 
 import pytest
 
-from gateway.breaker import HALF_OPEN_BUSY_RETRY_AFTER, BreakerState, CircuitBreaker
+from gateway.breaker import HALF_OPEN_BUSY_RETRY_AFTER, BreakerState, CircuitBreaker, Ticket
 from gateway.errors import (
     CircuitOpenError,
     InvalidRequestError,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamInterruptedError,
 )
+from gateway.events import BreakerChanged, EventBus
 from tests.clock_support import FakeClock
 
 UTCNOW_DEPRECATION = (
@@ -30,13 +32,16 @@ UTCNOW_DEPRECATION = (
 
 
 class Recorder:
-    """A BreakerListener that keeps every transition."""
+    """Subscribes to BreakerChanged and keeps every transition, and the trips live traffic caused."""
 
     def __init__(self) -> None:
         self.changes: list[tuple[BreakerState, BreakerState]] = []
+        self.opened: list[None] = []
 
-    def state_changed(self, old: BreakerState, new: BreakerState) -> None:
-        self.changes.append((old, new))
+    def breaker_changed(self, event: BreakerChanged) -> None:
+        self.changes.append((event.old, event.new))
+        if event.new == "open" and event.by_traffic:
+            self.opened.append(None)
 
 
 class _DeprecatedUtcnow(datetime):
@@ -64,23 +69,25 @@ def recorder_fixture() -> Recorder:
 
 
 @pytest.fixture(name="opened")
-def opened_fixture() -> list[None]:
-    """One entry per on_open call."""
-    return []
+def opened_fixture(recorder: Recorder) -> list[None]:
+    """One entry per trip caused by live traffic."""
+    return recorder.opened
+
+
+@pytest.fixture(name="events")
+def events_fixture(recorder: Recorder) -> EventBus:
+    """An event bus the recorder listens on."""
+    bus = EventBus()
+    bus.subscribe(BreakerChanged, recorder.breaker_changed)
+    return bus
 
 
 @pytest.fixture(name="make_breaker")
-def make_breaker_fixture(clock: FakeClock, recorder: Recorder, opened: list[None]) -> BreakerFactory:
-    """Build breakers wired to the fake clock, the recorder and the on_open log."""
+def make_breaker_fixture(clock: FakeClock, events: EventBus) -> BreakerFactory:
+    """Build breakers wired to the fake clock and the recorder's event bus."""
 
     def factory(**overrides: Any) -> CircuitBreaker:
-        options: dict[str, Any] = {
-            "fail_max": 2,
-            "reset_timeout": 30.0,
-            "clock": clock,
-            "listeners": [recorder],
-            "on_open": lambda: opened.append(None),
-        }
+        options: dict[str, Any] = {"fail_max": 2, "reset_timeout": 30.0, "clock": clock, "events": events}
         return CircuitBreaker(**{**options, **overrides})
 
     return factory
@@ -138,6 +145,14 @@ async def trip(breaker: CircuitBreaker, times: int = 2) -> None:
             await breaker.call(fail)
 
 
+async def stream_broke(breaker: CircuitBreaker, ticket: Ticket | None = None, error: UpstreamError | None = None) -> None:
+    """A stream admitted with ``ticket`` (a fresh one when None) broke after its first token."""
+    if ticket is None:
+        ticket = breaker.admit()
+    await breaker.failed(ticket, error or UpstreamInterruptedError("the stream broke"))
+    breaker.release(ticket)
+
+
 async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
     """Start a guarded call that never finishes, then cancel it (a client that went away)."""
     started = asyncio.Event()
@@ -179,7 +194,7 @@ async def test_int_timings_are_accepted_and_trip(clock: FakeClock) -> None:
 async def test_guards_the_coroutine_that_opens_a_stream_and_record_failure_trips(
     breaker: CircuitBreaker, opened: list[None]
 ) -> None:
-    """A stream is guarded at its opening step; mid-stream breaks go through record_failure and trip it."""
+    """A stream is guarded at its opening step; mid-stream breaks reported with failed() trip it."""
 
     async def broken_stream() -> AsyncIterator[str]:
         yield "Hel"
@@ -189,12 +204,13 @@ async def test_guards_the_coroutine_that_opens_a_stream_and_record_failure_trips
         return broken_stream()
 
     # Two concurrent streams open fine (successes), then both break mid-way.
+    tickets = [breaker.admit(), breaker.admit()]
     streams = [await breaker.call(open_stream), await breaker.call(open_stream)]
     assert breaker.consecutive_failures == 0
-    for failures, stream in enumerate(streams, start=1):
+    for failures, (ticket, stream) in enumerate(zip(tickets, streams, strict=True), start=1):
         with pytest.raises(UpstreamInterruptedError) as exc_info:
             _ = [text async for text in stream]
-        await breaker.record_failure(exc_info.value)
+        await stream_broke(breaker, ticket, exc_info.value)
         assert breaker.consecutive_failures == failures
     assert state_of(breaker) == "open"
     assert opened == [None]
@@ -208,7 +224,7 @@ async def test_deferred_success_lets_streams_that_always_break_trip_it(breaker: 
 
     for _ in range(2):  # fail_max of the fixture breaker
         assert await breaker.call(open_stream, defer_success=True) == "first token"
-        await breaker.record_failure(UpstreamInterruptedError("broke mid-stream"))
+        await stream_broke(breaker)
     assert state_of(breaker) == "open"
 
 
@@ -218,10 +234,12 @@ async def test_deferred_success_counts_when_the_stream_ends(breaker: CircuitBrea
     async def open_stream() -> str:
         return "first token"
 
-    await breaker.record_failure(UpstreamInterruptedError("one broken stream"))
+    await stream_broke(breaker)
+    ticket = breaker.admit()
     await breaker.call(open_stream, defer_success=True)
     assert breaker.consecutive_failures == 1
-    await breaker.record_success()
+    await breaker.completed(ticket)
+    breaker.release(ticket)
     assert breaker.consecutive_failures == 0
 
 
@@ -490,7 +508,7 @@ async def test_forced_open_refuses_everything(breaker: CircuitBreaker, recorder:
     assert not reached
     assert exc_info.value.retry_after == 30.0
     assert (breaker.state, breaker.mode, breaker.open_until) == ("open", "forced_open", None)
-    await breaker.record_failure(UpstreamConnectError("ignored"))
+    await stream_broke(breaker, Ticket(0, trial=False), UpstreamConnectError("ignored"))
     assert breaker.consecutive_failures == 0
     assert recorder.changes == [("closed", "open")]
     assert opened == []
@@ -504,7 +522,7 @@ async def test_forced_closed_admits_everything_and_never_trips(
     breaker.force_closed()
     assert (breaker.state, breaker.mode) == ("closed", "forced_closed")
     await trip(breaker, 10)
-    await breaker.record_failure(UpstreamConnectError("ignored"))
+    await stream_broke(breaker)
     assert (breaker.state, breaker.consecutive_failures, breaker.retry_after()) == ("closed", 0, 0.0)
     assert recorder.changes == [("closed", "open"), ("open", "closed")]
 
@@ -522,35 +540,42 @@ async def test_automatic_resumes_closed_with_a_fresh_count(breaker: CircuitBreak
     assert recorder.changes == [("closed", "open"), ("open", "closed"), ("closed", "open")]
 
 
-async def test_close_resets_state_failures_and_growth(make_breaker: BreakerFactory, clock: FakeClock) -> None:
-    """close() (the probe saw recovery) closes at once and resets failures and growth; a forced mode still wins."""
+async def test_probe_recovered_ends_the_open_period_but_never_closes(
+    make_breaker: BreakerFactory, clock: FakeClock
+) -> None:
+    """Arrow open -> half_open (probe ok): at once, keeping growth; a failing trial re-opens; forced modes win."""
     breaker = make_breaker(reset_multiplier=2.0)
     await trip(breaker)
-    clock.advance(30)
+    breaker.probe_recovered()
+    assert (state_of(breaker), breaker.open_until, breaker.retry_after()) == ("half_open", None, 0.0)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
-    assert breaker.current_open_duration == 60.0
-    breaker.close()
-    assert (breaker.state, breaker.consecutive_failures, breaker.current_open_duration) == ("closed", 0, 30.0)
-    assert breaker.open_until is None
+        await breaker.call(fail)  # the trial fails: live traffic has the last word
+    assert (state_of(breaker), breaker.current_open_duration) == ("open", 60.0)
+    breaker.probe_recovered()
+    assert await breaker.call(ok) == "ok"
+    assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 0)
+    breaker.probe_recovered()  # closed stays closed
+    assert state_of(breaker) == "closed"
     breaker.force_open()
-    breaker.close()
+    breaker.probe_recovered()
     assert (breaker.state, breaker.mode) == ("open", "forced_open")
 
 
-async def test_on_open_fires_only_for_trips_caused_by_traffic(
+async def test_traffic_trips_are_marked_as_such(
     breaker: CircuitBreaker, clock: FakeClock, opened: list[None]
 ) -> None:
-    """on_open fires for trips by calls and record_failure, not for operator or probe actions."""
+    """BreakerChanged(by_traffic) to open comes from trips by calls and broken streams, not operator or probe actions."""
     await trip(breaker)
     assert len(opened) == 1
     clock.advance(30)
     with pytest.raises(UpstreamConnectError):
         await breaker.call(fail)
     assert len(opened) == 2
-    breaker.close()
-    await breaker.record_failure(UpstreamInterruptedError("broke"))
-    await breaker.record_failure(UpstreamInterruptedError("broke"))
+    breaker.automatic()
+    breaker.force_open()
+    breaker.automatic()
+    await stream_broke(breaker)
+    await stream_broke(breaker)
     assert len(opened) == 3
     breaker.automatic()
     breaker.force_closed()
@@ -559,8 +584,8 @@ async def test_on_open_fires_only_for_trips_caused_by_traffic(
     assert len(opened) == 3
 
 
-async def test_listeners_see_plain_state_names(breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder) -> None:
-    """Listeners get old/new as plain names for a full cycle and for forced changes."""
+async def test_events_carry_plain_state_names(breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder) -> None:
+    """BreakerChanged has old/new as plain names for a full cycle and for forced changes."""
     await trip(breaker)
     clock.advance(30)
     await breaker.call(ok)
@@ -577,20 +602,22 @@ async def test_listeners_see_plain_state_names(breaker: CircuitBreaker, clock: F
     assert all(isinstance(name, str) for change in recorder.changes for name in change)
 
 
-async def test_a_failing_listener_does_not_break_the_breaker(
-    make_breaker: BreakerFactory, recorder: Recorder, caplog: pytest.LogCaptureFixture
+async def test_a_failing_subscriber_does_not_break_the_breaker(
+    clock: FakeClock, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A listener that raises is logged; later listeners still run and the trip still happens."""
+    """A subscriber that raises is logged; later subscribers still run and the trip still happens."""
 
-    class Broken:
-        def state_changed(self, old: BreakerState, new: BreakerState) -> None:
-            raise RuntimeError("metrics backend is down")
+    def broken(event: BreakerChanged) -> None:
+        raise RuntimeError("metrics backend is down")
 
-    breaker = make_breaker(listeners=[Broken(), recorder])
+    bus = EventBus()
+    bus.subscribe(BreakerChanged, broken)
+    bus.subscribe(BreakerChanged, recorder.breaker_changed)
+    breaker = CircuitBreaker(fail_max=2, clock=clock, events=bus)
     await trip(breaker)
     assert state_of(breaker) == "open"
     assert recorder.changes == [("closed", "open")]
-    assert "breaker listener failed" in caplog.text
+    assert "event handler failed" in caplog.text
 
 
 async def test_stale_stream_failure_does_not_decide_a_half_open_trial(
@@ -598,15 +625,16 @@ async def test_stale_stream_failure_does_not_decide_a_half_open_trial(
 ) -> None:
     """A stream admitted before the trip that breaks while half-open neither re-opens nor grows the period."""
     breaker = make_breaker(reset_multiplier=2.0)
+    older = breaker.admit()  # a stream admitted while closed
     await reach_half_open(breaker, clock)
-    await breaker.record_failure(UpstreamInterruptedError("an older stream broke"))
+    await stream_broke(breaker, older, UpstreamInterruptedError("an older stream broke"))
     assert state_of(breaker) == "half_open"
     assert len(opened) == 1
     assert await breaker.call(ok) == "ok"  # the real trial decides
     assert state_of(breaker) == "closed"
 
 
-async def test_record_failure_leaves_the_error_untouched(breaker: CircuitBreaker) -> None:
+async def test_replayed_failure_leaves_the_error_untouched(breaker: CircuitBreaker) -> None:
     """Replaying a stored error through aiobreaker changes neither its traceback nor its context."""
     try:
         raise UpstreamInterruptedError("the stream broke")
@@ -616,7 +644,7 @@ async def test_record_failure_leaves_the_error_untouched(breaker: CircuitBreaker
     try:
         raise RuntimeError("an unrelated error being handled")
     except RuntimeError:
-        await breaker.record_failure(error)
+        await stream_broke(breaker, error=error)
     assert breaker.consecutive_failures == 1
     assert error.__context__ is None
     assert traceback.extract_tb(error.__traceback__) == frames
@@ -698,13 +726,88 @@ def test_invalid_settings_are_refused(options: dict[str, Any]) -> None:
         CircuitBreaker(**options)
 
 
-async def test_refusal_reports_without_side_effects(breaker: CircuitBreaker, clock: FakeClock) -> None:
-    """refusal() says what a call would get now and never moves the breaker itself."""
+async def test_refusal_reports_without_admitting(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """refusal() says what a call would get now and admits nothing (no trial slot taken)."""
     assert breaker.refusal() is None
     await trip(breaker)
     refusal = breaker.refusal()
     assert refusal is not None
     assert refusal.code == "circuit_open"
-    clock.advance(breaker.current_open_duration)
-    assert breaker.refusal() is None
-    assert state_of(breaker) == "open"  # only a real call moves it to half-open
+    assert breaker.refusal() is not None
+    assert state_of(breaker) == "open"
+
+
+# -- the health model's arrows (README, "Resilience"): one test each ------------------------------
+
+
+async def test_arrow_open_to_half_open_when_the_period_ends_without_traffic(
+    breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder
+) -> None:
+    """Arrow open -> half_open (timer): the state, the event and retry_after change on time, with no call."""
+    await trip(breaker)
+    clock.advance(breaker.current_open_duration - 0.001)
+    assert state_of(breaker) == "open"
+    clock.advance(0.001)
+    assert breaker.retry_after() == 0.0
+    assert state_of(breaker) == "half_open"
+    assert recorder.changes == [("closed", "open"), ("open", "half_open")]
+
+
+async def test_arrow_open_to_half_open_fires_on_the_loop_timer() -> None:
+    """With the real clock, a loop timer ends the open period, so gauges move without anyone reading the state."""
+    events = EventBus()
+    recorder = Recorder()
+    events.subscribe(BreakerChanged, recorder.breaker_changed)
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=0.05, events=events)
+    with pytest.raises(UpstreamConnectError):
+        await breaker.call(fail)
+    assert recorder.changes == [("closed", "open")]
+    for _ in range(100):  # bounded: at most a second
+        await asyncio.sleep(0.01)
+        if len(recorder.changes) == 2:
+            break
+    assert recorder.changes == [("closed", "open"), ("open", "half_open")]
+
+
+async def test_arrow_closed_to_open_ignores_rejected_requests(breaker: CircuitBreaker) -> None:
+    """Arrow closed -> open counts only upstream failures: rejections neither count nor reset the count."""
+    from gateway.errors import UpstreamRejectedError
+
+    async def rejected() -> NoReturn:
+        raise UpstreamRejectedError("too large", upstream_status=413)
+
+    await trip(breaker, 1)
+    for _ in range(10):
+        with pytest.raises(UpstreamRejectedError):
+            await breaker.call(rejected)
+    assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 1)
+
+
+async def test_arrow_half_open_stays_when_the_trial_is_rejected(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """A rejected trial decides nothing: still half-open, and the next caller gets the trial."""
+    from gateway.errors import UpstreamRejectedError
+
+    async def rejected() -> NoReturn:
+        raise UpstreamRejectedError("bad request", upstream_status=400)
+
+    await trip(breaker)
+    clock.advance(30)
+    with pytest.raises(UpstreamRejectedError):
+        await breaker.call(rejected)
+    assert state_of(breaker) == "half_open"
+    assert await breaker.call(ok) == "ok"
+    assert state_of(breaker) == "closed"
+
+
+async def test_outcomes_from_before_a_trip_do_not_count_after_it_closed_again(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A stream admitted in an earlier closed period that breaks after closed -> open -> closed counts nothing."""
+    older = breaker.admit()
+    await trip(breaker)
+    clock.advance(30)
+    assert await breaker.call(ok) == "ok"
+    assert state_of(breaker) == "closed"
+    await stream_broke(breaker, older)
+    await stream_broke(breaker, older)
+    assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 0)

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import UPSTREAM
+from gateway.state import INFLIGHT
 from tests.conftest import GatewayFactory, chat_body
 
 
@@ -71,9 +71,9 @@ async def test_access_log_levels(
         with caplog.at_level(logging.INFO, logger="gateway.access"):
             await gateway.get("/healthz")
             await gateway.get("/nowhere")
-            gateway.app[UPSTREAM].draining = True
+            gateway.app[INFLIGHT].draining = True
             await gateway.post("/v1/chat/completions", json=chat_body())
-            gateway.app[UPSTREAM].draining = False
+            gateway.app[INFLIGHT].draining = False
             await gateway.post("/v1/chat/completions", json=chat_body())
         logged = [r.getMessage().split("status=")[1].split()[0] for r in caplog.records if r.name == "gateway.access"]
         assert logged == statuses, mode

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import __version__
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import BREAKER, HEALTH, PROBER, UPSTREAM
+from gateway.state import BREAKER, HEALTH, INFLIGHT, PROBER, UPSTREAM
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
@@ -53,7 +53,7 @@ async def test_two_failed_probes_stop_traffic_without_touching_the_upstream(
 
 
 async def test_recovery_restores_traffic_and_closes_the_breaker(make_gateway: GatewayFactory, sim: Simulator) -> None:
-    """A successful probe flips working back on and closes an open breaker without waiting out its timer."""
+    """A successful probe flips working back on and half-opens the breaker at once; the first live call closes it."""
     gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
     prober = gateway.app[PROBER]
     sim.faults = SimFaults(http_status=500)
@@ -66,8 +66,9 @@ async def test_recovery_restores_traffic_and_closes_the_breaker(make_gateway: Ga
     result = await prober.probe_once()
     assert result.ok
     assert gateway.app[HEALTH].working
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[BREAKER].state == "half_open"  # the probe never closes it: a live trial does
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert gateway.app[BREAKER].state == "closed"
     samples = await scrape(gateway)
     assert value(samples, "gateway_provider_working", **P) == 1
     assert value(samples, "gateway_health_probe_last_success_timestamp_seconds", **P) == pytest.approx(result.at)
@@ -143,7 +144,7 @@ async def test_readiness_and_liveness_bodies(make_gateway: GatewayFactory, sim: 
     assert "HTTP 502" in body["last_probe"]["error"]
     assert body["last_probe"]["latency_seconds"] >= 0
     assert (await gateway.get("/healthz")).status == 200
-    gateway.app[UPSTREAM].draining = True
+    gateway.app[INFLIGHT].begin_shutdown()
     assert (await gateway.get("/healthz")).status == 503
     assert (await (await gateway.get("/readyz")).json())["shutting_down"] is True
 
@@ -199,7 +200,7 @@ async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -
 
 
 async def _run_probe_command(upstream_url: str) -> tuple[int, str]:
-    env = {**os.environ, "GATEWAY_PROBE_TIMEOUT": "2", "GATEWAY_UPSTREAM_URL": upstream_url}
+    env = {**os.environ, "GATEWAY_TIMEOUT_FIRST_TOKEN": "2", "GATEWAY_UPSTREAM_URL": upstream_url}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 
 from gateway.errors import (
+    REQUEST_REJECTION_STATUSES,
     UpstreamAuthError,
     UpstreamBlockedError,
     UpstreamConnectError,
@@ -29,6 +30,7 @@ from gateway.errors import (
     UpstreamInterruptedError,
     UpstreamProtocolError,
     UpstreamRateLimitedError,
+    UpstreamRejectedError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
@@ -86,8 +88,10 @@ class FlowGptClient:
         connect_timeout: float | None = 10.0,
         max_line_bytes: int = 1024 * 1024,
         observer: ClientObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._clock = clock
         self._url = url
         self._token = token
         self._proxy = proxy
@@ -100,11 +104,15 @@ class FlowGptClient:
         """The upstream endpoint."""
         return self._url
 
-    async def open(self, prompt: ChatPrompt) -> FlowGptStream:
+    async def open(
+        self, prompt: ChatPrompt, *, idle_timeout: float | None = None, deadline: float | None = None
+    ) -> FlowGptStream:
         """Send ``prompt`` and return the answer stream once a 2xx NDJSON response has begun.
 
-        Raises an :class:`UpstreamError` for connection failures and for any
-        response that is not a usable stream (classified like g4f did).
+        ``idle_timeout`` (seconds between reads) and ``deadline`` (a reading of the client's
+        clock) bound every later read of the stream. Raises an :class:`UpstreamError` for
+        connection failures and for any response that is not a usable stream (classified
+        like g4f did).
         """
         headers = signed_headers(self._token.get_secret_value())
         body = orjson.dumps(build_body(prompt.model, prompt.messages, prompt.temperature))
@@ -121,7 +129,9 @@ class FlowGptClient:
         except BaseException:
             response.release()
             raise
-        return FlowGptStream(response, self._new_decoder())
+        return FlowGptStream(
+            response, self._new_decoder(), idle_timeout=idle_timeout, deadline=deadline, clock=self._clock
+        )
 
     def _new_decoder(self) -> NdjsonDecoder:
         observer = self._observer
@@ -159,18 +169,27 @@ def redact_sample(sample: bytes) -> bytes:
 class FlowGptStream:
     """The text fragments of one answer, read lazily; always :meth:`aclose` it.
 
-    ``deadline`` (a ``time.monotonic()`` value) and ``idle_timeout`` bound every
-    read; passing them here keeps timeout handling next to the reads they bound.
+    ``deadline`` (a ``clock()`` reading) and ``idle_timeout`` bound every read; they
+    are fixed when the stream opens, next to the reads they bound.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, decoder: NdjsonDecoder) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        decoder: NdjsonDecoder,
+        *,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._response = response
         self._decoder = decoder
         self._pending: collections.deque[str] = collections.deque()
         self._eof = False
         self.fragments_read = 0
-        self.idle_timeout: float | None = None
-        self.deadline: float | None = None
+        self._idle_timeout = idle_timeout
+        self._deadline = deadline
+        self._clock = clock
 
     @property
     def bad_lines(self) -> int:
@@ -227,11 +246,11 @@ class FlowGptStream:
             raise UpstreamProtocolError("upstream closed the stream without sending any text")
 
     def _read_budget(self) -> tuple[float | None, _Phase]:
-        if self.deadline is None:
-            return self.idle_timeout, "idle"
-        remaining = max(0.0, self.deadline - time.monotonic())
-        if self.idle_timeout is not None and self.idle_timeout < remaining:
-            return self.idle_timeout, "idle"
+        if self._deadline is None:
+            return self._idle_timeout, "idle"
+        remaining = max(0.0, self._deadline - self._clock())
+        if self._idle_timeout is not None and self._idle_timeout < remaining:
+            return self._idle_timeout, "idle"
         return remaining, "total"
 
 
@@ -257,17 +276,33 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
             f"upstream rejected the credentials (HTTP 401): {_message(text, content_type)}",
             upstream_status=status,
         )
+    if status in REQUEST_REJECTION_STATUSES:
+        raise UpstreamRejectedError(
+            f"upstream rejected the request (HTTP {status}): {_message(text, content_type)}",
+            upstream_status=status,
+        )
     raise UpstreamStatusError(
         f"upstream returned HTTP {status}: {_message(text, content_type)}", upstream_status=status
     )
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> str:
+    """Up to ``ERROR_BODY_LIMIT`` bytes of the body, across however many network chunks it takes.
+
+    The caller's deadline bounds the wait; a body that breaks off is classified on what arrived.
+    """
+    parts: list[bytes] = []
+    size = 0
     try:
-        raw = await response.content.read(ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return ""
-    return raw.decode("utf-8", "replace")
+        while size < ERROR_BODY_LIMIT:
+            part = await response.content.read(ERROR_BODY_LIMIT - size)
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    except (aiohttp.ClientError, OSError):
+        pass
+    return b"".join(parts).decode("utf-8", "replace")
 
 
 def _message(text: str, content_type: str) -> str:

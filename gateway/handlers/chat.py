@@ -9,6 +9,7 @@ import logging
 import orjson
 from aiohttp import web
 
+from gateway.client_writes import ClientStalledError, ClientWriteGuard
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -18,9 +19,9 @@ from gateway.errors import (
 )
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
-from gateway.middlewares import error_response
+from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
-from gateway.state import SETTINGS, STREAM_RESPONSE, UPSTREAM
+from gateway.state import CLOCK, INFLIGHT, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
 from gateway.upstream import Answer
 
 log = logging.getLogger(__name__)
@@ -34,28 +35,27 @@ SSE_HEADERS = {
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Validate, admit, then answer in one JSON object or as a stream of chunks."""
-    upstream = request.app[UPSTREAM]
-    task = asyncio.current_task()
-    assert task is not None
-    upstream.active.add(task)
-    try:
-        return await _complete(request)
-    except asyncio.CancelledError:
-        if task not in upstream.cut_by_shutdown:
-            raise  # the client went away
-        task.uncancel()
-        started: web.StreamResponse | None = request.get(STREAM_RESPONSE)
-        if started is not None and started.prepared:
-            return started  # its head is on the wire: finish that response, never start a second one
-        return error_response(ShuttingDownError("the gateway shut down before the answer was ready"))
-    finally:
-        upstream.active.discard(task)
+    tracker = request.app[INFLIGHT]
+    with tracker.track() as task:
+        try:
+            return await _complete(request)
+        except asyncio.CancelledError:
+            if not tracker.was_cut(task):
+                raise  # the client went away
+            task.uncancel()
+            started: web.StreamResponse | None = request.get(STREAM_RESPONSE)
+            if started is not None and started.prepared:
+                return started  # its head is on the wire: finish that response, never start a second one
+            return error_response(ShuttingDownError("the gateway shut down before the answer was ready"))
 
 
 async def _complete(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    app[INFLIGHT].refuse_if_draining()
+    upstream = app[UPSTREAM]
     # During an outage refuse before reading or validating anything: it cannot succeed anyway.
-    request.app[UPSTREAM].refuse_early()
-    limit = request.app[SETTINGS].max_body_bytes
+    upstream.refuse_early()
+    limit = app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
     chat = parse_chat_request(await _read_body(request))
@@ -66,13 +66,12 @@ async def _complete(request: web.Request) -> web.StreamResponse:
             f"the model '{chat.model[:100]}' does not exist; GET /v1/models lists the available ones", param="model"
         ) from None
     prompt = ChatPrompt(model, tuple(m.to_flowgpt() for m in chat.messages), chat.temperature)
-    answer = await request.app[UPSTREAM].open(prompt)
-    try:
+    app[INFLIGHT].refuse_if_draining()  # the drain may have begun while the body arrived
+    # Leaving this scope, on cancellation (client gone) too, drops the upstream connection at once.
+    async with upstream.answer(prompt) as answer:
         if chat.stream:
             return await _stream(request, answer, model)
         text = await answer.read_all()
-    finally:
-        await answer.aclose()  # on cancellation (client gone) this drops the upstream connection at once
     return web.Response(
         body=orjson.dumps(completion(new_completion_id(), model, text)), content_type="application/json"
     )
@@ -91,25 +90,38 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
+    app = request.app
     response = web.StreamResponse(headers=SSE_HEADERS)
     request[STREAM_RESPONSE] = response
     await response.prepare(request)
     encoder = ChunkEncoder(new_completion_id(), model)
+    timeouts = app[UPSTREAM].timeouts
     try:
-        await response.write(encoder.role())
-        async for fragment in answer:
-            await response.write(encoder.content(fragment))
-        await response.write(encoder.stop())
-    except GatewayError as exc:
-        log.warning("stream ended by an error code=%s", exc.code)
-        await response.write(error_event(exc))
+        async with ClientWriteGuard(
+            write_timeout=timeouts.client_write, total_remaining=answer.deadline - app[CLOCK]()
+        ) as guard:
+            await guard.write(response, encoder.role())
+            try:
+                async for fragment in answer:
+                    await guard.write(response, encoder.content(fragment))
+                await guard.write(response, encoder.stop())
+            except GatewayError as exc:
+                log.warning("stream ended by an error code=%s", exc.code)
+                await guard.write(response, error_event(exc))
+    except ClientStalledError as exc:
+        # Not an upstream failure: the answer scope closes the stream without blaming anyone.
+        log.warning("client stopped reading, stream cut waited_ms=%.0f", exc.waited * 1000)
+        _client_gone(request)
+        return response
     except ConnectionResetError:
         log.info("client went away mid-stream")
+        _client_gone(request)
         return response
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if task is None or task not in request.app[UPSTREAM].cut_by_shutdown:
+        if not app[INFLIGHT].was_cut(task):
             raise  # the client went away: nobody to tell
+        assert task is not None
         # The shutdown grace is over: tell the client why the stream ends instead of dropping it.
         task.uncancel()
         with contextlib.suppress(ConnectionResetError, TimeoutError):
@@ -117,3 +129,10 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
     await response.write_eof()
     return response
+
+
+def _client_gone(request: web.Request) -> None:
+    """Record 499 (nginx's "client closed request") and drop the connection; nothing more will fit."""
+    request[STATUS_OVERRIDE] = CLIENT_CLOSED_REQUEST
+    if request.transport is not None:
+        request.transport.abort()  # discards what the client never read, so the socket goes now

@@ -9,25 +9,26 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.state import BREAKER, HEALTH, METRICS, SETTINGS, STARTED_AT, UPSTREAM
+from gateway.redact import mask_url
+from gateway.state import BREAKER, HEALTH, INFLIGHT, METRICS, SETTINGS, STARTED_AT
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: 200 while serving, 503 once shutdown has begun."""
-    if request.app[UPSTREAM].draining:
+    if request.app[INFLIGHT].draining:
         return web.json_response({"status": "shutting_down"}, status=503)
     return web.json_response({"status": "ok"})
 
 
 def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     health = app[HEALTH]
-    upstream = app[UPSTREAM]
+    draining = app[INFLIGHT].draining
     body: dict[str, Any] = {
         **health.snapshot(),
         "breaker": app[BREAKER].snapshot(),
-        "shutting_down": upstream.draining,
+        "shutting_down": draining,
     }
-    ready = health.working and not upstream.draining
+    ready = health.working and not draining
     body["ready"] = ready
     return ready, body
 
@@ -46,7 +47,7 @@ async def status(request: web.Request) -> web.Response:
         "service": "flowgpt-gateway",
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - app[STARTED_AT], 3),
-        "upstream_url": app[SETTINGS].upstream_url,
+        "upstream_url": mask_url(app[SETTINGS].upstream_url),
         "readiness": readiness,
         "counters": app[METRICS].summary(),
         "settings": app[SETTINGS].masked(),
