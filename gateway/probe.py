@@ -66,8 +66,12 @@ class Prober:
         self._wake.set()
 
     def breaker_changed(self, event: BreakerChanged) -> None:
-        """Subscriber: live traffic tripped the breaker, so find out now whether the upstream is down."""
-        if event.new == "open" and event.by_traffic:
+        """Subscriber: live traffic tripped a closed breaker, so find out now whether the upstream is down.
+
+        Not after a failed half-open trial: a probe that succeeds while live calls fail would
+        half-open the breaker again at once, and every caller would become a failing trial.
+        """
+        if event.old == "closed" and event.new == "open" and event.by_traffic:
             self.trigger()
 
     async def probe_once(self) -> ProbeResult:

@@ -31,6 +31,8 @@ from typing import Any, Final, Literal, cast
 import pytest
 import yaml
 
+from gateway.errors import UPSTREAM_ERROR_KINDS
+
 # The config rewriters live with the configs (the alert drill uses them too); re-exported here.
 from monitoring.configs import ALERTMANAGER_CONFIG as ALERTMANAGER_CONFIG
 from monitoring.configs import DEFAULT_WEBHOOK_BASE as DEFAULT_WEBHOOK_BASE
@@ -116,9 +118,7 @@ SERIES_TO_METRIC: Final[Mapping[str, MetricSpec]] = {
 # Closed label value sets from the contract.
 LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "provider": frozenset({PROVIDER}),
-    "kind": frozenset(
-        {"connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "protocol", "interrupted"}
-    ),
+    "kind": frozenset(UPSTREAM_ERROR_KINDS),
     "reason": frozenset({"breaker_open", "half_open_busy", "not_working", "overloaded"}),
     "state": frozenset({"closed", "open", "half_open"}),
     "to_state": frozenset({"closed", "open", "half_open"}),

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.settings import Settings
@@ -20,6 +23,7 @@ from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
 
+GatewayClient = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
 CHAT = "/v1/chat/completions"
 
@@ -65,8 +69,9 @@ async def test_a_successful_probe_lets_traffic_through_an_open_breaker(
     sim.faults = SimFaults(http_status=500, count=1)  # exactly the live request fails
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
     await eventually(lambda: gateway.app[HEALTH].probes_total >= 2, within=3.0)  # the probe the trip triggered
-    assert gateway.app[HEALTH].last_probe is not None
-    assert gateway.app[HEALTH].last_probe.ok
+    last_probe = gateway.app[HEALTH].last_probe
+    assert last_probe is not None
+    assert last_probe.ok
     assert gateway.app[BREAKER].state == "half_open"
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 200, await response.text()
@@ -187,3 +192,146 @@ async def test_error_bodies_are_classified_on_every_chunk(
     error = (await response.json())["error"]
     assert (response.status, error["code"]) == (502, code)
     assert fragment in error["message"]
+
+
+# -- one test per arrow of the README's state diagram (labels b0..b6, w1, w2, p1) ---------------
+
+
+async def _breaker_state(gateway: GatewayClient) -> str:
+    body = await (await gateway.get("/readyz")).json()
+    return str(body["breaker"]["state"])
+
+
+async def _trip(make_gateway: GatewayFactory, sim: Simulator, **overrides: Any) -> GatewayClient:
+    """A gateway (fail_max 2, no retries) whose breaker two upstream 503s have just opened."""
+    gateway_client = await make_gateway(breaker_fail_max=2, retry_max=0, **overrides)
+    sim.faults = SimFaults(http_status=503)
+    for _ in range(2):
+        assert (await gateway_client.post(CHAT, json=chat_body())).status == 502
+    return gateway_client
+
+
+async def test_arrow_b0_rejections_and_disconnects_keep_it_closed(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """b0: rejected requests, client disconnects and the gateway's own refusals leave the breaker closed at 0."""
+    gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
+    sim.faults = SimFaults(reject_marker="POISON", reject_status=400)
+    assert (await gateway.post(CHAT, json=chat_body("POISON"))).status == 400
+    assert (await gateway.post(CHAT, json={"model": "no-such-model", "messages": []})).status in (400, 404)
+    sim.faults = SimFaults(slow_first_token=5)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await gateway.post(CHAT, json=chat_body())
+    await eventually(lambda: gateway.app[UPSTREAM].limiter.in_use == 0)
+    assert (gateway.app[BREAKER].state, gateway.app[BREAKER].consecutive_failures) == ("closed", 0)
+
+
+async def test_arrow_b1_closed_to_open_on_consecutive_upstream_failures(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """b1: fail_max upstream failures in a row open the breaker; callers then get 503 circuit_open at once."""
+    gateway = await _trip(make_gateway, sim)
+    assert await _breaker_state(gateway) == "open"
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "circuit_open"
+
+
+async def test_arrow_b2_open_to_half_open_when_the_period_ends(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """b2: the open period ends on time with no traffic; readiness shows half_open."""
+    gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.2)
+    await asyncio.sleep(0.3)
+    assert await _breaker_state(gateway) == "half_open"
+
+
+async def test_arrow_b3_open_to_half_open_on_a_probe_success(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """b3: a successful probe ends a 300 s open period at once (it never closes the breaker itself)."""
+    gateway = await _trip(make_gateway, sim, breaker_reset_seconds=300, breaker_reset_max_seconds=300)
+    sim.faults = SimFaults()
+    assert (await gateway.app[PROBER].probe_once()).ok
+    assert await _breaker_state(gateway) == "half_open"
+
+
+async def test_arrow_b4_half_open_to_closed_on_the_trial_first_token(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """b4: the trial's first token closes the breaker, before its stream has ended."""
+    gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.1)
+    await asyncio.sleep(0.15)
+    sim.faults = SimFaults()
+    response = await gateway.post(CHAT, json=chat_body(stream=True))
+    assert response.status == 200
+    await response.content.readline()  # the first event is on the wire: the trial has its first token
+    assert gateway.app[BREAKER].state == "closed"
+    await response.read()
+
+
+async def test_arrow_b5_half_open_to_open_on_a_failed_trial(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """b5: a failed trial re-opens the breaker for a longer period."""
+    gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.1, breaker_reset_multiplier=4)
+    await asyncio.sleep(0.15)
+    assert (await gateway.post(CHAT, json=chat_body())).status == 502
+    breaker = gateway.app[BREAKER]
+    assert breaker.state == "open"
+    assert breaker.current_open_duration == pytest.approx(0.4)
+
+
+async def test_arrow_b6_half_open_stays_when_the_trial_decides_nothing(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """b6: a rejected trial keeps the breaker half-open and frees the trial for the next caller."""
+    gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.1)
+    await asyncio.sleep(0.15)
+    sim.faults = SimFaults(reject_marker="POISON", reject_status=413)
+    assert (await gateway.post(CHAT, json=chat_body("POISON"))).status == 413
+    assert gateway.app[BREAKER].state == "half_open"
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert gateway.app[BREAKER].state == "closed"
+
+
+async def test_arrow_w1_working_to_not_working_after_failed_probes(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """w1: unhealthy_threshold failed probes turn the flag off; chat is refused without reaching the upstream."""
+    gateway = await make_gateway(probe_unhealthy_threshold=2)
+    sim.faults = SimFaults(http_status=503)
+    prober = gateway.app[PROBER]
+    await prober.probe_once()
+    assert gateway.app[HEALTH].working
+    await prober.probe_once()
+    assert not gateway.app[HEALTH].working
+    requests_before = sim.stats.requests_total
+    response = await gateway.post(CHAT, json=chat_body())
+    assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
+    assert sim.stats.requests_total == requests_before
+
+
+async def test_arrow_w2_not_working_to_working_after_good_probes(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """w2: healthy_threshold good probes in a row turn the flag back on."""
+    gateway = await make_gateway(probe_unhealthy_threshold=1, probe_healthy_threshold=2)
+    prober = gateway.app[PROBER]
+    sim.faults = SimFaults(http_status=503)
+    await prober.probe_once()
+    sim.faults = SimFaults()
+    await prober.probe_once()
+    assert not gateway.app[HEALTH].working
+    await prober.probe_once()
+    assert gateway.app[HEALTH].working
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200
+
+
+async def test_arrow_p1_a_trip_probes_at_once_a_failed_trial_does_not(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """p1: closed -> open by traffic probes at once; half_open -> open does not (no trial after every probe)."""
+    gateway = await make_gateway(
+        probe_enabled=True, probe_interval=600, breaker_fail_max=1, breaker_reset_seconds=0.2, retry_max=0
+    )
+    health = gateway.app[HEALTH]
+    await eventually(lambda: health.probes_total == 1)  # the start-up probe
+    sim.faults = SimFaults(http_status=503)
+    assert (await gateway.post(CHAT, json=chat_body())).status == 502
+    await eventually(lambda: health.probes_total == 2, within=3.0)  # probed at once, and it failed
+    await eventually(lambda: gateway.app[BREAKER].state == "half_open", within=2.0)
+    assert (await gateway.post(CHAT, json=chat_body())).status == 502  # the trial fails: open again
+    await asyncio.sleep(0.3)
+    assert health.probes_total == 2
