@@ -141,6 +141,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await prober.stop()
+        app[BREAKER].stop()
         await session.close()
 
 

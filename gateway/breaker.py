@@ -10,8 +10,9 @@ success and re-opens on a failure). The adapter adds what aiobreaker gets wrong 
   timer fires then (so gauges and readiness change without traffic), and every read of the state
   checks the clock too (so an injected clock needs no timer). Open periods grow by
   ``reset_multiplier`` per failed trial, capped at ``reset_max``.
-* Probe: :meth:`CircuitBreaker.probe_recovered` moves an open breaker to half-open at once. It
-  never closes it: only a live trial's success does.
+* Probe: :meth:`CircuitBreaker.probe_recovered` moves an open breaker to half-open at once, when
+  the probe started after the breaker opened (an older probe saw an older upstream). It never
+  closes it: only a live trial's success does.
 * Half-open admits at most ``half_open_calls`` concurrent trials; further callers get
   ``CircuitOpenError(half_open=True)`` (code ``half_open_busy``) instead of reaching the upstream.
 * Outcomes: a call is admitted with a :class:`Ticket` that remembers the state period (generation)
@@ -20,10 +21,11 @@ success and re-opens on a failure). The adapter adds what aiobreaker gets wrong 
   public ``call_async`` at once; the replay never suspends, so aiobreaker's state changes happen in
   one synchronous step and its ``utcnow`` DeprecationWarning can be silenced locally.
 * What counts: an :class:`UpstreamError` for which ``counts_against_upstream`` holds is a failure.
-  A per-request rejection (upstream 400/413/422) is neutral: it neither counts nor resets the
-  count, and a trial that gets one frees its slot for the next caller. Any other ``Exception`` is
-  excluded, which aiobreaker counts as a *success* (the upstream did answer).
-  ``asyncio.CancelledError`` (a client disconnect) counts as neither.
+  Everything else is neutral: it neither counts nor resets the count, and a trial that ends so
+  frees its slot for the next caller. That covers a per-request rejection (upstream 400/413/422),
+  a stream cut by the request's own total deadline, ``asyncio.CancelledError`` (a client
+  disconnect) and any other exception (a gateway bug says nothing about the upstream; aiobreaker
+  would count it as a success, so it is never replayed).
 * Nothing from aiobreaker escapes: the call that trips the breaker raises the original error.
 
 Operator modes win over everything: ``forced_open`` refuses every call, ``forced_closed`` admits
@@ -139,8 +141,9 @@ class CircuitBreaker:
         self._reported: BreakerState = "closed"
         self._open_until: float | None = None
         self._open_duration = self._reset_timeout
-        self._trials = 0
+        self._trials = 0  # trial slots taken in the current half-open period
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
+        self._opened_at: float | None = None  # clock reading of the last automatic opening
         self._timer: asyncio.TimerHandle | None = None
 
     # -- read side ---------------------------------------------------------------------------
@@ -236,22 +239,19 @@ class CircuitBreaker:
         return Ticket(self._generation, trial=trial)
 
     def release(self, ticket: Ticket) -> None:
-        """The call is over (any outcome): free its half-open trial slot."""
+        """The call is over (any outcome): free its half-open trial slot, if that period still runs."""
         if ticket.released:
             return
         ticket.released = True
-        if ticket.trial:
+        if ticket.trial and ticket.generation == self._generation:
             self._trials -= 1
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """Count ``error`` (before or after the first token) if it says something about the upstream."""
         if not self._current(ticket):
             return
-        if isinstance(error, UpstreamError) and not counts_against_upstream(error):
-            return  # one request's fault: neither a failure nor a success
-        if not isinstance(error, Exception):
-            return
-        await self._replay(error)
+        if isinstance(error, UpstreamError) and counts_against_upstream(error):
+            await self._replay(error)
 
     async def answered(self, ticket: Ticket) -> None:
         """The first token arrived: a half-open trial succeeds now (fast recovery), others wait for the end."""
@@ -296,15 +296,25 @@ class CircuitBreaker:
         """Hand control back to the breaker, starting closed with a fresh failure count."""
         self._set_mode("auto")
 
-    def probe_recovered(self) -> None:
-        """A health probe succeeded: end an open period now, so a live trial can confirm recovery."""
-        if self._mode == "auto" and self.state == "open":
-            self._end_open_period()
+    def probe_recovered(self, *, probe_started: float | None = None) -> None:
+        """A health probe succeeded: end an open period now, so a live trial can confirm recovery.
+
+        ``probe_started`` (a clock reading): a probe that began before the breaker opened is ignored.
+        """
+        if self._mode != "auto" or self.state != "open":
+            return
+        if probe_started is not None and self._opened_at is not None and probe_started < self._opened_at:
+            return
+        self._end_open_period()
+
+    def stop(self) -> None:
+        """Cancel the open-period timer (the app is shutting down)."""
+        self._cancel_timer()
 
     def probe_finished(self, event: ProbeFinished) -> None:
         """Subscriber: a successful probe shortens the open period (a failed one changes nothing)."""
         if event.result.ok:
-            self.probe_recovered()
+            self.probe_recovered(probe_started=event.started)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -366,10 +376,12 @@ class CircuitBreaker:
             self._open_until = None
         elif new == "half_open":
             self._open_until = None
+            self._trials = 0  # slots of an earlier period are released into that period, not this one
         elif self._mode == "auto":
             if old == "half_open":
                 self._open_duration = min(self._open_duration * self._reset_multiplier, self._reset_max)
-            self._open_until = self._clock() + self._open_duration
+            self._opened_at = self._clock()
+            self._open_until = self._opened_at + self._open_duration
             self._arm_timer(self._open_duration)
         log_level = logging.WARNING if new == "open" else logging.INFO
         log.log(log_level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, self._mode)

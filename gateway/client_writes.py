@@ -1,10 +1,11 @@
 """A deadline on writes to the client: a reader that stops reading is cut, not waited for.
 
 aiohttp's ``StreamResponse.write`` only waits when the transport's buffer is full, that is
-when the client has stopped reading. The guard times each write: one loop timer is armed
-per ``write_timeout`` (not per write), and when it finds a write pending for too long, or
-past the request's total deadline, it fires the enclosing ``asyncio.timeout`` scope, which
-cancels the write. Writes that do not block cost two attribute stores.
+when the client has stopped reading; ``write_eof`` always waits for the buffer to drain.
+The guard times each write: one loop timer is armed per ``write_timeout`` (not per
+write), and when it finds a write pending for too long, or past the request's total
+deadline, it fires the enclosing ``asyncio.timeout`` scope, which cancels the write.
+Writes that do not block cost two attribute stores.
 """
 
 from __future__ import annotations
@@ -55,11 +56,20 @@ class ClientWriteGuard:
 
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
         """Write ``data``; a write that blocks past its deadline ends the ``async with`` block."""
+        self._begin()
+        await response.write(data)
+        self._since = None
+
+    async def write_eof(self, response: web.StreamResponse) -> None:
+        """Finish the response (a ``web.Response`` writes its body here); it always waits for the drain."""
+        self._begin()
+        await response.write_eof()
+        self._since = None
+
+    def _begin(self) -> None:
         self._since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(self._due(self._since), self._check)
-        await response.write(data)
-        self._since = None
 
     def _due(self, since: float) -> float:
         return min(since + self._write_timeout, self._total_at)

@@ -184,9 +184,14 @@ class UpstreamTimeoutError(UpstreamError):
     status = 504
     kind = "timeout"
 
-    def __init__(self, message: str, *, phase: Literal["connect", "first_token", "idle", "total"]) -> None:
+    def __init__(
+        self, message: str, *, phase: Literal["connect", "first_token", "idle", "total"], own_deadline: bool = False
+    ) -> None:
         super().__init__(message)
         self.phase = phase
+        # The request's own total deadline passed while the upstream was still streaming: a long
+        # answer, not a failing upstream (or any client could open the breaker by asking for essays).
+        self.own_deadline = own_deadline
         # Only a timeout before any text is worth another attempt.
         self.retryable_timeout = phase in ("connect", "first_token")
 
@@ -219,9 +224,10 @@ class UpstreamAuthError(UpstreamStatusError):
     kind = "auth"
 
 
-# Statuses that judge one request, not the upstream: another attempt (or another route) would get
-# the same answer. 401/403/404/407/408/429 and 5xx say something about the upstream or the way to it.
-REQUEST_REJECTION_STATUSES: Final = frozenset({400, 409, 411, 413, 414, 415, 422, 431})
+# Statuses that judge one request's content, not the upstream: another attempt (or another route)
+# would get the same answer. 401/403/404/407/408/429 and 5xx say something about the upstream or the
+# way to it; so do 411/414/415/431, which would judge the gateway's own framing of every request.
+REQUEST_REJECTION_STATUSES: Final = frozenset({400, 413, 422})
 
 
 class UpstreamRejectedError(UpstreamStatusError):
@@ -251,7 +257,12 @@ class UpstreamInterruptedError(UpstreamError):
 
 
 def counts_against_upstream(error: UpstreamError) -> bool:
-    """Whether ``error`` says the upstream (or the way to it) is failing; a rejection does not."""
+    """Whether ``error`` says the upstream (or the way to it) is failing.
+
+    A rejection of one request does not, nor does a stream cut by the request's own total deadline.
+    """
+    if isinstance(error, UpstreamTimeoutError):
+        return not error.own_deadline
     return not isinstance(error, UpstreamRejectedError)
 
 

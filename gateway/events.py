@@ -45,9 +45,10 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class ProbeFinished:
-    """A health probe completed (successfully or not)."""
+    """A health probe completed (successfully or not); ``started`` is a monotonic clock reading."""
 
     result: ProbeResult
+    started: float
 
 
 @dataclass(frozen=True, slots=True)

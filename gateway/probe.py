@@ -96,7 +96,7 @@ class Prober:
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
         if not result.ok:
             log.warning("health probe failed error=%s", result.error)
-        self._events.publish(ProbeFinished(result))
+        self._events.publish(ProbeFinished(result, started=started))
         return result
 
     async def run(self) -> None:

@@ -18,6 +18,8 @@ def mask_url(url: str) -> str:
         parsed = URL(url)
     except (TypeError, ValueError):
         return MASK
+    if "@" in url and parsed.user is None and parsed.password is None:
+        return MASK + url[url.rindex("@") :]  # "user:pass@host" without a scheme: yarl sees no user info
     if parsed.user is not None or parsed.password is not None:
         parsed = parsed.with_user(MASK if parsed.user else None).with_password(MASK if parsed.password else None)
     if parsed.query_string:

@@ -116,6 +116,10 @@ class UpstreamService:
             self._metrics.rejections["overloaded"].inc()
             raise
         try:
+            refusal = self.health.admission_error()  # the flag may have gone off during the queue wait
+            if refusal is not None:
+                self._metrics.rejections["not_working"].inc()
+                raise refusal
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
             stream, first, ticket, started = await self._open_with_retries(prompt, deadline)

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
+from gateway.redact import mask_url
 from gateway.settings import Settings
-from gateway.simulator import SimFaults, Simulator
-from gateway.state import BREAKER, HEALTH, PROBER, UPSTREAM
+from gateway.simulator import SimFaults, SimOptions, Simulator
+from gateway.state import BREAKER, HEALTH, INFLIGHT, PROBER, UPSTREAM
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
@@ -335,3 +337,85 @@ async def test_arrow_p1_a_trip_probes_at_once_a_failed_trial_does_not(
     assert (await gateway.post(CHAT, json=chat_body())).status == 502  # the trial fails: open again
     await asyncio.sleep(0.3)
     assert health.probes_total == 2
+
+
+# -- found by the review after the first landing of the model -----------------------------------
+
+
+async def _stalled_request(port: int, *, stream: bool) -> asyncio.StreamWriter:
+    """A chat request from a client that never reads, with a tiny receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    body = b'{"model": "gpt-3.5-turbo", "stream": %s, "messages": [{"role": "user", "content": "long"}]}' % (
+        b"true" if stream else b"false"
+    )
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    await writer.drain()
+    return writer
+
+
+async def test_a_non_streaming_client_that_never_reads_is_cut(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A whole answer (written by write_eof) to a client that never reads is cut within the write timeout: 499."""
+    gateway = await make_gateway(timeout_client_write=0.3, timeout_total=30)
+    sim.faults = SimFaults(answer_bytes=8 * 1024 * 1024)
+    before = await scrape(gateway)
+    port = gateway.server.port
+    assert port is not None
+    writers = [await _stalled_request(port, stream=False) for _ in range(3)]
+    try:
+        await eventually(lambda: gateway.app[INFLIGHT].active == 0, within=10.0)
+    finally:
+        for writer in writers:
+            writer.close()
+    after = await scrape(gateway)
+    assert delta(before, after, "gateway_http_requests_total", route=CHAT, method="POST", code="499") == 3
+    assert gateway.app[UPSTREAM].limiter.in_use == 0
+
+
+@pytest.mark.parametrize("status", [413, 429])
+async def test_a_trickling_error_body_keeps_its_status(
+    make_gateway: GatewayFactory, sim: Simulator, status: int
+) -> None:
+    """An error body slower than its short wait is classified on the status (and Retry-After), not as a timeout."""
+    gateway = await make_gateway(timeout_first_token=1.5, retry_max=0, breaker_fail_max=2)
+    sim.faults = SimFaults(http_status=status, retry_after=7, error_body_chunks=2, error_chunk_delay=2.0)
+    for _ in range(2):
+        response = await gateway.post(CHAT, json=chat_body())
+        code = (await response.json())["error"]["code"]
+        if status == 413:
+            assert (response.status, code) == (413, "upstream_rejected_request")
+        else:
+            assert (response.status, code, response.headers.get("Retry-After")) == (502, "upstream_rate_limited", "7")
+    if status == 413:
+        assert gateway.app[BREAKER].consecutive_failures == 0
+
+
+async def test_long_answers_cut_by_the_total_deadline_never_open_the_breaker(make_gateway: GatewayFactory) -> None:
+    """A healthy upstream streaming past the request's own total deadline is no upstream failure."""
+    async with Simulator(SimOptions(chunk_delay=0.25, chunks=8)) as slow_sim:
+        gateway = await make_gateway(upstream_url=slow_sim.url, timeout_total=1, breaker_fail_max=2, retry_max=0)
+        for _ in range(3):
+            response = await gateway.post(CHAT, json=chat_body(stream=True))
+            text = await response.text()
+            assert response.status == 200
+            assert "upstream_timeout" in text
+            assert "total deadline" in text
+        assert (gateway.app[BREAKER].state, gateway.app[BREAKER].consecutive_failures) == ("closed", 0)
+
+
+def test_a_proxy_url_without_a_scheme_is_refused_without_echoing_it() -> None:
+    """user:password@host as a proxy stops start-up with a message that does not repeat the credentials."""
+    from gateway.settings import describe_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        Settings(upstream_proxy="proxyuser:proxy-password@127.0.0.1:3128")
+    message = describe_validation_error(info.value)
+    assert message == "invalid setting GATEWAY_UPSTREAM_PROXY: must be an http:// or https:// URL"
+    assert mask_url("proxyuser:proxy-password@127.0.0.1:3128") == "***@127.0.0.1:3128"

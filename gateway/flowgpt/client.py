@@ -50,6 +50,9 @@ CLOUDFLARE_MARKERS: Final = (
     "cf-cloudflare-status",
 )
 ERROR_BODY_LIMIT: Final = 64 * 1024  # how much of an error body we read to classify it
+# How long an error body may take: the status and headers are already here and decide most of
+# the classification, so a body that trickles must not turn a 413 or a 429 into a timeout.
+ERROR_BODY_WAIT: Final = 1.0
 MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
 RETRY_AFTER_CAP: Final = 86400.0  # a day; anything longer is noise we do not pass on
 
@@ -228,9 +231,13 @@ class FlowGptStream:
                     async with asyncio.timeout(timeout):
                         chunk = await content.readany()
                 except TimeoutError as exc:
-                    raise UpstreamTimeoutError(
-                        f"upstream sent nothing for {timeout:.1f}s ({phase})", phase=phase
-                    ) from exc
+                    if phase == "total":
+                        raise UpstreamTimeoutError(
+                            f"the answer did not end within the request's total deadline ({timeout:.1f}s left)",
+                            phase="total",
+                            own_deadline=self.fragments_read > 0,
+                        ) from exc
+                    raise UpstreamTimeoutError(f"upstream sent nothing for {timeout:.1f}s", phase=phase) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamInterruptedError(f"upstream stream broke: {type(exc).__name__}") from exc
         if chunk:
@@ -287,20 +294,22 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
 
 
 async def _read_error_body(response: aiohttp.ClientResponse) -> str:
-    """Up to ``ERROR_BODY_LIMIT`` bytes of the body, across however many network chunks it takes.
+    """Up to ``ERROR_BODY_LIMIT`` bytes of the body, across however many network chunks arrive.
 
-    The caller's deadline bounds the wait; a body that breaks off is classified on what arrived.
+    Within ``ERROR_BODY_WAIT`` (and the caller's deadline): a body that breaks off or trickles is
+    classified on what arrived.
     """
     parts: list[bytes] = []
     size = 0
     try:
-        while size < ERROR_BODY_LIMIT:
-            part = await response.content.read(ERROR_BODY_LIMIT - size)
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-    except (aiohttp.ClientError, OSError):
+        async with asyncio.timeout(ERROR_BODY_WAIT):
+            while size < ERROR_BODY_LIMIT:
+                part = await response.content.read(ERROR_BODY_LIMIT - size)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+    except (aiohttp.ClientError, OSError, TimeoutError):
         pass
     return b"".join(parts).decode("utf-8", "replace")
 

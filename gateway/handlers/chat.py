@@ -72,9 +72,20 @@ async def _complete(request: web.Request) -> web.StreamResponse:
         if chat.stream:
             return await _stream(request, answer, model)
         text = await answer.read_all()
-    return web.Response(
+    # The slot is free now, but the answer is in memory and the socket open: a client that does not
+    # read it is cut like a stalled stream reader.
+    response = web.Response(
         body=orjson.dumps(completion(new_completion_id(), model, text)), content_type="application/json"
     )
+    await response.prepare(request)
+    try:
+        async with _write_guard(request, answer) as guard:
+            await guard.write_eof(response)
+    except ClientStalledError as exc:
+        _cut_stalled_client(request, exc)
+    except ConnectionError:
+        _client_gone(request)
+    return response
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -95,11 +106,8 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
     request[STREAM_RESPONSE] = response
     await response.prepare(request)
     encoder = ChunkEncoder(new_completion_id(), model)
-    timeouts = app[UPSTREAM].timeouts
     try:
-        async with ClientWriteGuard(
-            write_timeout=timeouts.client_write, total_remaining=answer.deadline - app[CLOCK]()
-        ) as guard:
+        async with _write_guard(request, answer) as guard:
             await guard.write(response, encoder.role())
             try:
                 async for fragment in answer:
@@ -108,12 +116,13 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
                 await guard.write(response, error_event(exc))
+            await guard.write_eof(response)
+            return response
     except ClientStalledError as exc:
         # Not an upstream failure: the answer scope closes the stream without blaming anyone.
-        log.warning("client stopped reading, stream cut waited_ms=%.0f", exc.waited * 1000)
-        _client_gone(request)
+        _cut_stalled_client(request, exc)
         return response
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or "Connection lost" while a write waited for the drain
         log.info("client went away mid-stream")
         _client_gone(request)
         return response
@@ -127,8 +136,21 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
         with contextlib.suppress(ConnectionResetError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
-    await response.write_eof()
-    return response
+                await response.write_eof()
+        return response
+
+
+def _write_guard(request: web.Request, answer: Answer) -> ClientWriteGuard:
+    """Writes to this client may block ``GATEWAY_TIMEOUT_CLIENT_WRITE`` each, never past the total deadline."""
+    app = request.app
+    return ClientWriteGuard(
+        write_timeout=app[UPSTREAM].timeouts.client_write, total_remaining=answer.deadline - app[CLOCK]()
+    )
+
+
+def _cut_stalled_client(request: web.Request, stalled: ClientStalledError) -> None:
+    log.warning("client stopped reading, response cut waited_ms=%.0f", stalled.waited * 1000)
+    _client_gone(request)
 
 
 def _client_gone(request: web.Request) -> None:
