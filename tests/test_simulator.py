@@ -25,8 +25,11 @@ from gateway.flowgpt.protocol import (
 )
 from gateway.simulator import (
     CLOUDFLARE_PAGE,
+    RouteLimitError,
+    RouteNameError,
     SimFaults,
     SimOptions,
+    SimStats,
     Simulator,
     create_simulator_app,
     expected_answer,
@@ -97,10 +100,12 @@ async def post_chat(
     sim: Simulator,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    *,
+    url: str | None = None,
 ) -> tuple[int, str, bytes]:
-    """POST one signed chat request and return status, content type and body."""
+    """POST one signed chat request (to ``sim.url`` unless ``url`` is given) and return status, content type and body."""
     async with session.post(
-        sim.url,
+        sim.url if url is None else url,
         json=chat_body() if body is None else body,
         headers=signed_headers(ANONYMOUS_TOKEN) if headers is None else headers,
     ) as resp:
@@ -158,11 +163,12 @@ def test_expected_answer_echoes_model_and_question() -> None:
 
 
 async def test_app_factory_works_with_pytest_aiohttp(aiohttp_client: AiohttpClient) -> None:
-    """create_simulator_app serves the protocol under pytest-aiohttp's test client too."""
+    """create_simulator_app serves the protocol (on the plain and the route paths) under pytest-aiohttp's test client too."""
     client = await aiohttp_client(create_simulator_app(SimOptions(chunks=2)))
-    resp = await client.post(UPSTREAM_PATH, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN))
-    objects, _ = parse(await resp.read())
-    assert text_of(objects) == ANSWER
+    for path in (UPSTREAM_PATH, "/r/backup" + UPSTREAM_PATH):
+        resp = await client.post(path, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN))
+        objects, _ = parse(await resp.read())
+        assert text_of(objects) == ANSWER
 
 
 # --- request checks ----------------------------------------------------------------
@@ -627,6 +633,8 @@ def test_fault_model_validates() -> None:
             SimFaults.model_validate(bad)
     with pytest.raises(ValidationError):
         SimOptions(chunks=0)
+    with pytest.raises(ValidationError):
+        SimOptions(max_routes=0)
 
 
 # --- admin API ---------------------------------------------------------------------
@@ -675,6 +683,234 @@ async def test_admin_stats_and_reset(sim: Simulator, session: aiohttp.ClientSess
     sim.faults = SimFaults(http_status=500)
     async with session.get(sim.base_url + "/_sim/healthz") as resp:
         assert await resp.json() == {"status": "ok", "faults_active": True}
+
+
+# --- routes ------------------------------------------------------------------------
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, route: str | None = None) -> tuple[int, Any]:
+    """GET an admin URL (with ``?route=`` when given) and return status and JSON."""
+    params = None if route is None else {"route": route}
+    async with session.get(url, params=params) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_routes_answer_with_their_own_faults_at_the_same_time(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """While one route's stream hangs, another answers 503 and a third and the default stream healthy answers."""
+    sim.set_faults(SimFaults(stall_after=1), route="stuck")
+    sim.set_faults(SimFaults(http_status=503), route="down")
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=5)
+    async with session.post(
+        sim.route_url("stuck"), json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN), timeout=timeout
+    ) as stuck:
+        for _ in range(3):  # two meta lines and the one text chunk
+            await stuck.content.readline()
+        await eventually(lambda: sim.route_stats("stuck").active_streams == 1)
+        down, up, default = await asyncio.gather(
+            post_chat(session, sim, url=sim.route_url("down")),
+            post_chat(session, sim, url=sim.route_url("up")),
+            post_chat(session, sim),
+        )
+        assert down[0] == 503
+        assert json.loads(down[2]) == {"error": {"message": "simulated upstream error 503"}}
+        for status, _, raw in (up, default):
+            assert (status, text_of(parse(raw)[0])) == (200, ANSWER)
+        assert sim.stats.active_streams == 1
+    await eventually(lambda: sim.route_stats("stuck").client_disconnects == 1)
+    assert (sim.faults, sim.route_faults("up")) == (SimFaults(), SimFaults())
+
+
+async def test_route_stats_are_per_route_and_global_stats_count_all(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """Each route counts only its own requests; the global stats (sim.stats, /_sim/stats) count every one."""
+    sim.set_faults(SimFaults(http_status=503), route="a")
+    for _ in range(2):
+        await post_chat(session, sim, url=sim.route_url("a"))
+    await post_chat(session, sim, url=sim.route_url("b"), body=chat_body("from b"))
+    await post_chat(session, sim)
+    a, b, default = sim.route_stats("a"), sim.route_stats("b"), sim.route_stats("default")
+    assert (a.requests_total, a.responses_by_status, a.faulted_total, a.completed_streams) == (2, {503: 2}, 2, 0)
+    assert (b.requests_total, b.responses_by_status, b.faulted_total, b.completed_streams) == (1, {200: 1}, 0, 1)
+    assert (b.text_chunks_sent, default.requests_total, default.responses_by_status) == (8, 1, {200: 1})
+    assert b.last_body is not None
+    assert b.last_body["question"] == "from b"
+    total = sim.stats
+    assert (total.requests_total, total.responses_by_status, total.faulted_total) == (4, {503: 2, 200: 2}, 2)
+    assert (total.completed_streams, total.text_chunks_sent) == (2, 16)
+    stats_url = sim.base_url + "/_sim/stats"
+    assert await get_json(session, stats_url, "a") == (200, a.to_dict() | {"responses_by_status": {"503": 2}})
+    status, served = await get_json(session, stats_url)
+    assert (status, served["requests_total"], served["responses_by_status"]) == (200, 4, {"503": 2, "200": 2})
+    async with session.post(sim.base_url + "/_sim/stats/reset") as resp:
+        assert (await resp.json())["requests_total"] == 0
+    assert total.requests_total == a.requests_total == b.requests_total == default.requests_total == 0
+    assert sim.route_stats("a") is a  # still the live object
+    assert sim.route_faults("a") == SimFaults(http_status=503)  # reset touches counters only
+    status, served = await get_json(session, stats_url, "never-used")
+    assert (status, served) == (200, SimStats().to_dict())
+
+
+async def test_admin_faults_per_route(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """?route= reads, replaces and heals one route's faults; without it the default route's, as before."""
+    faults_url = sim.base_url + "/_sim/faults"
+    async with session.post(faults_url, params={"route": "a"}, json={"http_status": 502}) as resp:
+        assert (resp.status, (await resp.json())["http_status"]) == (200, 502)
+    assert await get_json(session, faults_url, "a") == (200, SimFaults(http_status=502).model_dump())
+    assert await get_json(session, faults_url) == (200, SimFaults().model_dump())
+    assert await get_json(session, faults_url, "b") == (200, SimFaults().model_dump())
+    assert sim.route_faults("a") == SimFaults(http_status=502)
+    assert (await post_chat(session, sim, url=sim.route_url("a")))[0] == 502
+    assert (await post_chat(session, sim, url=sim.route_url("b")))[0] == 200
+    assert (await post_chat(session, sim))[0] == 200
+    async with session.post(faults_url, json={"http_status": 500}) as resp:  # no route: the default one
+        assert resp.status == 200
+    assert (sim.faults, sim.route_faults("a")) == (SimFaults(http_status=500), SimFaults(http_status=502))
+    async with session.post(faults_url, params={"route": "a"}, json={"garbage_ratio": 2}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["field"] == "garbage_ratio"
+    assert sim.route_faults("a") == SimFaults(http_status=502)
+    async with session.delete(faults_url, params={"route": "a"}) as resp:
+        assert await resp.json() == SimFaults().model_dump()
+    assert (await post_chat(session, sim, url=sim.route_url("a")))[0] == 200
+    assert sim.faults == SimFaults(http_status=500)
+    status, listing = await get_json(session, sim.base_url + "/_sim/routes")
+    assert (status, listing["max_routes"]) == (200, 64)
+    assert listing["routes"]["default"] == {
+        "path": "/r/default" + UPSTREAM_PATH,
+        "faults": {"http_status": 500},
+        "requests_total": 1,
+    }
+    assert set(listing["routes"]) == {"default", "a", "b"}
+
+
+async def test_default_route_is_the_plain_path(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """sim.url, route_url('default'), sim.faults, set_faults(route=None) and ?route=default are one route."""
+    assert sim.url == sim.base_url + UPSTREAM_PATH
+    assert sim.route_url("default") == sim.base_url + "/r/default" + UPSTREAM_PATH
+    assert sim.route_url("eu-1") == sim.base_url + "/r/eu-1" + UPSTREAM_PATH
+    sim.set_faults(SimFaults(http_status=503))
+    assert sim.faults == sim.route_faults("default") == SimFaults(http_status=503)
+    assert (await post_chat(session, sim))[0] == 503
+    assert (await post_chat(session, sim, url=sim.route_url("default")))[0] == 503
+    assert (await post_chat(session, sim, url=sim.route_url("other")))[0] == 200
+    faults_url = sim.base_url + "/_sim/faults"
+    assert await get_json(session, faults_url) == await get_json(session, faults_url, "default")
+    assert sim.route_stats("default").responses_by_status == {503: 2}
+    assert sim.stats.responses_by_status == {503: 2, 200: 1}
+
+
+async def test_count_heals_each_route_on_its_own(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """count is kept per route: a route heals after its own faulted requests, leaving the others' faults set."""
+    sim.faults = SimFaults(http_status=502, count=1)
+    sim.set_faults(SimFaults(http_status=503, count=2), route="a")
+    sim.set_faults(SimFaults(http_status=500, count=1), route="b")
+    url_a, url_b = sim.route_url("a"), sim.route_url("b")
+    statuses = [(await post_chat(session, sim, url=url))[0] for url in (url_b, url_a, url_b, url_a, url_a)]
+    assert statuses == [500, 503, 200, 503, 200]
+    assert sim.route_faults("a") == sim.route_faults("b") == SimFaults()
+    assert sim.faults == SimFaults(http_status=502, count=1)
+    assert [(await post_chat(session, sim))[0] for _ in range(2)] == [502, 200]
+    faulted = [sim.route_stats(name).faulted_total for name in ("a", "b", "default")]
+    assert (faulted, sim.stats.faulted_total) == ([2, 1, 1], 4)
+
+
+async def test_route_count_is_bounded(session: aiohttp.ClientSession) -> None:
+    """Past max_routes (default included) a new route gets a JSON 404 over HTTP and RouteLimitError in Python."""
+    async with Simulator(SimOptions(max_routes=3)) as sim:
+        assert (await post_chat(session, sim, url=sim.route_url("r1")))[0] == 200
+        sim.set_faults(SimFaults(http_status=503), route="r2")
+        status, content_type, raw = await post_chat(session, sim, url=sim.route_url("r3"))
+        assert (status, content_type.split(";")[0]) == (404, "application/json")
+        assert json.loads(raw) == {"message": "unknown route 'r3': the simulator serves at most 3 routes"}
+        async with session.post(sim.base_url + "/_sim/faults", params={"route": "r3"}, json={}) as resp:
+            assert resp.status == 404
+            assert "at most 3 routes" in (await resp.json())["message"]
+        assert (await get_json(session, sim.base_url + "/_sim/stats", "r4"))[0] == 404
+        with pytest.raises(RouteLimitError):
+            sim.set_faults(SimFaults(), route="r5")
+        with pytest.raises(RouteLimitError):
+            sim.route_stats("r6")
+        # The routes already in use keep working; the refused requests count globally only.
+        assert (await post_chat(session, sim, url=sim.route_url("r1")))[0] == 200
+        assert (await post_chat(session, sim, url=sim.route_url("r2")))[0] == 503
+        assert (await post_chat(session, sim))[0] == 200
+        assert sim.stats.responses_by_status == {200: 3, 404: 1, 503: 1}
+        assert len(sim.state.routes) == 3
+
+
+async def test_default_bound_is_64_routes(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """The default simulator serves 63 named routes besides the default one, and refuses the 64th name."""
+    statuses = [(await post_chat(session, sim, url=sim.route_url(f"r{index}")))[0] for index in range(64)]
+    assert statuses == [200] * 63 + [404]
+    assert (await post_chat(session, sim, url=sim.route_url("r0")))[0] == 200
+
+
+@pytest.mark.parametrize("name", ["Upper", "x" * 33, "dot.dot", "a b", "ümlaut", ""])
+async def test_invalid_route_name_is_400(sim: Simulator, session: aiohttp.ClientSession, name: str) -> None:
+    """A name outside [a-z0-9_-]{1,32} gets a JSON 400 naming the field, from the chat path and the admin API alike."""
+    admin = [
+        session.get(sim.base_url + "/_sim/faults", params={"route": name}),
+        session.post(sim.base_url + "/_sim/faults", params={"route": name}, json={"http_status": 500}),
+        session.delete(sim.base_url + "/_sim/faults", params={"route": name}),
+        session.get(sim.base_url + "/_sim/stats", params={"route": name}),
+    ]
+    if name:  # an empty name is not a path the chat endpoint matches at all
+        headers = signed_headers(ANONYMOUS_TOKEN)
+        admin.append(session.post(f"{sim.base_url}/r/{name}{UPSTREAM_PATH}", json=chat_body(), headers=headers))
+    for pending in admin:
+        async with pending as resp:
+            assert resp.status == 400
+            error = await resp.json()
+        assert error["field"] == "route"
+        assert error["message"].startswith("invalid route name")
+    with pytest.raises(RouteNameError):
+        sim.route_url(name)
+    with pytest.raises(RouteNameError):
+        sim.set_faults(SimFaults(), route=name)
+    assert len(sim.state.routes) == 1
+    assert sim.faults == SimFaults()
+
+
+async def test_route_keeps_the_request_contract(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """A route checks signatures and bodies like the default path, and counts the rejections as its own."""
+    url = sim.route_url("a")
+    assert (await post_chat(session, sim, url=url, headers=_bad_signature()))[0] == 401
+    assert (await post_chat(session, sim, url=url, body=chat_body() | {"temperature": "0.7"}))[0] == 400
+    assert sim.route_stats("a").responses_by_status == {401: 1, 400: 1}
+    assert sim.route_stats("default").requests_total == 0
+
+
+async def _route_statuses(session: aiohttp.ClientSession, *, interleave: bool) -> list[int]:
+    faults = SimFaults(http_status=500, ratio=0.5)
+    async with Simulator(SimOptions(seed=7, chunks=1)) as sim:
+        sim.set_faults(faults, route="a")
+        sim.set_faults(faults, route="b")
+        statuses = []
+        for _ in range(30):
+            if interleave:
+                await post_chat(session, sim, url=sim.route_url("b"))
+            statuses.append((await post_chat(session, sim, url=sim.route_url("a")))[0])
+        return statuses
+
+
+async def test_seeded_route_draws_ignore_other_routes_traffic(session: aiohttp.ClientSession) -> None:
+    """Each route draws ratio from its own seeded RNG: the same requests fault whatever other routes get."""
+    alone = await _route_statuses(session, interleave=False)
+    assert set(alone) == {200, 500}
+    assert await _route_statuses(session, interleave=True) == alone
+
+
+async def test_routes_survive_a_restart(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    """Route faults and stats are kept across stop() and start(), like the default route's."""
+    sim.set_faults(SimFaults(http_status=503), route="a")
+    assert (await post_chat(session, sim, url=sim.route_url("a")))[0] == 503
+    await sim.stop()
+    await sim.start()
+    assert (await post_chat(session, sim, url=sim.route_url("a")))[0] == 503
+    assert sim.route_stats("a").responses_by_status == {503: 2}
 
 
 # --- lifecycle ---------------------------------------------------------------------
@@ -726,10 +962,9 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_cli_builds_options_and_only_given_faults() -> None:
     """Flags map onto SimOptions and SimFaults; unset faults keep their healthy defaults."""
-    options, faults = options_from_args(
-        _parse("--chunks", "3", "--seed", "5", "--no-check-signature", "--http-status", "429", "--html-200")
-    )
-    assert options == SimOptions(chunks=3, seed=5, check_signature=False)
+    flags = "--chunks 3 --seed 5 --no-check-signature --http-status 429 --html-200 --max-routes 8"
+    options, faults = options_from_args(_parse(*flags.split()))
+    assert options == SimOptions(chunks=3, seed=5, check_signature=False, max_routes=8)
     assert faults == SimFaults(http_status=429, html_200=True)
     assert options_from_args(_parse()) == (SimOptions(), SimFaults())
 
@@ -741,7 +976,7 @@ def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
-    """run() prints the URL, serves with the given faults and exits 0 on SIGTERM."""
+    """run() prints the URL and the route pattern, serves the faults on the default route only, exits 0 on SIGTERM."""
     code = (
         "import argparse, sys\n"
         "from gateway.simulator.cli import add_arguments, run\n"
@@ -768,6 +1003,13 @@ async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
         assert "/_sim/faults" in line
         async with session.post(url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
             assert resp.status == 418
+        routes = (await asyncio.wait_for(proc.stdout.readline(), timeout=5)).decode()
+        pattern = routes.split()[1]
+        assert pattern == url.removesuffix(UPSTREAM_PATH) + "/r/<route>" + UPSTREAM_PATH
+        assert "at most 64 routes" in routes
+        route_url = pattern.replace("<route>", "backup")
+        async with session.post(route_url, json=chat_body(), headers=signed_headers(ANONYMOUS_TOKEN)) as resp:
+            assert resp.status == 200
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), timeout=5)
         assert proc.returncode == 0

@@ -5,7 +5,7 @@ Used by integration tests, benchmarks, alert drills and load tests; see docs/sim
 
 from __future__ import annotations
 
-from gateway.simulator.app import SIM_STATE, SimState, SimStats
+from gateway.simulator.app import SIM_STATE, SimState
 from gateway.simulator.faults import (
     CLOUDFLARE_PAGE,
     SimFaults,
@@ -13,11 +13,17 @@ from gateway.simulator.faults import (
     expected_answer,
     split_answer,
 )
+from gateway.simulator.routes import DEFAULT_ROUTE, RouteError, RouteLimitError, RouteNameError
 from gateway.simulator.server import Simulator, build_app, create_simulator_app
+from gateway.simulator.stats import SimStats
 
 __all__ = [
     "CLOUDFLARE_PAGE",
+    "DEFAULT_ROUTE",
     "SIM_STATE",
+    "RouteError",
+    "RouteLimitError",
+    "RouteNameError",
     "SimFaults",
     "SimOptions",
     "SimState",

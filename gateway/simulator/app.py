@@ -1,4 +1,4 @@
-"""The simulator's state and its FlowGpt chat endpoint.
+"""The simulator's state and its FlowGpt chat endpoint (plain and per route).
 
 All state lives in one ``SimState`` under ``SIM_STATE``, so ``Simulator`` can keep
 faults and stats across restarts (``server`` assembles the application).
@@ -12,9 +12,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import orjson
 from aiohttp import web
@@ -37,6 +37,9 @@ from gateway.simulator.faults import (
     long_answer_lines,
     split_error_body,
 )
+from gateway.simulator.routes import DEFAULT_ROUTE, Route, RouteError, RouteTable
+from gateway.simulator.stats import SimStats as SimStats  # re-exported: it used to live here
+from gateway.simulator.stats import Tally
 
 logger = logging.getLogger(__name__)
 
@@ -53,38 +56,8 @@ def _wake(waiter: asyncio.Future[Wake], why: Wake) -> None:
         waiter.set_result(why)
 
 
-@dataclass
-class SimStats:
-    """Counters a test or a drill can assert on; ``to_dict`` is what ``/_sim/stats`` serves."""
-
-    requests_total: int = 0
-    responses_by_status: dict[int, int] = field(default_factory=dict)
-    faulted_total: int = 0
-    garbage_lines_sent: int = 0
-    text_chunks_sent: int = 0
-    active_streams: int = 0
-    client_disconnects: int = 0
-    completed_streams: int = 0
-    last_body: dict[str, Any] | None = None
-    last_headers: dict[str, str] | None = None
-
-    def count(self, status: int) -> None:
-        """Record one chat response with ``status``."""
-        self.responses_by_status[status] = self.responses_by_status.get(status, 0) + 1
-
-    def reset(self) -> None:
-        """Zero everything except ``active_streams``, which must keep matching reality."""
-        fresh = SimStats(active_streams=self.active_streams)
-        for item in fields(self):
-            setattr(self, item.name, getattr(fresh, item.name))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A deep copy as plain data (``responses_by_status`` keeps int keys)."""
-        return asdict(self)
-
-
 class SimState:
-    """What one simulator shares between requests: options, faults (settable), stats, RNG."""
+    """What one simulator shares between requests: options, routes (with faults), global stats."""
 
     def __init__(
         self,
@@ -94,10 +67,8 @@ class SimState:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options or SimOptions()
-        self._faults = faults or SimFaults()
-        self.faulted_with_current = 0  # requests faulted since the faults were last replaced
-        self.stats = SimStats()
-        self.rng = random.Random(self.options.seed)
+        self.routes = RouteTable(faults or SimFaults(), seed=self.options.seed, limit=self.options.max_routes)
+        self.stats = SimStats()  # every chat request, whatever its route
         self.clock = clock
         self.stopping = False
         self.streams: set[asyncio.Transport] = set()  # of open streams, to cut on stop
@@ -105,20 +76,23 @@ class SimState:
 
     @property
     def faults(self) -> SimFaults:
-        """The faults in force."""
-        return self._faults
+        """The faults in force on the default route."""
+        return self.routes.default.faults
 
     @faults.setter
     def faults(self, faults: SimFaults) -> None:
-        self._faults = faults
-        self.faulted_with_current = 0
+        self.routes.default.faults = faults
 
-    def take_fault(self) -> None:
-        """Count one faulted request; heal once a fault's ``count`` is used up."""
-        self.stats.faulted_total += 1
-        self.faulted_with_current += 1
-        if self._faults.count is not None and self.faulted_with_current >= self._faults.count:
-            self.faults = SimFaults()
+    @property
+    def rng(self) -> random.Random:
+        """The default route's RNG (each route draws from its own)."""
+        return self.routes.default.rng
+
+    def reset_stats(self) -> None:
+        """Zero the global stats and every route's."""
+        self.stats.reset()
+        for route in self.routes:
+            route.stats.reset()
 
     async def pause(self, request: web.BaseRequest, seconds: float | None) -> Wake:
         """Wait ``seconds`` (None: forever); end early if the client leaves or we stop."""
@@ -166,8 +140,21 @@ class SimState:
 SIM_STATE: Final = web.AppKey("sim_state", SimState)
 
 
-def _reject(state: SimState, status: int, message: str, field: str | None = None) -> web.Response:
-    state.stats.count(status)
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One chat request's context: the shared state, its route and the stats it counts in."""
+
+    state: SimState
+    route: Route
+    tally: Tally
+
+    def take_fault(self) -> None:
+        self.tally.add("faulted_total")
+        self.route.take_fault()
+
+
+def _reject(tally: Tally, status: int, message: str, field: str | None = None) -> web.Response:
+    tally.count(status)
     logger.debug("chat rejected status=%d reason=%s", status, message)
     payload: dict[str, str] = {"message": message}
     if field:
@@ -176,56 +163,64 @@ def _reject(state: SimState, status: int, message: str, field: str | None = None
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    """POST /v3/chat-anonymous: check the signature and body, then answer or misbehave."""
+    """POST /v3/chat-anonymous or /r/{route}/v3/chat-anonymous: check, then answer or misbehave."""
     state = request.app[SIM_STATE]
-    stats = state.stats
-    stats.requests_total += 1
-    stats.last_headers = dict(request.headers)
+    headers = dict(request.headers)
+    try:
+        route = state.routes.get(request.match_info.get("route", DEFAULT_ROUTE))
+    except RouteError as exc:
+        # Counted globally only: the route has no state (and must not get any).
+        tally = Tally(state.stats)
+        tally.received(headers)
+        return _reject(tally, exc.status, str(exc), "route" if exc.status == 400 else None)
+    call = _Call(state, route, Tally(state.stats, route.stats))
+    tally = call.tally
+    tally.received(headers)
     if state.options.check_signature:
         problem = auth_problem(request.headers, state.options, state.clock())
         if problem is not None:
-            return _reject(state, 401, problem)
+            return _reject(tally, 401, problem)
     try:
         raw = await request.read()
         payload = orjson.loads(raw)
     except web.HTTPRequestEntityTooLarge:
-        return _reject(state, 413, "body too large")
+        return _reject(tally, 413, "body too large")
     except orjson.JSONDecodeError:
-        return _reject(state, 400, "body is not valid JSON")
+        return _reject(tally, 400, "body is not valid JSON")
     if not isinstance(payload, dict):
-        return _reject(state, 400, "body must be a JSON object")
-    stats.last_body = payload
+        return _reject(tally, 400, "body must be a JSON object")
+    tally.parsed(payload)
     try:
         body = ChatBody.model_validate(payload)
     except ValidationError as exc:
         field, message = describe_error(exc)
-        return _reject(state, 400, message, field)
+        return _reject(tally, 400, message, field)
 
-    faults = state.faults
+    faults = route.faults
     # The body alone decides a rejection: a test reproduces it by what it sends, not by luck.
     rejection = faults.rejection(raw)
     if rejection is not None:
-        state.take_fault()
+        call.take_fault()
         status, data = rejection
-        stats.count(status)
-        logger.debug("chat rejected by fault status=%d", status)
+        tally.count(status)
+        logger.debug("chat rejected by fault status=%d route=%s", status, route.name)
         return web.Response(status=status, body=data, headers={"Content-Type": JSON})
-    # Drawn per request from the seeded RNG, so a seeded run faults the same requests.
-    if faults.shapes_responses and (faults.ratio >= 1 or state.rng.random() < faults.ratio):
-        state.take_fault()
+    # Drawn per request from the route's seeded RNG, so a seeded run faults the same requests.
+    if faults.shapes_responses and (faults.ratio >= 1 or route.rng.random() < faults.ratio):
+        call.take_fault()
     else:
         faults = _HEALTHY
     if faults.http_status is not None:
-        return await _send_error(request, state, faults)
+        return await _send_error(request, call, faults)
     if faults.html_200:
-        stats.count(200)
+        tally.count(200)
         return web.Response(body=MAINTENANCE_PAGE.encode(), headers={"Content-Type": HTML})
-    return await _stream(request, state, faults, expected_answer(body.model, body.question))
+    return await _stream(request, call, faults, expected_answer(body.model, body.question))
 
 
-async def _send_error(request: web.Request, state: SimState, faults: SimFaults) -> web.StreamResponse:
+async def _send_error(request: web.Request, call: _Call, faults: SimFaults) -> web.StreamResponse:
     status, data, content_type, extra = faults.error_response()
-    state.stats.count(status)
+    call.tally.count(status)
     headers = {"Content-Type": content_type, **extra}
     # 1xx, 204 and 304 must not carry a body.
     if status < 200 or status in (204, 304):
@@ -239,7 +234,7 @@ async def _send_error(request: web.Request, state: SimState, faults: SimFaults) 
         await response.prepare(request)
         for index, piece in enumerate(split_error_body(data, faults.error_body_chunks)):
             if index:
-                woke = await state.pause(request, faults.error_chunk_delay)
+                woke = await call.state.pause(request, faults.error_chunk_delay)
                 if woke == "gone":
                     break
                 if woke == "stopping":
@@ -253,28 +248,28 @@ async def _send_error(request: web.Request, state: SimState, faults: SimFaults) 
     return response
 
 
-async def _stream(request: web.Request, state: SimState, faults: SimFaults, answer: str) -> web.StreamResponse:
-    stats = state.stats
+async def _stream(request: web.Request, call: _Call, faults: SimFaults, answer: str) -> web.StreamResponse:
+    state, tally = call.state, call.tally
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    stats.count(200)
+    tally.count(200)
     transport = request.transport
     if transport is not None:
         state.streams.add(transport)
-    stats.active_streams += 1
+    tally.add("active_streams")
     outcome: Outcome | None = None  # stays None if aiohttp cancels us
     try:
         await response.prepare(request)  # StreamResponse sends the headers now, like a slow real model
-        outcome = await _send_answer(request, response, state, faults, answer)
+        outcome = await _send_answer(request, response, call, faults, answer)
     except ConnectionError:  # a write blocked on drain gets a plain ConnectionError when the client leaves
         outcome = "stopping" if state.stopping else "gone"
     finally:
         if transport is not None:
             state.streams.discard(transport)
-        stats.active_streams -= 1
+        tally.add("active_streams", -1)
         if outcome == "gone":
-            stats.client_disconnects += 1
+            tally.add("client_disconnects")
         elif outcome == "done":
-            stats.completed_streams += 1
+            tally.add("completed_streams")
     if transport is not None and outcome == "reset":
         # Closing without the chunked terminator: the client sees a truncated body.
         transport.close()
@@ -286,9 +281,10 @@ async def _stream(request: web.Request, state: SimState, faults: SimFaults, answ
 
 
 async def _send_answer(
-    request: web.Request, response: web.StreamResponse, state: SimState, faults: SimFaults, answer: str
+    request: web.Request, response: web.StreamResponse, call: _Call, faults: SimFaults, answer: str
 ) -> Outcome:
-    options, stats = state.options, state.stats
+    state, tally = call.state, call.tally
+    options = state.options
     if faults.empty_stream:
         return "done"
     if faults.slow_first_token > 0:
@@ -302,11 +298,11 @@ async def _send_answer(
         # Benchmark path: the whole body in one write, garbage drawn only when asked for.
         lines = answer_lines(answer, options.chunks)[:cut]
         if faults.garbage_ratio > 0:
-            lines = tuple(_garbage(state, faults) + line for line in lines)
+            lines = tuple(_garbage(call, faults) + line for line in lines)
         data = head + b"".join(lines)
         if data:
             await response.write(data)
-        stats.text_chunks_sent += len(lines)
+        tally.add("text_chunks_sent", len(lines))
     else:
         # One write per event: a long answer is made lazily and each write waits for
         # a slow reader to drain, so it never piles up in memory.
@@ -322,8 +318,8 @@ async def _send_answer(
                 woke = await state.pause(request, options.chunk_delay)
                 if woke != "elapsed":
                     return woke
-            await response.write(_garbage(state, faults) + line)
-            stats.text_chunks_sent += 1
+            await response.write(_garbage(call, faults) + line)
+            tally.add("text_chunks_sent")
     if cut is None:
         return "done"
     if cut == faults.reset_after:
@@ -332,8 +328,9 @@ async def _send_answer(
     return "stopping" if woke == "elapsed" else woke
 
 
-def _garbage(state: SimState, faults: SimFaults) -> bytes:
-    if faults.garbage_ratio <= 0 or state.rng.random() >= faults.garbage_ratio:
+def _garbage(call: _Call, faults: SimFaults) -> bytes:
+    rng = call.route.rng
+    if faults.garbage_ratio <= 0 or rng.random() >= faults.garbage_ratio:
         return b""
-    state.stats.garbage_lines_sent += 1
-    return state.rng.choice(GARBAGE_LINES)
+    call.tally.add("garbage_lines_sent")
+    return rng.choice(GARBAGE_LINES)

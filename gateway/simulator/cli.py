@@ -10,8 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gateway.flowgpt.protocol import ANONYMOUS_TOKEN
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, UPSTREAM_PATH
 from gateway.simulator.faults import SimFaults, SimOptions
+from gateway.simulator.routes import ROUTE_NAME
 from gateway.simulator.server import Simulator
 
 # Fault flags default to None so only the ones given override SimFaults' defaults.
@@ -40,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-check-signature", action="store_true", help="accept unsigned requests")
     serve.add_argument("--max-clock-skew", type=float, default=300.0, help="allowed x-timestamp skew in seconds")
     serve.add_argument("--no-meta-events", action="store_true", help="do not start streams with non-text lines")
-    faults = parser.add_argument_group("faults (all off by default; change at runtime via /_sim/faults)")
+    serve.add_argument("--max-routes", type=int, default=64, help="distinct routes served, default included")
+    faults = parser.add_argument_group(
+        "faults of the default route (all off by default; change at runtime via /_sim/faults[?route=<name>])"
+    )
     for flag, kind, text in _FAULT_FLAGS:
         faults.add_argument(flag, type=kind, default=None, help=text)
     faults.add_argument("--html-200", action="store_true", default=None, help="answer 200 with an HTML page")
@@ -57,6 +61,7 @@ def options_from_args(ns: argparse.Namespace) -> tuple[SimOptions, SimFaults]:
         max_clock_skew=ns.max_clock_skew,
         seed=ns.seed,
         meta_events=not ns.no_meta_events,
+        max_routes=ns.max_routes,
     )
     given = {name: getattr(ns, name) for name in SimFaults.model_fields if getattr(ns, name, None) is not None}
     return options, SimFaults.model_validate(given)
@@ -70,7 +75,13 @@ async def _serve(sim: Simulator) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with sim:
+        # The first line's format is parsed by monitoring/stack.py and the tests: append only.
         print(f"FlowGpt simulator on {sim.url} (faults: {sim.base_url}/_sim/faults)", flush=True)
+        print(
+            f"routes: {sim.base_url}/r/<route>{UPSTREAM_PATH} (<route> matches {ROUTE_NAME.pattern},"
+            f" at most {sim.options.max_routes} routes; faults: /_sim/faults?route=<route>)",
+            flush=True,
+        )
         await stop.wait()
 
 

@@ -159,6 +159,9 @@ class SimOptions(BaseModel):
     max_clock_skew: float = Field(default=300.0, ge=0)
     seed: int | None = None
     meta_events: bool = True
+    # Distinct routes served, the default one included (see routes.py); capped so
+    # that even a generous setting keeps the per-route state small.
+    max_routes: int = Field(default=64, ge=1, le=1024)
 
 
 def expected_answer(model: str, question: str) -> str:

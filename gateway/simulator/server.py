@@ -2,7 +2,7 @@
 
 ``Simulator`` keeps one ``SimState`` and builds a fresh application on every start,
 so it can stop (clients get "connection refused") and start again on the same port
-with its faults and stats intact.
+with its faults, stats and routes intact.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.flowgpt.protocol import UPSTREAM_PATH
-from gateway.simulator.app import SIM_STATE, SimState, SimStats, chat
+from gateway.simulator.app import SIM_STATE, SimState, chat
 from gateway.simulator.faults import SimFaults, SimOptions, describe_error
+from gateway.simulator.routes import DEFAULT_ROUTE, ROUTE_PATH, Route, RouteError, route_path
+from gateway.simulator.stats import SimStats
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +28,30 @@ logger = logging.getLogger(__name__)
 _SHUTDOWN_TIMEOUT: Final = 0.5
 
 
+def _route(request: web.Request) -> Route | web.Response:
+    """The route named by ``?route=`` (default: the default route), or the JSON error for it."""
+    name = request.query.get("route", DEFAULT_ROUTE)
+    try:
+        return request.app[SIM_STATE].routes.get(name)
+    except RouteError as exc:
+        payload = {"message": str(exc)} | ({"field": "route"} if exc.status == 400 else {})
+        return web.json_response(payload, status=exc.status)
+
+
 async def get_faults(request: web.Request) -> web.Response:
-    """GET /_sim/faults: the faults now in force."""
-    return web.json_response(request.app[SIM_STATE].faults.model_dump())
+    """GET /_sim/faults[?route=]: the faults now in force on a route."""
+    route = _route(request)
+    if isinstance(route, web.Response):
+        return route
+    return web.json_response(route.faults.model_dump())
 
 
 async def set_faults(request: web.Request) -> web.Response:
-    """POST /_sim/faults: replace all faults (unset fields go back to healthy)."""
-    state = request.app[SIM_STATE]
+    """POST /_sim/faults[?route=]: replace all of a route's faults (unset fields go back to healthy)."""
+    # The route first, so a bad name is reported whatever the body (which may be bad too).
+    route = _route(request)
+    if isinstance(route, web.Response):
+        return route
     try:
         payload = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -43,29 +61,51 @@ async def set_faults(request: web.Request) -> web.Response:
     except ValidationError as exc:
         field, message = describe_error(exc)
         return web.json_response({"message": message, "field": field}, status=400)
-    state.faults = faults
-    logger.info("faults set: %s", faults.model_dump(exclude_defaults=True))
+    route.faults = faults
+    logger.info("faults set route=%s: %s", route.name, faults.model_dump(exclude_defaults=True))
     return web.json_response(faults.model_dump())
 
 
 async def heal(request: web.Request) -> web.Response:
-    """DELETE /_sim/faults: back to a healthy upstream."""
-    state = request.app[SIM_STATE]
-    state.faults = SimFaults()
-    logger.info("faults cleared")
-    return web.json_response(state.faults.model_dump())
+    """DELETE /_sim/faults[?route=]: that route back to a healthy upstream."""
+    route = _route(request)
+    if isinstance(route, web.Response):
+        return route
+    route.faults = SimFaults()
+    logger.info("faults cleared route=%s", route.name)
+    return web.json_response(route.faults.model_dump())
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """GET /_sim/stats: the counters."""
-    return web.json_response(request.app[SIM_STATE].stats.to_dict())
+    """GET /_sim/stats: the global counters; with ?route= that route's own."""
+    state = request.app[SIM_STATE]
+    if "route" not in request.query:
+        return web.json_response(state.stats.to_dict())
+    route = _route(request)
+    if isinstance(route, web.Response):
+        return route
+    return web.json_response(route.stats.to_dict())
 
 
 async def reset_stats(request: web.Request) -> web.Response:
-    """POST /_sim/stats/reset: zero the counters (active_streams stays truthful)."""
-    stats = request.app[SIM_STATE].stats
-    stats.reset()
-    return web.json_response(stats.to_dict())
+    """POST /_sim/stats/reset: zero all counters, global and per route (active_streams stays truthful)."""
+    state = request.app[SIM_STATE]
+    state.reset_stats()
+    return web.json_response(state.stats.to_dict())
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    """GET /_sim/routes: every route in use with its path, the faults set on it and its request count."""
+    routes = request.app[SIM_STATE].routes
+    listing = {
+        route.name: {
+            "path": route_path(route.name),
+            "faults": route.faults.model_dump(exclude_defaults=True),
+            "requests_total": route.stats.requests_total,
+        }
+        for route in routes
+    }
+    return web.json_response({"max_routes": routes.limit, "routes": listing})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -90,11 +130,13 @@ def build_app(state: SimState) -> web.Application:
     # on_shutdown runs before aiohttp waits for handlers, so open streams end at once.
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post(UPSTREAM_PATH, chat)
+    app.router.add_post(ROUTE_PATH, chat)
     app.router.add_get("/_sim/faults", get_faults)
     app.router.add_post("/_sim/faults", set_faults)
     app.router.add_delete("/_sim/faults", heal)
     app.router.add_get("/_sim/stats", get_stats)
     app.router.add_post("/_sim/stats/reset", reset_stats)
+    app.router.add_get("/_sim/routes", get_routes)
     app.router.add_get("/_sim/healthz", healthz)
     return app
 
@@ -140,7 +182,7 @@ class Simulator:
 
     @property
     def faults(self) -> SimFaults:
-        """Faults in force; assigning takes effect for the next request."""
+        """Faults in force on the default route; assigning takes effect for the next request."""
         return self.state.faults
 
     @faults.setter
@@ -149,8 +191,27 @@ class Simulator:
 
     @property
     def stats(self) -> SimStats:
-        """Live counters (the same object across restarts)."""
+        """Live global counters, every route included (the same object across restarts)."""
         return self.state.stats
+
+    # Routes: ValueError subclasses for a bad name (RouteNameError) or one route too
+    # many (RouteLimitError); a route's state is created healthy on first use.
+
+    def route_url(self, name: str) -> str:
+        """The chat endpoint of route ``name``; ``route_url("default")`` serves the same route as ``url``."""
+        return self.base_url + route_path(name)
+
+    def route_faults(self, name: str) -> SimFaults:
+        """Faults in force on route ``name``."""
+        return self.state.routes.get(name).faults
+
+    def set_faults(self, faults: SimFaults, route: str | None = None) -> None:
+        """Replace the faults of ``route`` (None: the default route); takes effect for the next request."""
+        self.state.routes.get(DEFAULT_ROUTE if route is None else route).faults = faults
+
+    def route_stats(self, name: str) -> SimStats:
+        """Live counters of route ``name`` alone (the same object across restarts and resets)."""
+        return self.state.routes.get(name).stats
 
     @property
     def options(self) -> SimOptions:
