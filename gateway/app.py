@@ -1,8 +1,9 @@
 """The application factory: one place that wires every component together.
 
-Components talk through events (:mod:`gateway.events`): the breaker, the working flag and
-the prober publish; the metrics, the prober's trigger and the breaker's probe-driven
-recovery subscribe. Nothing here reaches into another component's fields.
+Each route's components talk through that route's events (:mod:`gateway.events`): the
+breaker, the working flag and the prober publish; the route's metrics, the prober's
+trigger and the breaker's probe-driven recovery subscribe. Nothing here reaches into
+another component's fields.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.breaker import CircuitBreaker
 from gateway.events import BreakerChanged, EventBus, ProbeFinished
-from gateway.flowgpt.client import FlowGptClient
+from gateway.flowgpt.client import ClientObserver, FlowGptClient
 from gateway.handlers import admin, chat, models, ops
 from gateway.health import HealthState
 from gateway.inflight import InFlightTracker
@@ -25,17 +26,16 @@ from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
 from gateway.probe import Prober
 from gateway.retry import RetryBudget
+from gateway.route_config import RouteSpec
+from gateway.route_pool import Route, RoutePool
 from gateway.settings import Settings
 from gateway.state import (
     API_KEYS,
-    BREAKER,
     CLOCK,
-    EVENTS,
-    HEALTH,
     HTTP_SESSION,
     INFLIGHT,
     METRICS,
-    PROBER,
+    ROUTES,
     SETTINGS,
     STARTED_AT,
     UPSTREAM,
@@ -44,7 +44,7 @@ from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
-    """Build the gateway. No I/O happens here; the HTTP session and the probe start with the app."""
+    """Build the gateway. No I/O happens here; the HTTP session, the routes and their probes start with the app."""
     app = web.Application(
         middlewares=[observe, errors, api_key_auth],
         client_max_size=settings.max_body_bytes,
@@ -55,32 +55,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
             "keepalive_timeout": settings.keepalive_timeout,
         },
     )
-    events = EventBus()
-    metrics = Metrics()
-    metrics.subscribe(events)
-    health = HealthState(
-        healthy_threshold=settings.probe_healthy_threshold,
-        unhealthy_threshold=settings.probe_unhealthy_threshold,
-        clock=clock,
-        events=events,
-    )
-    breaker = CircuitBreaker(
-        fail_max=settings.breaker_fail_max,
-        reset_timeout=settings.breaker_reset_seconds,
-        reset_multiplier=settings.breaker_reset_multiplier,
-        reset_max=settings.breaker_reset_max_seconds,
-        half_open_calls=settings.breaker_half_open_calls,
-        clock=clock,
-        events=events,
-    )
-    events.subscribe(ProbeFinished, health.probe_finished)
-    events.subscribe(ProbeFinished, breaker.probe_finished)
+    metrics = Metrics(routes=tuple(spec.name for spec in settings.routes()))
     app[SETTINGS] = settings
     app[CLOCK] = clock
-    app[EVENTS] = events
     app[METRICS] = metrics
-    app[HEALTH] = health
-    app[BREAKER] = breaker
     app[INFLIGHT] = InFlightTracker()
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
@@ -107,15 +85,15 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
     clock = app[CLOCK]
-    # One session per app: connection pooling across requests, closed on exit.
+    # One session per app: connection pooling across requests, closed on exit. aiohttp keys
+    # pooled connections by proxy too, so a route with its own proxy has its own connections.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-    client = make_client(session, settings, metrics, clock)
     app[HTTP_SESSION] = session
+    routes = RoutePool([make_route(session, spec, settings, metrics, clock) for spec in settings.routes()])
+    app[ROUTES] = routes
     app[UPSTREAM] = UpstreamService(
-        client,
-        breaker=app[BREAKER],
-        health=app[HEALTH],
+        routes,
         limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),
         budget=RetryBudget(ratio=settings.retry_budget_ratio, minimum=settings.retry_budget_min, clock=clock),
         metrics=metrics,
@@ -132,47 +110,48 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         ),
         clock=clock,
     )
-    prober = make_prober(client, app[HEALTH], app[EVENTS], settings, clock)
-    app[PROBER] = prober
     if settings.probe_enabled:
-        app[EVENTS].subscribe(BreakerChanged, prober.breaker_changed)
-        prober.start()
+        for route in routes:
+            route.prober.start()
     try:
         yield
     finally:
-        await prober.stop()
-        app[BREAKER].stop()
+        for route in routes:
+            await route.prober.stop()
+            route.breaker.stop()
         await session.close()
 
 
-def make_client(
+def make_route(
     session: aiohttp.ClientSession,
+    spec: RouteSpec,
     settings: Settings,
     metrics: Metrics,
     clock: Callable[[], float] = time.monotonic,
-) -> FlowGptClient:
-    """The FlowGpt client as the settings describe it (also used by the ``probe`` command)."""
-    return FlowGptClient(
-        session,
-        url=settings.upstream_url,
-        token=settings.upstream_token,
-        proxy=settings.upstream_proxy,
-        connect_timeout=settings.timeout_connect,
-        max_line_bytes=settings.upstream_max_line_bytes,
-        observer=metrics,
+) -> Route:
+    """One route as its settings describe it, wired through its own event bus (also used by ``probe``)."""
+    events = EventBus()
+    route_metrics = metrics.routes[spec.name]
+    route_metrics.subscribe(events)
+    health = HealthState(
+        healthy_threshold=settings.probe_healthy_threshold,
+        unhealthy_threshold=settings.probe_unhealthy_threshold,
         clock=clock,
+        events=events,
+        route=spec.name,
     )
-
-
-def make_prober(
-    client: FlowGptClient,
-    health: HealthState,
-    events: EventBus,
-    settings: Settings,
-    clock: Callable[[], float] = time.monotonic,
-) -> Prober:
-    """The health prober as the settings describe it (also used by the ``probe`` command)."""
-    return Prober(
+    breaker = CircuitBreaker(
+        name=spec.name,
+        fail_max=settings.breaker_fail_max,
+        reset_timeout=settings.breaker_reset_seconds,
+        reset_multiplier=settings.breaker_reset_multiplier,
+        reset_max=settings.breaker_reset_max_seconds,
+        half_open_calls=settings.breaker_half_open_calls,
+        clock=clock,
+        events=events,
+    )
+    client = make_client(session, spec, settings, route_metrics, clock)
+    prober = Prober(
         client,
         health,
         events,
@@ -181,5 +160,39 @@ def make_prober(
         timeout=settings.probe_deadline,
         model=settings.probe_model,
         prompt=settings.probe_prompt,
+        clock=clock,
+    )
+    events.subscribe(ProbeFinished, health.probe_finished)
+    events.subscribe(ProbeFinished, breaker.probe_finished)
+    if settings.probe_enabled:
+        events.subscribe(BreakerChanged, prober.breaker_changed)
+    return Route(
+        name=spec.name,
+        weight=spec.weight,
+        client=client,
+        breaker=breaker,
+        health=health,
+        prober=prober,
+        events=events,
+        metrics=route_metrics,
+    )
+
+
+def make_client(
+    session: aiohttp.ClientSession,
+    spec: RouteSpec,
+    settings: Settings,
+    observer: ClientObserver,
+    clock: Callable[[], float] = time.monotonic,
+) -> FlowGptClient:
+    """The FlowGpt client of one route."""
+    return FlowGptClient(
+        session,
+        url=spec.url,
+        token=spec.token,
+        proxy=spec.proxy_url,
+        connect_timeout=settings.timeout_connect,
+        max_line_bytes=settings.upstream_max_line_bytes,
+        observer=observer,
         clock=clock,
     )

@@ -9,7 +9,6 @@ import gc
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -18,17 +17,17 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import create_app, make_client, make_prober
-from gateway.events import EventBus
-from gateway.health import HealthState
+from gateway.app import create_app, make_route
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.redact import mask_url
+from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
 from gateway.state import INFLIGHT
 
 log = logging.getLogger("gateway")
+DEMO_ROUTES = ("primary", "backup")
 
 # CLI flag -> settings field; flags override GATEWAY_* variables.
 _SETTING_FLAGS: dict[str, dict[str, Any]] = {
@@ -64,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(demo, ["host", "port", "log_format", "log_level"])
     demo.add_argument("--sim-port", type=int, default=8090, help="simulator port (default 8090)")
     demo.add_argument("--chunk-delay", type=float, default=0.05, help="simulated delay between chunks")
-    probe = commands.add_parser("probe", help="send one health probe to the upstream; exit 0 if it works")
+    probe = commands.add_parser(
+        "probe", help="probe every route once; exit 0 if all work, 1 if some fail, 2 if none works"
+    )
     _add_setting_flags(probe, ["upstream_url", "log_format", "log_level"])
     return parser
 
@@ -111,10 +112,10 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
         print(f"flowgpt-gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1
     log.info(
-        "gateway listening url=http://%s:%d upstream=%s",
+        "gateway listening url=http://%s:%d routes=%s",
         settings.host,
         settings.port,
-        mask_url(settings.upstream_url),
+        ",".join(f"{spec.name}:{mask_url(spec.url)}" for spec in settings.routes()),
     )
     # Start-up objects (modules, pydantic schemas, metrics) live forever: keep them out of every
     # collection. Request garbage is freed by reference counting; at the default threshold (700)
@@ -147,15 +148,22 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
     from gateway.simulator import SimOptions, Simulator
 
     async with Simulator(SimOptions(chunk_delay=chunk_delay), host="127.0.0.1", port=sim_port) as sim:
-        gateway_settings = settings.model_copy(update={"upstream_url": sim.url})
+        # Two routes through the one simulator, so breaking one shows traffic moving to the other.
+        demo_routes = [{"name": name, "url": sim.route_url(name)} for name in DEMO_ROUTES]
+        routes = settings.upstreams or parse_routes(demo_routes)
+        gateway_settings = settings.model_copy(update={"upstream_url": sim.url, "upstreams": routes})
         base = f"http://{settings.host}:{settings.port}"
+        faults = f"{sim.base_url}/_sim/faults?route={routes[0].name}"
         banner = "\n".join(
             [
-                f"simulator  {sim.url}   (faults: {sim.base_url}/_sim/faults)",
+                f"simulator  {sim.url}   (faults: {sim.base_url}/_sim/faults?route=<route>)",
+                f"routes     {', '.join(route.name for route in routes)}",
                 f"gateway    {base}/v1   (metrics: {base}/metrics, status: {base}/status)",
                 "try:",
                 f"  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
                 """-d '{"model": "gpt-3.5-turbo", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'""",
+                f"""  curl -X POST '{faults}' -d '{{"http_status": 403, "http_body": "cloudflare"}}'  # break""",
+                f"  curl -X DELETE '{faults}'   # heal it",
                 "stop with Ctrl-C",
             ]
         )
@@ -163,19 +171,19 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
 
 
 async def probe_once(settings: Settings) -> int:
-    """One probe against the configured upstream: prints the result, exit 0 on success, 1 on failure."""
-    events = EventBus()
-    health = HealthState(healthy_threshold=1, unhealthy_threshold=1, clock=time.monotonic, events=events)
-    metrics = Metrics()
+    """One probe of every route, at once: a line each; exit 0 if all work, 1 if some fail, 2 if none works."""
+    metrics = Metrics(routes=tuple(spec.name for spec in settings.routes()))
     async with aiohttp.ClientSession() as session:
-        prober = make_prober(make_client(session, settings, metrics), health, events, settings)
-        result = await prober.probe_once()
-    shown = mask_url(settings.upstream_url)
-    if result.ok:
-        print(f"ok upstream={shown} latency={result.latency:.3f}s")
-        return 0
-    print(f"failed upstream={shown} latency={result.latency:.3f}s error={result.error}")
-    return 1
+        routes = [make_route(session, spec, settings, metrics) for spec in settings.routes()]
+        results = await asyncio.gather(*(route.prober.probe_once() for route in routes))
+    for spec, result in zip(settings.routes(), results, strict=True):
+        shown = mask_url(spec.url)
+        if result.ok:
+            print(f"ok route={spec.name} upstream={shown} latency={result.latency:.3f}s")
+        else:
+            print(f"failed route={spec.name} upstream={shown} latency={result.latency:.3f}s error={result.error}")
+    failed = sum(not result.ok for result in results)
+    return 0 if failed == 0 else 2 if failed == len(results) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,16 +45,18 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class ProbeFinished:
-    """A health probe completed (successfully or not); ``started`` is a monotonic clock reading."""
+    """A health probe of ``route`` completed (successfully or not); ``started`` is a monotonic clock reading."""
 
+    route: str
     result: ProbeResult
     started: float
 
 
 @dataclass(frozen=True, slots=True)
 class WorkingChanged:
-    """The effective working flag flipped (by probes or by an operator)."""
+    """The effective working flag of ``route`` flipped (by probes or by an operator)."""
 
+    route: str
     working: bool
     mode: WorkingMode
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from gateway.errors import UpstreamNotWorkingError
 from gateway.events import EventBus, ProbeFinished, ProbeResult, WorkingChanged, WorkingMode
+from gateway.route_config import DEFAULT_ROUTE
 
 __all__ = ["HealthState", "ProbeResult", "WorkingMode"]
 
@@ -26,7 +27,9 @@ class HealthState:
         unhealthy_threshold: int,
         clock: Callable[[], float],
         events: EventBus | None = None,
+        route: str = DEFAULT_ROUTE,
     ) -> None:
+        self.route = route
         self._healthy_threshold = healthy_threshold
         self._unhealthy_threshold = unhealthy_threshold
         self._clock = clock
@@ -101,4 +104,4 @@ class HealthState:
     def _notify(self, before: bool) -> None:
         after = self.working
         if after != before:
-            self._events.publish(WorkingChanged(after, self.mode))
+            self._events.publish(WorkingChanged(self.route, after, self.mode))

@@ -17,6 +17,7 @@ from prometheus_client.process_collector import ProcessCollector
 from gateway import __version__
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, WorkingChanged
+from gateway.route_config import DEFAULT_ROUTE
 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
@@ -32,119 +33,37 @@ FIRST_TOKEN_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.
 PROBE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
 
 
-class Metrics:
-    """Owns the registry and every metric; pre-creates label sets so series exist at zero."""
+class RouteMetrics:
+    """The upstream series of one route, bound to their labels so the hot path does no lookups."""
 
-    def __init__(self, *, provider: str = PROVIDER, registry: CollectorRegistry | None = None) -> None:
-        self.provider = provider
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        ProcessCollector(registry=reg)
-        PlatformCollector(registry=reg)
-        GCCollector(registry=reg)
-
-        self._http_requests = Counter(
-            "gateway_http_requests_total", "Inbound HTTP requests.", ["route", "method", "code"], registry=reg
-        )
-        self._http_duration = Histogram(
-            "gateway_http_request_duration_seconds",
-            "Inbound request time until the last byte is sent (streams included).",
-            ["route"],
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
-        upstream_requests = Counter(
-            "gateway_upstream_requests_total", "Upstream attempts, retries included.", ["provider"], registry=reg
-        )
-        upstream_errors = Counter(
-            "gateway_upstream_errors_total", "Failed upstream attempts by kind.", ["provider", "kind"], registry=reg
-        )
-        upstream_duration = Histogram(
-            "gateway_upstream_request_duration_seconds",
-            "One upstream attempt, request sent to stream end.",
-            ["provider"],
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
-        first_token = Histogram(
-            "gateway_upstream_first_token_seconds",
-            "Request sent to first text event (time to first token).",
-            ["provider"],
-            buckets=FIRST_TOKEN_BUCKETS,
-            registry=reg,
-        )
-        parse_failures = Counter(
-            "gateway_upstream_json_parse_failures_total",
-            "Upstream NDJSON lines that could not be parsed.",
-            ["provider"],
-            registry=reg,
-        )
-        retries = Counter("gateway_upstream_retries_total", "Upstream retries made.", ["provider"], registry=reg)
-        rejections = Counter(
-            "gateway_admission_rejections_total",
-            "Requests refused without contacting the upstream.",
-            ["provider", "reason"],
-            registry=reg,
-        )
-        breaker_state = Gauge(
-            "gateway_breaker_state",
-            "1 for the breaker's current state, 0 for the others.",
-            ["provider", "state"],
-            registry=reg,
-        )
-        transitions = Counter(
-            "gateway_breaker_transitions_total", "Breaker state changes.", ["provider", "to_state"], registry=reg
-        )
-        working = Gauge("gateway_provider_working", "The provider's working flag (1 or 0).", ["provider"], registry=reg)
-        probes = Counter(
-            "gateway_health_probes_total", "Health probes by result.", ["provider", "result"], registry=reg
-        )
-        probe_duration = Histogram(
-            "gateway_health_probe_duration_seconds",
-            "One health probe.",
-            ["provider"],
-            buckets=PROBE_BUCKETS,
-            registry=reg,
-        )
-        probe_last_success = Gauge(
-            "gateway_health_probe_last_success_timestamp_seconds",
-            "Unix time of the last successful probe.",
-            ["provider"],
-            registry=reg,
-        )
-        inflight = Gauge("gateway_inflight_requests", "Upstream calls in progress.", ["provider"], registry=reg)
-        build_info = Gauge("gateway_build_info", "Build information; always 1.", ["version"], registry=reg)
-        build_info.labels(version=__version__).set(1)
-
-        # Bound children: the hot path does no label lookups.
-        self.upstream_requests = upstream_requests.labels(provider)
-        self.upstream_errors = {kind: upstream_errors.labels(provider, kind) for kind in UPSTREAM_ERROR_KINDS}
-        self.upstream_duration = upstream_duration.labels(provider)
-        self.first_token = first_token.labels(provider)
-        self.parse_failures = parse_failures.labels(provider)
-        self.retries = retries.labels(provider)
-        self.rejections = {reason: rejections.labels(provider, reason) for reason in ADMISSION_REASONS}
-        self.breaker_state = {state: breaker_state.labels(provider, state) for state in BREAKER_STATES}
-        self.transitions = {state: transitions.labels(provider, state) for state in BREAKER_STATES}
-        self.working = working.labels(provider)
-        self.probes = {result: probes.labels(provider, result) for result in PROBE_RESULTS}
-        self.probe_duration = probe_duration.labels(provider)
-        self.probe_last_success = probe_last_success.labels(provider)
-        self.inflight = inflight.labels(provider)
-        self._http_children: dict[tuple[str, str, int], Counter] = {}
-        self._methods: frozenset[str] = frozenset()
-        self._http_duration_children: dict[str, Histogram] = {}
-
+    def __init__(self, families: _UpstreamFamilies, provider: str, route: str) -> None:
+        self.route = route
+        labels = (provider, route)
+        self.upstream_requests = families.upstream_requests.labels(*labels)
+        self.upstream_errors = {kind: families.upstream_errors.labels(*labels, kind) for kind in UPSTREAM_ERROR_KINDS}
+        self.upstream_duration = families.upstream_duration.labels(*labels)
+        self.first_token = families.first_token.labels(*labels)
+        self.parse_failures = families.parse_failures.labels(*labels)
+        self.retries = families.retries.labels(*labels)
+        self.breaker_state = {state: families.breaker_state.labels(*labels, state) for state in BREAKER_STATES}
+        self.transitions = {state: families.transitions.labels(*labels, state) for state in BREAKER_STATES}
+        self.working = families.working.labels(*labels)
+        self.probes = {result: families.probes.labels(*labels, result) for result in PROBE_RESULTS}
+        self.probe_duration = families.probe_duration.labels(*labels)
+        self.probe_last_success = families.probe_last_success.labels(*labels)
+        self.inflight = families.inflight.labels(*labels)
+        self.selected = families.selected.labels(route)
+        self.failovers = families.failovers.labels(route)
         self.breaker_state["closed"].set(1)
         self.working.set(1)  # admitted until the first probe says otherwise
 
     # ClientObserver
     def json_parse_failure(self) -> None:
-        """One upstream line could not be parsed."""
+        """One upstream line of this route could not be parsed."""
         self.parse_failures.inc()
 
     def subscribe(self, events: EventBus) -> None:
-        """Mirror the breaker, the working flag and the probes from their events."""
+        """Mirror this route's breaker, working flag and probes from the route's events."""
         events.subscribe(BreakerChanged, self.breaker_changed)
         events.subscribe(WorkingChanged, self.working_changed)
         events.subscribe(ProbeFinished, self.probe_finished)
@@ -167,6 +86,119 @@ class Metrics:
         self.probe_duration.observe(result.latency)
         if result.ok:
             self.probe_last_success.set(result.at)
+
+
+class _UpstreamFamilies:
+    """The labelled metric families every route's series belong to."""
+
+    def __init__(self, reg: CollectorRegistry) -> None:
+        per_route = ["provider", "route"]
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests_total", "Upstream attempts, retries included.", per_route, registry=reg
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total", "Failed upstream attempts by kind.", [*per_route, "kind"], registry=reg
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "One upstream attempt, request sent to stream end.",
+            per_route,
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.first_token = Histogram(
+            "gateway_upstream_first_token_seconds",
+            "Request sent to first text event (time to first token).",
+            per_route,
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=reg,
+        )
+        self.parse_failures = Counter(
+            "gateway_upstream_json_parse_failures_total",
+            "Upstream NDJSON lines that could not be parsed.",
+            per_route,
+            registry=reg,
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries_total", "Upstream retries made (on the same route).", per_route, registry=reg
+        )
+        self.breaker_state = Gauge(
+            "gateway_breaker_state",
+            "1 for the route's breaker's current state, 0 for the others.",
+            [*per_route, "state"],
+            registry=reg,
+        )
+        self.transitions = Counter(
+            "gateway_breaker_transitions_total", "Breaker state changes.", [*per_route, "to_state"], registry=reg
+        )
+        self.working = Gauge(
+            "gateway_provider_working", "The route's working flag (1 or 0).", per_route, registry=reg
+        )
+        self.probes = Counter(
+            "gateway_health_probes_total", "Health probes by result.", [*per_route, "result"], registry=reg
+        )
+        self.probe_duration = Histogram(
+            "gateway_health_probe_duration_seconds", "One health probe.", per_route, buckets=PROBE_BUCKETS, registry=reg
+        )
+        self.probe_last_success = Gauge(
+            "gateway_health_probe_last_success_timestamp_seconds",
+            "Unix time of the last successful probe.",
+            per_route,
+            registry=reg,
+        )
+        self.inflight = Gauge("gateway_inflight_requests", "Upstream calls in progress.", per_route, registry=reg)
+        self.selected = Counter(
+            "gateway_route_selected_total", "Upstream attempts sent to each route.", ["route"], registry=reg
+        )
+        self.failovers = Counter(
+            "gateway_failovers_total",
+            "Attempts that failed on a route and moved to another one.",
+            ["from_route"],
+            registry=reg,
+        )
+
+
+class Metrics:
+    """Owns the registry and every metric; pre-creates label sets so series exist at zero."""
+
+    def __init__(
+        self,
+        *,
+        routes: tuple[str, ...] = (DEFAULT_ROUTE,),
+        provider: str = PROVIDER,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.provider = provider
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+
+        self._http_requests = Counter(
+            "gateway_http_requests_total", "Inbound HTTP requests.", ["route", "method", "code"], registry=reg
+        )
+        self._http_duration = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Inbound request time until the last byte is sent (streams included).",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        rejections = Counter(
+            "gateway_admission_rejections_total",
+            "Requests refused without contacting the upstream.",
+            ["provider", "reason"],
+            registry=reg,
+        )
+        build_info = Gauge("gateway_build_info", "Build information; always 1.", ["version"], registry=reg)
+        build_info.labels(version=__version__).set(1)
+        families = _UpstreamFamilies(reg)
+        self.routes = {name: RouteMetrics(families, provider, name) for name in routes}
+        self.rejections = {reason: rejections.labels(provider, reason) for reason in ADMISSION_REASONS}
+        self._http_children: dict[tuple[str, str, int], Counter] = {}
+        self._methods: frozenset[str] = frozenset()
+        self._http_duration_children: dict[str, Histogram] = {}
 
     def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
         """One finished inbound request; an unrouted method is labelled ``other``."""
@@ -197,20 +229,27 @@ class Metrics:
             self._http_duration.labels(route)
 
     def summary(self) -> dict[str, object]:
-        """Current counter values for /status, read through the registry's public API."""
-        labels = {"provider": self.provider}
+        """Current counter values for /status, per route, read through the registry's public API."""
 
-        def value(name: str, **extra: str) -> float:
-            return self.registry.get_sample_value(name, {**labels, **extra}) or 0.0
+        def value(name: str, **labels: str) -> float:
+            return self.registry.get_sample_value(name, {"provider": self.provider, **labels}) or 0.0
+
+        def route_summary(route: str) -> dict[str, object]:
+            return {
+                "upstream_requests": value("gateway_upstream_requests_total", route=route),
+                "upstream_errors": {
+                    k: value("gateway_upstream_errors_total", route=route, kind=k) for k in UPSTREAM_ERROR_KINDS
+                },
+                "json_parse_failures": value("gateway_upstream_json_parse_failures_total", route=route),
+                "retries": value("gateway_upstream_retries_total", route=route),
+                "inflight": value("gateway_inflight_requests", route=route),
+                "probes": {r: value("gateway_health_probes_total", route=route, result=r) for r in PROBE_RESULTS},
+                "failovers": self.registry.get_sample_value("gateway_failovers_total", {"from_route": route}) or 0.0,
+            }
 
         return {
-            "upstream_requests": value("gateway_upstream_requests_total"),
-            "upstream_errors": {k: value("gateway_upstream_errors_total", kind=k) for k in UPSTREAM_ERROR_KINDS},
-            "json_parse_failures": value("gateway_upstream_json_parse_failures_total"),
-            "retries": value("gateway_upstream_retries_total"),
             "admission_rejections": {
                 r: value("gateway_admission_rejections_total", reason=r) for r in ADMISSION_REASONS
             },
-            "inflight": value("gateway_inflight_requests"),
-            "probes": {r: value("gateway_health_probes_total", result=r) for r in PROBE_RESULTS},
+            "routes": {route: route_summary(route) for route in self.routes},
         }

@@ -96,7 +96,7 @@ class Prober:
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
         if not result.ok:
             log.warning("health probe failed error=%s", result.error)
-        self._events.publish(ProbeFinished(result, started=started))
+        self._events.publish(ProbeFinished(self._health.route, result, started=started))
         return result
 
     async def run(self) -> None:
@@ -116,7 +116,7 @@ class Prober:
 
     def start(self) -> None:
         """Start the background task."""
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="health-probe")
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"health-probe-{self._health.route}")
 
     async def stop(self) -> None:
         """Cancel the task and wait for it."""

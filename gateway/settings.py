@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
 from gateway.redact import mask_url
+from gateway.route_config import DEFAULT_ROUTE, RouteSpec, parse_routes
 
 ENV_PREFIX: Final = "GATEWAY_"
 
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
     upstream_token: SecretStr = SecretStr(ANONYMOUS_TOKEN)
     upstream_proxy: str | None = None
     upstream_max_line_bytes: int = Field(1024 * 1024, ge=1024)
+    # Several ways to reach FlowGpt (JSON list); unset: one route "default" from the three above.
+    upstreams: Annotated[tuple[RouteSpec, ...], NoDecode] = ()
 
     # Resilience
     breaker_fail_max: int = Field(5, ge=1)
@@ -62,7 +65,9 @@ class Settings(BaseSettings):
     retry_backoff_base: Seconds = 0.1
     retry_backoff_max: Seconds = 2.0
     retry_budget_ratio: float = Field(0.2, ge=0.0, le=1.0)
-    retry_budget_min: int = Field(3, ge=0)
+    # Per 10 s whatever the traffic. Above the breaker's fail_max, so that at low traffic a failing
+    # route's callers are failed over to another route until its breaker opens.
+    retry_budget_min: int = Field(10, ge=0)
     max_concurrency: int = Field(64, ge=1)
     queue_timeout: float = Field(0.1, ge=0.0)
 
@@ -83,6 +88,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: Any) -> Any:
+        return parse_routes(value)
 
     @field_validator("upstream_url", "upstream_proxy")
     @classmethod
@@ -117,6 +127,13 @@ class Settings(BaseSettings):
         """The probe's limit in seconds (``probe_timeout``, which defaults to the first-token limit)."""
         return self.probe_timeout if self.probe_timeout is not None else self.timeout_first_token
 
+    def routes(self) -> tuple[RouteSpec, ...]:
+        """The configured routes, or the single ``default`` route of the ``GATEWAY_UPSTREAM_*`` settings."""
+        if self.upstreams:
+            return self.upstreams
+        proxy = None if self.upstream_proxy is None else SecretStr(self.upstream_proxy)
+        return (RouteSpec(name=DEFAULT_ROUTE, url=self.upstream_url, token=self.upstream_token, proxy=proxy),)
+
     def masked(self) -> dict[str, Any]:
         """Settings for display: secrets shown only as set or unset."""
         shown: dict[str, Any] = {}
@@ -130,8 +147,21 @@ class Settings(BaseSettings):
                 value = "unset" if value is None else "***"
             elif name in ("upstream_url", "upstream_proxy") and value is not None:
                 value = mask_url(value)
+            elif name == "upstreams":
+                value = [describe_route(route) for route in value]
             shown[name] = value
         return shown
+
+
+def describe_route(route: RouteSpec) -> dict[str, Any]:
+    """A route for display: the URL masked, the token and proxy only as set or unset (masked)."""
+    return {
+        "name": route.name,
+        "url": mask_url(route.url),
+        "token": "***",
+        "proxy": None if route.proxy_url is None else mask_url(route.proxy_url),
+        "weight": route.weight,
+    }
 
 
 def env_name(field: str) -> str:

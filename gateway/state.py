@@ -7,24 +7,18 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from gateway.breaker import CircuitBreaker
-from gateway.events import EventBus
-from gateway.health import HealthState
 from gateway.inflight import InFlightTracker
 from gateway.metrics import Metrics
-from gateway.probe import Prober
+from gateway.route_pool import RoutePool
 from gateway.settings import Settings
 from gateway.upstream import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-HEALTH = web.AppKey("health", HealthState)
-BREAKER = web.AppKey("breaker", CircuitBreaker)
+ROUTES = web.AppKey("routes", RoutePool)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", UpstreamService)
-PROBER = web.AppKey("prober", Prober)
 STARTED_AT = web.AppKey("started_at", float)
-EVENTS = web.AppKey("events", EventBus)
 INFLIGHT = web.AppKey("inflight", InFlightTracker)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request

@@ -1,13 +1,16 @@
 """The resilient path to the upstream: one scope per call holds admission, slot, deadlines and outcome.
 
-``async with service.answer(prompt) as answer:`` checks admission once (working flag, a
-concurrency slot, the breaker), opens the stream with retries before the first text
-fragment, and on leaving settles everything in one place: the stream is closed, the slot
-freed, the metrics and the breaker told the outcome. Draining is the handlers' business
-(see :mod:`gateway.inflight`); the caller checks it first.
+``async with service.answer(prompt) as answer:`` checks admission once (some route
+works and its breaker admits, then a concurrency slot), opens the stream on a route
+picked by :class:`RoutePool`, and on leaving settles everything in one place: the stream
+is closed, the slot freed, the route's metrics and breaker told the outcome. Draining is
+the handlers' business (see :mod:`gateway.inflight`); the caller checks it first.
 
-Retries happen only before the first fragment, because after that the client has
-already seen part of an answer.
+Before the first text fragment, a failure that counts against a route moves the call
+to another route that admits it (a failover), else it may be retried on the same route;
+both are bounded by ``retry_max``, the retry budget and the deadline. A per-request
+rejection is never retried anywhere. After the first fragment nothing is retried: the
+client already has part of an answer.
 """
 
 from __future__ import annotations
@@ -21,21 +24,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import (
+    AdmissionError,
     CircuitOpenError,
     OverloadedError,
     UpstreamError,
+    UpstreamNotWorkingError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
+    counts_against_upstream,
     is_retryable,
 )
 from gateway.retry import RetryBudget, backoff_delay
 
 if TYPE_CHECKING:
-    from gateway.breaker import CircuitBreaker, Ticket
-    from gateway.flowgpt.client import ChatPrompt, FlowGptClient, FlowGptStream
-    from gateway.health import HealthState
+    from gateway.breaker import Ticket
+    from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
+    from gateway.route_pool import Route, RoutePool
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +72,8 @@ class UpstreamService:
 
     def __init__(
         self,
-        client: FlowGptClient,
+        routes: RoutePool,
         *,
-        breaker: CircuitBreaker,
-        health: HealthState,
         limiter: ConcurrencyLimiter,
         budget: RetryBudget,
         metrics: Metrics,
@@ -77,9 +81,7 @@ class UpstreamService:
         retry: RetryPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client = client
-        self.breaker = breaker
-        self.health = health
+        self.routes = routes
         self.limiter = limiter
         self._budget = budget
         self._metrics = metrics
@@ -88,19 +90,24 @@ class UpstreamService:
         self._clock = clock
 
     def refuse_early(self) -> None:
-        """Raise the refusals that need nothing from the request: not working, breaker open.
+        """Raise the refusal when no route would take a call now (none working, every breaker refusing).
 
         Called before the body is even read, so an outage costs callers (and us) the least;
         :meth:`answer` repeats it because state may change while the body arrives.
         """
-        refusal = self.health.admission_error()
-        if refusal is not None:
-            self._metrics.rejections["not_working"].inc()
-            raise refusal
-        circuit = self.breaker.refusal()
-        if circuit is not None:
-            self._metrics.rejections["half_open_busy" if circuit.half_open else "breaker_open"].inc()
-            raise circuit
+        if not self.routes.any_admits():
+            raise self._refused(self.routes.refusal())
+
+    def _refused(self, error: AdmissionError) -> AdmissionError:
+        """Count a refusal by its reason and hand it back for raising."""
+        if isinstance(error, UpstreamNotWorkingError):
+            reason = "not_working"
+        elif isinstance(error, CircuitOpenError) and error.half_open:
+            reason = "half_open_busy"
+        else:
+            reason = "breaker_open"
+        self._metrics.rejections[reason].inc()
+        return error
 
     @asynccontextmanager
     async def answer(self, prompt: ChatPrompt) -> AsyncIterator[Answer]:
@@ -116,86 +123,103 @@ class UpstreamService:
             self._metrics.rejections["overloaded"].inc()
             raise
         try:
-            refusal = self.health.admission_error()  # the flag may have gone off during the queue wait
-            if refusal is not None:
-                self._metrics.rejections["not_working"].inc()
-                raise refusal
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
-            stream, first, ticket, started = await self._open_with_retries(prompt, deadline)
-            answer = Answer(stream, first, deadline)
+            answer = await self._open_with_failover(prompt, deadline)
             try:
                 yield answer
             finally:
-                await self._settle(answer, ticket, started)
+                await self._settle(answer)
         finally:
             self.limiter.release()
 
-    async def _settle(self, answer: Answer, ticket: Ticket, started: float) -> None:
-        """The answer's end: close the stream, then metrics and the breaker from what it saw."""
+    async def _settle(self, answer: Answer) -> None:
+        """The answer's end: close the stream, then the route's metrics and breaker from what it saw."""
         await answer.stream.aclose()
-        metrics = self._metrics
+        route = answer.route
+        route.inflight -= 1
+        metrics = route.metrics
         metrics.inflight.dec()
-        metrics.upstream_duration.observe(self._clock() - started)
+        metrics.upstream_duration.observe(self._clock() - answer.started)
         if answer.error is not None:
             metrics.upstream_errors[answer.error.kind].inc()
-            await self.breaker.failed(ticket, answer.error)
+            await route.breaker.failed(answer.ticket, answer.error)
         elif answer.completed:
-            await self.breaker.completed(ticket)
-        self.breaker.release(ticket)
+            await route.breaker.completed(answer.ticket)
+        route.breaker.release(answer.ticket)
 
-    async def _open_with_retries(
-        self, prompt: ChatPrompt, deadline: float
-    ) -> tuple[FlowGptStream, str, Ticket, float]:
-        attempt = 0
+    async def _open_with_failover(self, prompt: ChatPrompt, deadline: float) -> Answer:
+        failed_routes: set[str] = set()
+        attempts = 0  # retries and failovers made so far
+        last_error: UpstreamError | None = None
         while True:
+            route = self.routes.pick(failed_routes)
+            if route is None:
+                if last_error is not None:
+                    raise last_error
+                raise self._refused(self.routes.refusal())
             try:
-                ticket = self.breaker.admit()
-            except CircuitOpenError as exc:
-                self._metrics.rejections["half_open_busy" if exc.half_open else "breaker_open"].inc()
-                raise
-            try:
-                stream, first, started = await self._attempt(prompt, deadline)
-            except BaseException as exc:
-                await self.breaker.failed(ticket, exc)
-                self.breaker.release(ticket)
-                if not isinstance(exc, UpstreamError):
-                    raise
-                delay = self._retry_delay(exc, attempt, deadline)
-                if delay is None:
-                    raise
-                log.info("retrying upstream attempt=%d delay_ms=%.0f kind=%s", attempt + 1, delay * 1000, exc.kind)
-                self._metrics.retries.inc()
-                await asyncio.sleep(delay)
-                attempt += 1
+                ticket = route.breaker.admit()
+            except CircuitOpenError:
+                failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
-            await self.breaker.answered(ticket)
+            try:
+                stream, first, started = await self._attempt(route, prompt, deadline)
+            except BaseException as exc:
+                await route.breaker.failed(ticket, exc)
+                route.breaker.release(ticket)
+                if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
+                    raise  # a rejection would be rejected by every route alike
+                last_error = exc
+                failed_routes.add(route.name)
+                if self.routes.any_admits(failed_routes):
+                    if not self._may_try_again(attempts, 0.0, deadline):
+                        raise
+                    log.info("failing over from_route=%s kind=%s", route.name, exc.kind)
+                    route.metrics.failovers.inc()
+                else:
+                    delay = self._retry_delay(route, exc, attempts, deadline)
+                    if delay is None:
+                        raise
+                    log.info("retrying upstream route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind)
+                    route.metrics.retries.inc()
+                    await asyncio.sleep(delay)
+                    failed_routes.clear()
+                attempts += 1
+                continue
+            await route.breaker.answered(ticket)
             if ticket.trial:
-                self.breaker.release(ticket)  # the trial is decided: let the next caller in
-            return stream, first, ticket, started
+                route.breaker.release(ticket)  # the trial is decided: let the next caller in
+            return Answer(route, ticket, stream, first, started, deadline)
 
-    def _retry_delay(self, error: UpstreamError, attempt: int, deadline: float) -> float | None:
-        """Seconds to wait before retrying ``error``, or None when it must not be retried."""
-        if attempt >= self._retry.max_retries or not is_retryable(error):
+    def _retry_delay(self, route: Route, error: UpstreamError, attempts: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying ``error`` on ``route``, or None when it must not be retried."""
+        if not is_retryable(error):
             return None
-        if self.breaker.state != "closed":
+        if route.breaker.state != "closed":
             return None  # the breaker refuses (or probes with a single trial): do not pile on
-        delay = backoff_delay(attempt, base=self._retry.backoff_base, cap=self._retry.backoff_max)
+        delay = backoff_delay(attempts, base=self._retry.backoff_base, cap=self._retry.backoff_max)
         if isinstance(error, UpstreamRateLimitedError) and error.retry_after is not None:
             if error.retry_after > self._retry.backoff_max:
                 return None  # the caller can wait that out without holding one of our slots
             delay = max(delay, error.retry_after)
-        # The retry needs time of its own after the pause, or it is a timeout waiting to happen.
-        room = deadline - (self._clock() + delay)
-        if room < min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) or not self._budget.try_acquire():
-            return None
-        return delay
+        return delay if self._may_try_again(attempts, delay, deadline) else None
 
-    async def _attempt(self, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
-        """One upstream attempt up to the first text fragment."""
-        metrics = self._metrics
+    def _may_try_again(self, attempts: int, delay: float, deadline: float) -> bool:
+        """Within ``retry_max``, with room left in the deadline after ``delay``, and the budget allowing."""
+        if attempts >= self._retry.max_retries:
+            return False
+        # The next attempt needs time of its own, or it is a timeout waiting to happen.
+        room = deadline - (self._clock() + delay)
+        return room >= min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) and self._budget.try_acquire()
+
+    async def _attempt(self, route: Route, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
+        """One upstream attempt on ``route`` up to the first text fragment."""
+        metrics = route.metrics
+        metrics.selected.inc()
         metrics.upstream_requests.inc()
         metrics.inflight.inc()
+        route.inflight += 1
         started = self._clock()
         remaining = deadline - started
         budget, phase = (
@@ -207,7 +231,7 @@ class UpstreamService:
         try:
             try:
                 async with asyncio.timeout(budget):
-                    stream = await self.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
+                    stream = await route.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
                     first = await anext(stream)
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
@@ -217,6 +241,7 @@ class UpstreamService:
         except BaseException as exc:
             if stream is not None:
                 await stream.aclose()
+            route.inflight -= 1
             metrics.inflight.dec()
             metrics.upstream_duration.observe(self._clock() - started)
             if isinstance(exc, UpstreamError):
@@ -232,9 +257,14 @@ class Answer:
     It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
     """
 
-    __slots__ = ("_first", "completed", "deadline", "error", "stream")
+    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket")
 
-    def __init__(self, stream: FlowGptStream, first: str, deadline: float) -> None:
+    def __init__(
+        self, route: Route, ticket: Ticket, stream: FlowGptStream, first: str, started: float, deadline: float
+    ) -> None:
+        self.route = route
+        self.ticket = ticket
+        self.started = started
         self.stream = stream
         self._first: str | None = first
         self.deadline = deadline  # a reading of the service's clock

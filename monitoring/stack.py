@@ -310,7 +310,7 @@ class Stack:
         async def probed_and_working() -> bool:
             self.ensure_running()
             status, body = await self.readiness()
-            return status == 200 and int(body.get("probes_total", 0)) > 0
+            return status == 200 and all(int(route["probes_total"]) > 0 for route in body["routes"])
 
         await wait_until(probed_and_working, within=self.options.start_timeout, what="the gateway's first probe")
 
@@ -399,7 +399,7 @@ class Stack:
             self.ensure_running()
             result = await self.chat("Hello")
             _, body = await self.readiness()
-            state = str(body["breaker"]["state"])
+            state = str(body["routes"][0]["breaker"]["state"])
             if on_chat is not None:
                 on_chat(result, state)
             if state == "closed" and not body["working"]:
@@ -422,10 +422,10 @@ class Stack:
             self.ensure_running()
             status, body = await self.readiness()
             if working:
-                if status == 200 and body["working"] and body["breaker"]["state"] == "half_open":
+                if status == 200 and body["working"] and body["routes"][0]["breaker"]["state"] == "half_open":
                     await self.chat("trial")
                     status, body = await self.readiness()
-                return status == 200 and bool(body["working"]) and body["breaker"]["state"] == "closed"
+                return status == 200 and bool(body["working"]) and body["routes"][0]["breaker"]["state"] == "closed"
             return status == 503 and not body["working"]
 
         what = "the health probe to mark the upstream " + ("working" if working else "not working")

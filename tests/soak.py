@@ -35,7 +35,7 @@ from gateway.app import create_app
 from gateway.events import WorkingChanged
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import BREAKER, EVENTS, HEALTH, METRICS
+from gateway.state import METRICS, ROUTES
 
 ALLOWED_STATUSES: Final = frozenset({200, 429, 502, 503, 504})
 # The first failing phase always fails every request, so the breaker must open during it.
@@ -253,7 +253,7 @@ async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any) ->
         async with session.post(url, json=body) as response:
             await response.read()
             ok = response.status == 200
-        if ok and server_app[BREAKER].state == "closed" and server_app[HEALTH].working:
+        if ok and server_app[ROUTES]["default"].breaker.state == "closed" and server_app[ROUTES]["default"].health.working:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -269,9 +269,11 @@ async def run_soak(config: SoakConfig) -> SoakReport:
     try:
         async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
             app = create_app(Settings(upstream_url=sim.url, **GATEWAY_SETTINGS))
-            app[EVENTS].subscribe(WorkingChanged, lambda event: report.working_flips.append(event.working))
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
+            app[ROUTES]["default"].events.subscribe(
+                WorkingChanged, lambda event: report.working_flips.append(event.working)
+            )
             connector = aiohttp.TCPConnector(limit=0)
             try:
                 async with aiohttp.ClientSession(connector=connector) as session:
@@ -307,7 +309,7 @@ async def run_soak(config: SoakConfig) -> SoakReport:
 
 
 def _to(state: str) -> dict[str, str]:
-    return {"provider": "flowgpt", "to_state": state}
+    return {"provider": "flowgpt", "route": "default", "to_state": state}
 
 
 async def _phase(

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.metrics import ADMISSION_REASONS
 from gateway.simulator import SimFaults, Simulator, expected_answer
-from gateway.state import BREAKER, HTTP_SESSION, UPSTREAM
+from gateway.state import HTTP_SESSION, ROUTES, UPSTREAM
 from tests.conftest import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import Samples, delta, scrape
 
@@ -215,14 +215,14 @@ async def _request(gateway: Client, fault: Fault, *, stream: bool) -> None:
 
 
 def _assert_metric_deltas(before: Samples, after: Samples, fault: Fault, *, attempts: int, parse_failures: int) -> None:
-    labels = {"provider": "flowgpt"}
+    labels = {"provider": "flowgpt", "route": "default"}
     assert delta(before, after, "gateway_upstream_requests_total", **labels) == attempts
     assert delta(before, after, "gateway_upstream_retries_total", **labels) == attempts - 1
     for kind in UPSTREAM_ERROR_KINDS:
         expected = attempts if kind == fault.kind else 0
         assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **labels) == expected, kind
     for reason in ADMISSION_REASONS:
-        assert delta(before, after, "gateway_admission_rejections_total", reason=reason, **labels) == 0
+        assert delta(before, after, "gateway_admission_rejections_total", reason=reason, provider="flowgpt") == 0
     assert delta(before, after, "gateway_upstream_json_parse_failures_total", **labels) == parse_failures
     assert after[("gateway_inflight_requests", frozenset(labels.items()))] == 0
 
@@ -245,7 +245,7 @@ async def test_fault_cell(make_gateway: GatewayFactory, sim: Simulator, fault: F
     if fault.id == "garbage":
         assert sim.stats.garbage_lines_sent >= 8  # one before each text chunk
     assert sim.stats.requests_total == (0 if fault.faults is None else 1)
-    breaker = gateway.app[BREAKER]
+    breaker = gateway.app[ROUTES]["default"].breaker
     assert breaker.state == "closed"
     assert breaker.consecutive_failures == (1 if fault.fails else 0)
     await _assert_no_leaks(gateway, sim, baseline)
@@ -265,7 +265,7 @@ async def test_fault_cell_with_retries(make_gateway: GatewayFactory, sim: Simula
     attempts = 1 + fault.retries
     _assert_metric_deltas(before, after, fault, attempts=attempts, parse_failures=sim.stats.garbage_lines_sent)
     assert sim.stats.requests_total == (0 if fault.faults is None else attempts)
-    breaker = gateway.app[BREAKER]
+    breaker = gateway.app[ROUTES]["default"].breaker
     assert breaker.state == "closed"
     assert breaker.consecutive_failures == (attempts if fault.fails else 0)
     await _assert_no_leaks(gateway, sim, baseline)
@@ -302,7 +302,7 @@ async def test_breaker_opens_at_fail_max(
     states = []
     for _ in range(2):
         await _request(gateway, fault, stream=stream)
-        states.append(gateway.app[BREAKER].state)
+        states.append(gateway.app[ROUTES]["default"].breaker.state)
     assert states == ["closed", "open"]
     upstream_calls = sim.stats.requests_total
 
@@ -314,10 +314,10 @@ async def test_breaker_opens_at_fail_max(
     assert sim.stats.requests_total == upstream_calls
 
     after = await scrape(gateway)
-    labels = {"provider": "flowgpt"}
+    labels = {"provider": "flowgpt", "route": "default"}
     assert delta(before, after, "gateway_upstream_requests_total", **labels) == 2
     assert delta(before, after, "gateway_upstream_errors_total", kind=str(fault.kind), **labels) == 2
     assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", **labels) == 1
-    assert delta(before, after, "gateway_admission_rejections_total", reason="breaker_open", **labels) == 1
+    assert delta(before, after, "gateway_admission_rejections_total", reason="breaker_open", provider="flowgpt") == 1
     assert after[("gateway_breaker_state", frozenset({**labels, "state": "open"}.items()))] == 1
     await _assert_no_leaks(gateway, sim, baseline)

@@ -336,4 +336,4 @@ async def test_gateway_survives_arbitrary_upstream_streams(
 
     after = await scrape(gateway)
     bad = sum(line.bad for line in lines)
-    assert delta(before, after, "gateway_upstream_json_parse_failures_total", provider="flowgpt") == bad
+    assert delta(before, after, "gateway_upstream_json_parse_failures_total", provider="flowgpt", route="default") == bad

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.flowgpt.client import redact_sample
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import BREAKER
+from gateway.state import ROUTES
 from tests.conftest import GatewayFactory, chat_body
 
 Client = TestClient[web.Request, web.Application]
@@ -113,7 +113,7 @@ async def test_empty_question_is_400_and_cannot_trip_the_breaker(make_gateway: G
         assert response.status == 400
         assert _error(await response.read())["param"] == "messages.0.content"
     assert sim.stats.requests_total == 0
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
 
 
@@ -180,7 +180,7 @@ async def test_admin_endpoints_are_guarded(
     assert compare_calls == [(ADMIN_TOKEN.encode(), ADMIN_TOKEN.encode())]
     forced = await gateway.post("/admin/breaker", json={"mode": "open"}, headers=auth)
     assert forced.status == 200
-    assert gateway.app[BREAKER].state == "open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
     # An API key is not an admin token.
     keyed = await make_gateway(admin_token=ADMIN_TOKEN, api_keys=API_KEY)
     assert (await keyed.get("/admin/state", headers={"Authorization": f"Bearer {API_KEY}"})).status == 403

@@ -20,13 +20,14 @@ from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.redact import mask_url
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import BREAKER, HEALTH, INFLIGHT, PROBER, UPSTREAM
+from gateway.state import INFLIGHT, ROUTES, UPSTREAM
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
 
 GatewayClient = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
+R = {**P, "route": "default"}  # the labels of an upstream series of the default route
 CHAT = "/v1/chat/completions"
 
 
@@ -48,16 +49,16 @@ async def test_requests_the_upstream_rejects_never_open_the_breaker(make_gateway
         response = await gateway.post(CHAT, json=chat_body("POISON"))
         assert response.status == 422
         assert (await response.json())["error"]["code"] == "upstream_rejected_request"
-    assert gateway.app[BREAKER].state == "closed"
-    assert gateway.app[BREAKER].consecutive_failures == 0
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
     response = await gateway.post(CHAT, json=chat_body("an ordinary question"))
     assert response.status == 200
     after = await scrape(gateway)
-    assert delta(before, after, "gateway_upstream_errors_total", kind="rejected", **P) == 10
-    assert delta(before, after, "gateway_upstream_retries_total", **P) == 0
+    assert delta(before, after, "gateway_upstream_errors_total", kind="rejected", **R) == 10
+    assert delta(before, after, "gateway_upstream_retries_total", **R) == 0
     for kind in UPSTREAM_ERROR_KINDS:
         if kind != "rejected":
-            assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **P) == 0, kind
+            assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **R) == 0, kind
 
 
 async def test_a_successful_probe_lets_traffic_through_an_open_breaker(
@@ -67,17 +68,17 @@ async def test_a_successful_probe_lets_traffic_through_an_open_breaker(
     gateway = await make_gateway(
         probe_enabled=True, probe_interval=60, breaker_fail_max=1, breaker_reset_seconds=300, retry_max=0
     )
-    await eventually(lambda: gateway.app[HEALTH].probes_total >= 1)  # the start-up probe
+    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total >= 1)  # the start-up probe
     sim.faults = SimFaults(http_status=500, count=1)  # exactly the live request fails
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    await eventually(lambda: gateway.app[HEALTH].probes_total >= 2, within=3.0)  # the probe the trip triggered
-    last_probe = gateway.app[HEALTH].last_probe
+    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total >= 2, within=3.0)  # the probe the trip triggered
+    last_probe = gateway.app[ROUTES]["default"].health.last_probe
     assert last_probe is not None
     assert last_probe.ok
-    assert gateway.app[BREAKER].state == "half_open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "half_open"
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 200, await response.text()
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
 
 
 async def test_the_probe_is_held_to_the_live_first_token_limit(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -87,7 +88,7 @@ async def test_the_probe_is_held_to_the_live_first_token_limit(make_gateway: Gat
         Settings(timeout_first_token=30, probe_timeout=10)
     gateway = await make_gateway(timeout_first_token=1.5, timeout_total=5)
     sim.faults = SimFaults(slow_first_token=1.0)
-    result = await gateway.app[PROBER].probe_once()
+    result = await gateway.app[ROUTES]["default"].prober.probe_once()
     assert result.ok, result.error
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
 
@@ -129,9 +130,9 @@ async def test_a_client_that_stops_reading_is_cut_and_frees_its_slot(
         writer.close()
     after = await scrape(gateway)
     assert delta(before, after, "gateway_http_requests_total", route=CHAT, method="POST", code="499") == 1
-    assert gateway.app[BREAKER].consecutive_failures == 0
+    assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
     for kind in UPSTREAM_ERROR_KINDS:
-        assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **P) == 0, kind
+        assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **R) == 0, kind
     await eventually(lambda: sim.stats.active_streams == 0, within=2.0)  # the upstream connection went too
     assert any("client stopped reading" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
 
@@ -144,12 +145,12 @@ async def test_the_breaker_gauge_leaves_open_on_time_without_traffic(
     sim.faults = SimFaults(http_status=500)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
     samples = await scrape(gateway)
-    assert value(samples, "gateway_breaker_state", state="open", **P) == 1
+    assert value(samples, "gateway_breaker_state", state="open", **R) == 1
     await asyncio.sleep(0.4)
     samples = await scrape(gateway)  # /metrics reads no breaker state: only the timer can have moved it
-    assert value(samples, "gateway_breaker_state", state="open", **P) == 0
-    assert value(samples, "gateway_breaker_state", state="half_open", **P) == 1
-    assert (await (await gateway.get("/readyz")).json())["breaker"]["state"] == "half_open"
+    assert value(samples, "gateway_breaker_state", state="open", **R) == 0
+    assert value(samples, "gateway_breaker_state", state="half_open", **R) == 1
+    assert (await (await gateway.get("/readyz")).json())["routes"][0]["breaker"]["state"] == "half_open"
 
 
 async def test_status_never_shows_credentials_in_urls(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -162,7 +163,8 @@ async def test_status_never_shows_credentials_in_urls(make_gateway: GatewayFacto
         assert secret not in text
     body = await (await gateway.get("/status")).json()
     assert body["settings"]["upstream_proxy"] == "http://***:***@127.0.0.1:9"
-    assert body["upstream_url"].endswith("?token=***")
+    assert body["readiness"]["routes"][0]["config"]["url"].endswith("?token=***")
+    assert body["readiness"]["routes"][0]["config"]["proxy"] == "http://***:***@127.0.0.1:9"
 
 
 async def test_invented_methods_do_not_become_metric_labels(make_gateway: GatewayFactory) -> None:
@@ -201,7 +203,7 @@ async def test_error_bodies_are_classified_on_every_chunk(
 
 async def _breaker_state(gateway: GatewayClient) -> str:
     body = await (await gateway.get("/readyz")).json()
-    return str(body["breaker"]["state"])
+    return str(body["routes"][0]["breaker"]["state"])
 
 
 async def _trip(make_gateway: GatewayFactory, sim: Simulator, **overrides: Any) -> GatewayClient:
@@ -224,7 +226,7 @@ async def test_arrow_b0_rejections_and_disconnects_keep_it_closed(make_gateway: 
         async with asyncio.timeout(0.2):
             await gateway.post(CHAT, json=chat_body())
     await eventually(lambda: gateway.app[UPSTREAM].limiter.in_use == 0)
-    assert (gateway.app[BREAKER].state, gateway.app[BREAKER].consecutive_failures) == ("closed", 0)
+    assert (gateway.app[ROUTES]["default"].breaker.state, gateway.app[ROUTES]["default"].breaker.consecutive_failures) == ("closed", 0)
 
 
 async def test_arrow_b1_closed_to_open_on_consecutive_upstream_failures(
@@ -249,7 +251,7 @@ async def test_arrow_b3_open_to_half_open_on_a_probe_success(make_gateway: Gatew
     """b3: a successful probe ends a 300 s open period at once (it never closes the breaker itself)."""
     gateway = await _trip(make_gateway, sim, breaker_reset_seconds=300, breaker_reset_max_seconds=300)
     sim.faults = SimFaults()
-    assert (await gateway.app[PROBER].probe_once()).ok
+    assert (await gateway.app[ROUTES]["default"].prober.probe_once()).ok
     assert await _breaker_state(gateway) == "half_open"
 
 
@@ -263,7 +265,7 @@ async def test_arrow_b4_half_open_to_closed_on_the_trial_first_token(
     response = await gateway.post(CHAT, json=chat_body(stream=True))
     assert response.status == 200
     await response.content.readline()  # the first event is on the wire: the trial has its first token
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
     await response.read()
 
 
@@ -272,7 +274,7 @@ async def test_arrow_b5_half_open_to_open_on_a_failed_trial(make_gateway: Gatewa
     gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.1, breaker_reset_multiplier=4)
     await asyncio.sleep(0.15)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    breaker = gateway.app[BREAKER]
+    breaker = gateway.app[ROUTES]["default"].breaker
     assert breaker.state == "open"
     assert breaker.current_open_duration == pytest.approx(0.4)
 
@@ -285,9 +287,9 @@ async def test_arrow_b6_half_open_stays_when_the_trial_decides_nothing(
     await asyncio.sleep(0.15)
     sim.faults = SimFaults(reject_marker="POISON", reject_status=413)
     assert (await gateway.post(CHAT, json=chat_body("POISON"))).status == 413
-    assert gateway.app[BREAKER].state == "half_open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "half_open"
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
 
 
 async def test_arrow_w1_working_to_not_working_after_failed_probes(
@@ -296,11 +298,11 @@ async def test_arrow_w1_working_to_not_working_after_failed_probes(
     """w1: unhealthy_threshold failed probes turn the flag off; chat is refused without reaching the upstream."""
     gateway = await make_gateway(probe_unhealthy_threshold=2)
     sim.faults = SimFaults(http_status=503)
-    prober = gateway.app[PROBER]
+    prober = gateway.app[ROUTES]["default"].prober
     await prober.probe_once()
-    assert gateway.app[HEALTH].working
+    assert gateway.app[ROUTES]["default"].health.working
     await prober.probe_once()
-    assert not gateway.app[HEALTH].working
+    assert not gateway.app[ROUTES]["default"].health.working
     requests_before = sim.stats.requests_total
     response = await gateway.post(CHAT, json=chat_body())
     assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
@@ -310,14 +312,14 @@ async def test_arrow_w1_working_to_not_working_after_failed_probes(
 async def test_arrow_w2_not_working_to_working_after_good_probes(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """w2: healthy_threshold good probes in a row turn the flag back on."""
     gateway = await make_gateway(probe_unhealthy_threshold=1, probe_healthy_threshold=2)
-    prober = gateway.app[PROBER]
+    prober = gateway.app[ROUTES]["default"].prober
     sim.faults = SimFaults(http_status=503)
     await prober.probe_once()
     sim.faults = SimFaults()
     await prober.probe_once()
-    assert not gateway.app[HEALTH].working
+    assert not gateway.app[ROUTES]["default"].health.working
     await prober.probe_once()
-    assert gateway.app[HEALTH].working
+    assert gateway.app[ROUTES]["default"].health.working
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
 
 
@@ -328,12 +330,12 @@ async def test_arrow_p1_a_trip_probes_at_once_a_failed_trial_does_not(
     gateway = await make_gateway(
         probe_enabled=True, probe_interval=600, breaker_fail_max=1, breaker_reset_seconds=0.2, retry_max=0
     )
-    health = gateway.app[HEALTH]
+    health = gateway.app[ROUTES]["default"].health
     await eventually(lambda: health.probes_total == 1)  # the start-up probe
     sim.faults = SimFaults(http_status=503)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
     await eventually(lambda: health.probes_total == 2, within=3.0)  # probed at once, and it failed
-    await eventually(lambda: gateway.app[BREAKER].state == "half_open", within=2.0)
+    await eventually(lambda: gateway.app[ROUTES]["default"].breaker.state == "half_open", within=2.0)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502  # the trial fails: open again
     await asyncio.sleep(0.3)
     assert health.probes_total == 2
@@ -394,7 +396,7 @@ async def test_a_trickling_error_body_keeps_its_status(
         else:
             assert (response.status, code, response.headers.get("Retry-After")) == (502, "upstream_rate_limited", "7")
     if status == 413:
-        assert gateway.app[BREAKER].consecutive_failures == 0
+        assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
 
 
 async def test_long_answers_cut_by_the_total_deadline_never_open_the_breaker(make_gateway: GatewayFactory) -> None:
@@ -407,7 +409,7 @@ async def test_long_answers_cut_by_the_total_deadline_never_open_the_breaker(mak
             assert response.status == 200
             assert "upstream_timeout" in text
             assert "total deadline" in text
-        assert (gateway.app[BREAKER].state, gateway.app[BREAKER].consecutive_failures) == ("closed", 0)
+        assert (gateway.app[ROUTES]["default"].breaker.state, gateway.app[ROUTES]["default"].breaker.consecutive_failures) == ("closed", 0)
 
 
 def test_a_proxy_url_without_a_scheme_is_refused_without_echoing_it() -> None:

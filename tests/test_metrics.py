@@ -18,12 +18,18 @@ from tests.monitoring_support import LABEL_VALUES, METRICS_CONTRACT, require_too
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
+R = {**P, "route": "default"}  # the labels of an upstream series of the default route
+
+
+# Upstream route labels are open (the configured routes); the test gateway has one.
+CONFIGURED_ROUTES = {"route": frozenset({"default"}), "from_route": frozenset({"default"})}
 
 
 def _label_sets(labels: tuple[str, ...]) -> list[dict[str, str]]:
     sets: list[dict[str, str]] = [{}]
     for label in labels:
-        sets = [{**s, label: v} for s in sets for v in sorted(LABEL_VALUES[label])]
+        values = CONFIGURED_ROUTES.get(label) or LABEL_VALUES[label]
+        sets = [{**s, label: v} for s in sets for v in sorted(values)]
     return sets
 
 
@@ -37,9 +43,9 @@ async def test_every_contract_series_exists_at_start(gateway: Client) -> None:
             name = spec.name + ("_count" if spec.type == "histogram" else "")
             value(samples, name, **labels)
     assert value(samples, "gateway_build_info", version=__version__) == 1
-    assert value(samples, "gateway_breaker_state", provider="flowgpt", state="closed") == 1
-    assert value(samples, "gateway_breaker_state", provider="flowgpt", state="open") == 0
-    assert value(samples, "gateway_provider_working", **P) == 1
+    assert value(samples, "gateway_breaker_state", state="closed", **R) == 1
+    assert value(samples, "gateway_breaker_state", state="open", **R) == 0
+    assert value(samples, "gateway_provider_working", **R) == 1
     assert value(samples, "gateway_http_requests_total", route="/v1/chat/completions", method="POST", code="200") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
 
@@ -53,12 +59,12 @@ async def test_success_moves_exactly_the_right_series(gateway: Client) -> None:
     route = {"route": "/v1/chat/completions"}
     assert delta(before, after, "gateway_http_requests_total", method="POST", code="200", **route) == 1
     assert delta(before, after, "gateway_http_request_duration_seconds_count", **route) == 1
-    assert delta(before, after, "gateway_upstream_requests_total", **P) == 1
-    assert delta(before, after, "gateway_upstream_request_duration_seconds_count", **P) == 1
-    assert delta(before, after, "gateway_upstream_first_token_seconds_count", **P) == 1
+    assert delta(before, after, "gateway_upstream_requests_total", **R) == 1
+    assert delta(before, after, "gateway_upstream_request_duration_seconds_count", **R) == 1
+    assert delta(before, after, "gateway_upstream_first_token_seconds_count", **R) == 1
     for kind in LABEL_VALUES["kind"]:
-        assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **P) == 0
-    assert value(after, "gateway_inflight_requests", **P) == 0
+        assert delta(before, after, "gateway_upstream_errors_total", kind=kind, **R) == 0
+    assert value(after, "gateway_inflight_requests", **R) == 0
 
 
 def _error_cases() -> list[Any]:
@@ -90,10 +96,10 @@ async def test_each_error_kind_is_counted_once(
     assert response.status == status
     after = await scrape(gateway)
     for other in LABEL_VALUES["kind"]:
-        assert delta(before, after, "gateway_upstream_errors_total", kind=other, **P) == (1 if other == kind else 0)
-    assert delta(before, after, "gateway_upstream_requests_total", **P) == 1
-    assert delta(before, after, "gateway_upstream_request_duration_seconds_count", **P) == 1
-    assert value(after, "gateway_inflight_requests", **P) == 0
+        assert delta(before, after, "gateway_upstream_errors_total", kind=other, **R) == (1 if other == kind else 0)
+    assert delta(before, after, "gateway_upstream_requests_total", **R) == 1
+    assert delta(before, after, "gateway_upstream_request_duration_seconds_count", **R) == 1
+    assert value(after, "gateway_inflight_requests", **R) == 0
     code = {"route": "/v1/chat/completions", "method": "POST", "code": str(status)}
     assert delta(before, after, "gateway_http_requests_total", **code) == 1
 
@@ -108,7 +114,7 @@ async def test_parse_failures_equal_bad_lines_sent(gateway: Client, sim: Simulat
     after = await scrape(gateway)
     sent = sim.stats.garbage_lines_sent
     assert sent > 0
-    assert delta(before, after, "gateway_upstream_json_parse_failures_total", **P) == sent
+    assert delta(before, after, "gateway_upstream_json_parse_failures_total", **R) == sent
 
 
 async def test_route_label_is_the_template(gateway: Client) -> None:

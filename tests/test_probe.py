@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -12,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import __version__
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import BREAKER, HEALTH, INFLIGHT, PROBER, UPSTREAM
+from gateway.state import INFLIGHT, ROUTES
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
@@ -20,6 +21,7 @@ from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
+R = {**P, "route": "default"}  # the labels of an upstream series of the default route
 CHAT = "/v1/chat/completions"
 
 
@@ -32,13 +34,13 @@ async def test_two_failed_probes_stop_traffic_without_touching_the_upstream(
 ) -> None:
     """Two failed probes flip working to 0; chat requests then get 503 upstream_not_working at once."""
     gateway = await make_gateway()
-    prober = gateway.app[PROBER]
+    prober = gateway.app[ROUTES]["default"].prober
     sim.faults = SimFaults(http_status=503)
     before = await scrape(gateway)
     assert not (await prober.probe_once()).ok
-    assert gateway.app[HEALTH].working  # one failure is not enough (hysteresis)
+    assert gateway.app[ROUTES]["default"].health.working  # one failure is not enough (hysteresis)
     assert not (await prober.probe_once()).ok
-    assert not gateway.app[HEALTH].working
+    assert not gateway.app[ROUTES]["default"].health.working
     seen = sim.stats.requests_total
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 503
@@ -46,38 +48,38 @@ async def test_two_failed_probes_stop_traffic_without_touching_the_upstream(
     assert int(response.headers["Retry-After"]) >= 1
     assert sim.stats.requests_total == seen
     after = await scrape(gateway)
-    assert value(after, "gateway_provider_working", **P) == 0
-    assert delta(before, after, "gateway_health_probes_total", result="failure", **P) == 2
-    assert delta(before, after, "gateway_health_probe_duration_seconds_count", **P) == 2
+    assert value(after, "gateway_provider_working", **R) == 0
+    assert delta(before, after, "gateway_health_probes_total", result="failure", **R) == 2
+    assert delta(before, after, "gateway_health_probe_duration_seconds_count", **R) == 2
     assert delta(before, after, "gateway_admission_rejections_total", reason="not_working", **P) == 1
 
 
 async def test_recovery_restores_traffic_and_closes_the_breaker(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """A successful probe flips working back on and half-opens the breaker at once; the first live call closes it."""
     gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
-    prober = gateway.app[PROBER]
+    prober = gateway.app[ROUTES]["default"].prober
     sim.faults = SimFaults(http_status=500)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    assert gateway.app[BREAKER].state == "open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
     await prober.probe_once()
     await prober.probe_once()
-    assert not gateway.app[HEALTH].working
+    assert not gateway.app[ROUTES]["default"].health.working
     sim.faults = SimFaults()
     result = await prober.probe_once()
     assert result.ok
-    assert gateway.app[HEALTH].working
-    assert gateway.app[BREAKER].state == "half_open"  # the probe never closes it: a live trial does
+    assert gateway.app[ROUTES]["default"].health.working
+    assert gateway.app[ROUTES]["default"].breaker.state == "half_open"  # the probe never closes it: a live trial does
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
-    assert gateway.app[BREAKER].state == "closed"
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
     samples = await scrape(gateway)
-    assert value(samples, "gateway_provider_working", **P) == 1
-    assert value(samples, "gateway_health_probe_last_success_timestamp_seconds", **P) == pytest.approx(result.at)
+    assert value(samples, "gateway_provider_working", **R) == 1
+    assert value(samples, "gateway_health_probe_last_success_timestamp_seconds", **R) == pytest.approx(result.at)
 
 
 async def test_probes_faster_while_not_working(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """The next probe comes after the unhealthy interval while not working, the normal one otherwise."""
     gateway = await make_gateway(probe_interval=30, probe_unhealthy_interval=5)
-    prober = gateway.app[PROBER]
+    prober = gateway.app[ROUTES]["default"].prober
     assert 27 <= prober.next_delay() <= 33
     sim.faults = SimFaults(http_status=500)
     await prober.probe_once()
@@ -88,7 +90,7 @@ async def test_probes_faster_while_not_working(make_gateway: GatewayFactory, sim
 async def test_breaker_opening_triggers_an_immediate_probe(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """When live traffic opens the breaker the prober runs at once instead of at its next tick."""
     gateway = await make_gateway(probe_enabled=True, probe_interval=600, breaker_fail_max=1, retry_max=0)
-    health = gateway.app[HEALTH]
+    health = gateway.app[ROUTES]["default"].health
     await eventually(lambda: health.probes_total == 1)  # the start-up probe
     sim.faults = SimFaults(http_status=500)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
@@ -102,27 +104,27 @@ async def test_loop_survives_any_exception_and_stops_cleanly(
 ) -> None:
     """A probe that raises something unexpected is recorded as a failure and the loop goes on; stop() ends it."""
     gateway = await make_gateway(probe_interval=0.01, probe_unhealthy_interval=0.01)
-    prober = gateway.app[PROBER]
-    health = gateway.app[HEALTH]
+    prober = gateway.app[ROUTES]["default"].prober
+    health = gateway.app[ROUTES]["default"].health
 
     async def explode(*_: object) -> None:
         raise RuntimeError("a bug in the probe path")
 
-    monkeypatch.setattr(gateway.app[UPSTREAM].client, "open", explode)
+    monkeypatch.setattr(gateway.app[ROUTES]["default"].client, "open", explode)
     prober.start()
     await eventually(lambda: health.probes_total >= 3)
     assert health.last_probe is not None
     assert health.last_probe.error == "unexpected RuntimeError"
     await prober.stop()
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe")]
 
 
 async def test_probe_task_ends_with_the_app(make_gateway: GatewayFactory) -> None:
     """The background task starts with the app and is gone after the app stops."""
     gateway = await make_gateway(probe_enabled=True)
-    assert [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "health-probe-default"]
     await gateway.close()
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-probe"]
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe")]
 
 
 async def test_readiness_and_liveness_bodies(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -131,18 +133,26 @@ async def test_readiness_and_liveness_bodies(make_gateway: GatewayFactory, sim: 
     ready = await gateway.get("/readyz")
     body = await ready.json()
     assert ready.status == 200
-    assert (body["working"], body["last_probe"], body["breaker"]["state"]) == (True, None, "closed")
+    route = body["routes"][0]
+    assert (body["working"], route["name"], route["last_probe"], route["breaker"]["state"]) == (
+        True,
+        "default",
+        None,
+        "closed",
+    )
     sim.faults = SimFaults(http_status=502)
     for _ in range(2):
-        await gateway.app[PROBER].probe_once()
+        await gateway.app[ROUTES]["default"].prober.probe_once()
     not_ready = await gateway.get("/readyz")
     body = await not_ready.json()
     assert not_ready.status == 503
+    route = body["routes"][0]
     assert body["working"] is False
-    assert body["consecutive_failures"] == 2
-    assert body["last_probe"]["ok"] is False
-    assert "HTTP 502" in body["last_probe"]["error"]
-    assert body["last_probe"]["latency_seconds"] >= 0
+    assert route["working"] is False
+    assert route["consecutive_failures"] == 2
+    assert route["last_probe"]["ok"] is False
+    assert "HTTP 502" in route["last_probe"]["error"]
+    assert route["last_probe"]["latency_seconds"] >= 0
     assert (await gateway.get("/healthz")).status == 200
     gateway.app[INFLIGHT].begin_shutdown()
     assert (await gateway.get("/healthz")).status == 503
@@ -160,11 +170,11 @@ async def test_operator_can_pin_the_working_flag(make_gateway: GatewayFactory, s
     assert (await gateway.get("/readyz")).status == 503
     sim.faults = SimFaults(http_status=500)
     for _ in range(2):
-        await gateway.app[PROBER].probe_once()
+        await gateway.app[ROUTES]["default"].prober.probe_once()
     await gateway.post("/admin/working", json={"mode": "working"}, headers=auth)
     assert (await gateway.get("/readyz")).status == 200
     response = await gateway.post("/admin/working", json={"mode": "auto"}, headers=auth)
-    assert (await response.json())["health"]["working"] is False  # the probes' verdict again
+    assert (await response.json())["routes"][0]["working"] is False  # the probes' verdict again
     assert (await gateway.post("/admin/working", json={"mode": "auto"})).status == 401
     assert (
         await gateway.post("/admin/working", json={"mode": "auto"}, headers={"Authorization": "Bearer x"})
@@ -175,10 +185,10 @@ async def test_retry_after_points_at_the_next_probe(make_gateway: GatewayFactory
     """While not working, Retry-After is the time until the next scheduled probe (injected clock)."""
     clock = FakeClock()
     gateway = await make_gateway(clock=clock)
-    health = gateway.app[HEALTH]
+    health = gateway.app[ROUTES]["default"].health
     sim.faults = SimFaults(http_status=500)
     for _ in range(2):
-        await gateway.app[PROBER].probe_once()
+        await gateway.app[ROUTES]["default"].prober.probe_once()
     health.next_probe_at = clock() + 4.2
     response = await gateway.post(CHAT, json=chat_body())
     assert response.headers["Retry-After"] == "5"
@@ -193,14 +203,19 @@ async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -
     body = await response.json()
     assert body["version"] == __version__
     assert body["uptime_seconds"] >= 0
-    assert body["counters"]["upstream_requests"] == 1
+    assert body["counters"]["routes"]["default"]["upstream_requests"] == 1
     assert body["settings"]["breaker_fail_max"] == 5
     for secret in ("upstream-secret", "admin-secret", "key-secret"):
         assert secret not in text
 
 
-async def _run_probe_command(upstream_url: str) -> tuple[int, str]:
-    env = {**os.environ, "GATEWAY_TIMEOUT_FIRST_TOKEN": "2", "GATEWAY_UPSTREAM_URL": upstream_url}
+async def _run_probe_command(upstream_url: str, routes: str = "") -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "GATEWAY_TIMEOUT_FIRST_TOKEN": "2",
+        "GATEWAY_UPSTREAM_URL": upstream_url,
+        "GATEWAY_UPSTREAMS": routes,
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -216,14 +231,23 @@ async def _run_probe_command(upstream_url: str) -> tuple[int, str]:
 
 
 async def test_probe_command_exit_codes(sim: Simulator) -> None:
-    """`flowgpt-gateway probe` exits 0 against a healthy upstream and 1 against a broken one."""
+    """`flowgpt-gateway probe` probes every route: exit 0 if all work, 1 if some fail, 2 if none works."""
     code, output = await _run_probe_command(sim.url)
     assert code == 0, output
-    assert output.startswith("ok ")
+    assert output.startswith("ok route=default ")
+    routes = json.dumps([{"name": name, "url": sim.route_url(name)} for name in ("a", "b", "c")])
+    sim.set_faults(SimFaults(http_status=403, http_body="cloudflare"), route="b")
+    code, output = await _run_probe_command(sim.url, routes)
+    assert code == 1, output
+    assert [line.split()[:2] for line in output.splitlines() if line.startswith(("ok", "failed"))] == [
+        ["ok", "route=a"],
+        ["failed", "route=b"],
+        ["ok", "route=c"],
+    ]
     sim.faults = SimFaults(http_status=403, http_body="cloudflare")
     code, output = await _run_probe_command(sim.url)
-    assert code == 1, output
-    assert "failed" in output
+    assert code == 2, output
+    assert "failed route=default" in output
     assert "Cloudflare" in output
 
 
@@ -232,5 +256,5 @@ async def test_trigger_during_a_probe_is_not_lost(make_gateway: GatewayFactory, 
     sim.faults = SimFaults(slow_first_token=0.3)
     gateway = await make_gateway(probe_enabled=True, probe_interval=600)
     await eventually(lambda: sim.stats.active_streams == 1)  # the start-up probe is in flight
-    gateway.app[PROBER].trigger()
-    await eventually(lambda: gateway.app[HEALTH].probes_total == 2, within=3.0)
+    gateway.app[ROUTES]["default"].prober.trigger()
+    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total == 2, within=3.0)

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import BREAKER, METRICS, UPSTREAM
+from gateway.state import ROUTES, UPSTREAM
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape, value
@@ -19,6 +19,7 @@ from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
+R = {**P, "route": "default"}  # the labels of an upstream series of the default route
 CHAT = "/v1/chat/completions"
 
 
@@ -48,9 +49,9 @@ async def test_failures_open_the_breaker_and_refusals_skip_the_upstream(
     assert response.headers["Retry-After"] == "18"  # from the injected monotonic clock, rounded up
     after = await scrape(gateway)
     assert delta(before, after, "gateway_admission_rejections_total", reason="breaker_open", **P) == 2
-    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", **P) == 1
-    assert value(after, "gateway_breaker_state", state="open", **P) == 1
-    assert value(after, "gateway_breaker_state", state="closed", **P) == 0
+    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", **R) == 1
+    assert value(after, "gateway_breaker_state", state="open", **R) == 1
+    assert value(after, "gateway_breaker_state", state="closed", **R) == 0
 
 
 async def test_half_open_lets_exactly_one_trial_through(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -68,7 +69,7 @@ async def test_half_open_lets_exactly_one_trial_through(make_gateway: GatewayFac
     codes = {(await r.json())["error"]["code"] for r in responses if r.status == 503}
     assert codes == {"half_open_busy"}
     assert sim.stats.requests_total == seen + 1
-    assert gateway.app[BREAKER].state == "closed"  # the trial's success closed it
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"  # the trial's success closed it
 
 
 async def test_failed_trial_reopens_with_a_longer_wait(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -91,7 +92,7 @@ async def test_mid_stream_breaks_trip_the_breaker(make_gateway: GatewayFactory, 
     for _ in range(2):
         response = await gateway.post(CHAT, json=chat_body("a fairly long question", stream=True))
         assert json.loads(sse_events(await response.text())[-1])["error"]["code"] == "upstream_interrupted"
-    assert gateway.app[BREAKER].state == "open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
 
 
 async def test_gateway_rejections_never_count(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -101,7 +102,7 @@ async def test_gateway_rejections_never_count(make_gateway: GatewayFactory, sim:
     assert (await gateway.post(CHAT, data=b"{", headers=headers)).status == 400
     assert (await gateway.post(CHAT, json=chat_body(model="nope"), headers=headers)).status == 404
     assert (await gateway.post(CHAT, json=chat_body())).status == 401
-    breaker = gateway.app[BREAKER]
+    breaker = gateway.app[ROUTES]["default"].breaker
     assert (breaker.state, breaker.consecutive_failures) == ("closed", 0)
     assert sim.stats.requests_total == 0
 
@@ -116,12 +117,12 @@ async def test_streaming_client_disconnect_cancels_upstream(make_gateway: Gatewa
         await response.content.readline()  # the stream started
         response.close()  # the client goes away
     await eventually(lambda: sim.stats.client_disconnects == 1)
-    await eventually(lambda: gateway.app[METRICS].summary()["inflight"] == 0)
+    await eventually(lambda: gateway.app[ROUTES]["default"].inflight == 0)
     after = await scrape(gateway)
     assert (
-        sum(delta(before, after, "gateway_upstream_errors_total", kind=k, **P) for k in ("timeout", "interrupted")) == 0
+        sum(delta(before, after, "gateway_upstream_errors_total", kind=k, **R) for k in ("timeout", "interrupted")) == 0
     )
-    assert gateway.app[BREAKER].consecutive_failures == 0
+    assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
     assert gateway.app[UPSTREAM].limiter.in_use == 0
 
 
@@ -134,7 +135,7 @@ async def test_non_streaming_client_disconnect_cancels_upstream(make_gateway: Ga
             await session.post(gateway.make_url(CHAT), json=chat_body())
     await eventually(lambda: sim.stats.client_disconnects == 1)
     await eventually(lambda: gateway.app[UPSTREAM].limiter.in_use == 0)
-    assert gateway.app[BREAKER].consecutive_failures == 0
+    assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
 
 
 async def test_one_failure_is_retried_transparently(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -145,8 +146,8 @@ async def test_one_failure_is_retried_transparently(make_gateway: GatewayFactory
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 200
     after = await scrape(gateway)
-    assert delta(before, after, "gateway_upstream_retries_total", **P) == 1
-    assert delta(before, after, "gateway_upstream_requests_total", **P) == 2
+    assert delta(before, after, "gateway_upstream_retries_total", **R) == 1
+    assert delta(before, after, "gateway_upstream_requests_total", **R) == 2
     assert sim.stats.requests_total == 2
 
 
@@ -195,7 +196,7 @@ async def test_retry_budget_caps_retries_in_an_outage(make_gateway: GatewayFacto
     sim.faults = SimFaults(http_status=503)
     for _ in range(20):
         assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    retries = (await scrape(gateway))[("gateway_upstream_retries_total", frozenset(P.items()))]
+    retries = (await scrape(gateway))[("gateway_upstream_retries_total", frozenset(R.items()))]
     assert retries == 2  # max(minimum 2, 10% of 20 requests); without a budget it would be 40
     assert sim.stats.requests_total == 22
 
@@ -239,7 +240,7 @@ async def test_admin_can_force_the_breaker(make_gateway: GatewayFactory, sim: Si
     auth = {"Authorization": "Bearer adm1n"}
     response = await gateway.post("/admin/breaker", json={"mode": "open"}, headers=auth)
     assert response.status == 200
-    assert (await response.json())["breaker"]["mode"] == "forced_open"
+    assert (await response.json())["routes"][0]["breaker"]["mode"] == "forced_open"
     refused = await gateway.post(CHAT, json=chat_body())
     assert (refused.status, (await refused.json())["error"]["code"]) == (503, "circuit_open")
     assert sim.stats.requests_total == 0
@@ -247,10 +248,10 @@ async def test_admin_can_force_the_breaker(make_gateway: GatewayFactory, sim: Si
     sim.faults = SimFaults(http_status=500)
     for _ in range(3):
         assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    assert gateway.app[BREAKER].state == "closed"  # forced closed never trips
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"  # forced closed never trips
     await gateway.post("/admin/breaker", json={"mode": "auto"}, headers=auth)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    assert gateway.app[BREAKER].state == "open"
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
     bad = await gateway.post("/admin/breaker", json={"mode": "sideways"}, headers=auth)
     assert (bad.status, (await bad.json())["error"]["param"]) == (400, "mode")
 

@@ -13,8 +13,10 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError, NotFoundError
+from gateway.handlers.ops import route_snapshot
 from gateway.health import WorkingMode
-from gateway.state import BREAKER, HEALTH, SETTINGS
+from gateway.route_pool import Route
+from gateway.state import ROUTES, SETTINGS
 
 _BREAKER_MODES = ("open", "closed", "auto")
 _WORKING_MODES: tuple[WorkingMode, ...] = ("working", "not_working", "auto")
@@ -39,39 +41,51 @@ def _authorize(request: web.Request) -> None:
         raise ForbiddenError("wrong admin token")
 
 
-async def _mode(request: web.Request, allowed: tuple[str, ...]) -> str:
+async def _command(request: web.Request, allowed: tuple[str, ...]) -> tuple[str, list[Route]]:
+    """The body's ``mode`` and the routes it applies to (``route``, or every route when absent)."""
     try:
         body: Any = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         raise InvalidRequestError('body must be JSON like {"mode": "auto"}', code="invalid_json") from None
-    mode = body.get("mode") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        body = {}
+    mode = body.get("mode")
     if mode not in allowed:
         raise InvalidRequestError(f"'mode' must be one of {', '.join(allowed)}", param="mode")
-    return str(mode)
+    routes = request.app[ROUTES]
+    name = body.get("route")
+    if name is None:
+        return str(mode), list(routes)
+    if not isinstance(name, str) or name not in routes:
+        known = ", ".join(route.name for route in routes)
+        raise InvalidRequestError(f"'route' must be one of {known} (or absent for every route)", param="route")
+    return str(mode), [routes[name]]
 
 
 def _state(request: web.Request) -> dict[str, Any]:
-    return {"breaker": request.app[BREAKER].snapshot(), "health": request.app[HEALTH].snapshot()}
+    return {"routes": [route_snapshot(route) for route in request.app[ROUTES]]}
 
 
 async def get_admin_state(request: web.Request) -> web.Response:
-    """Breaker and working flag as the gateway sees them."""
+    """Every route's breaker and working flag as the gateway sees them."""
     _authorize(request)
     return web.json_response(_state(request))
 
 
 async def set_breaker_mode(request: web.Request) -> web.Response:
-    """``{"mode": "open" | "closed" | "auto"}``: force the breaker or hand it back."""
+    """``{"mode": "open" | "closed" | "auto", "route": name?}``: force the breakers or hand them back."""
     _authorize(request)
-    mode = await _mode(request, _BREAKER_MODES)
-    breaker = request.app[BREAKER]
-    {"open": breaker.force_open, "closed": breaker.force_closed, "auto": breaker.automatic}[mode]()
+    mode, routes = await _command(request, _BREAKER_MODES)
+    for route in routes:
+        breaker = route.breaker
+        {"open": breaker.force_open, "closed": breaker.force_closed, "auto": breaker.automatic}[mode]()
     return web.json_response(_state(request))
 
 
 async def set_working_mode(request: web.Request) -> web.Response:
-    """``{"mode": "working" | "not_working" | "auto"}``: pin the working flag for maintenance."""
+    """``{"mode": "working" | "not_working" | "auto", "route": name?}``: pin working flags for maintenance."""
     _authorize(request)
-    mode = await _mode(request, _WORKING_MODES)
-    request.app[HEALTH].set_mode(mode)  # type: ignore[arg-type]
+    mode, routes = await _command(request, _WORKING_MODES)
+    for route in routes:
+        route.health.set_mode(mode)  # type: ignore[arg-type]
     return web.json_response(_state(request))

@@ -9,8 +9,9 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.redact import mask_url
-from gateway.state import BREAKER, HEALTH, INFLIGHT, METRICS, SETTINGS, STARTED_AT
+from gateway.route_pool import Route
+from gateway.settings import describe_route
+from gateway.state import INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,21 +21,27 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def route_snapshot(route: Route) -> dict[str, Any]:
+    """One route's working flag, probe and breaker, for /readyz, /status and /admin/state."""
+    return {"name": route.name, **route.health.snapshot(), "breaker": route.breaker.snapshot()}
+
+
 def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
-    health = app[HEALTH]
+    routes = app[ROUTES]
     draining = app[INFLIGHT].draining
+    working = routes.working()
+    ready = working and not draining
     body: dict[str, Any] = {
-        **health.snapshot(),
-        "breaker": app[BREAKER].snapshot(),
+        "ready": ready,
+        "working": working,  # at least one route works
         "shutting_down": draining,
+        "routes": [route_snapshot(route) for route in routes],
     }
-    ready = health.working and not draining
-    body["ready"] = ready
     return ready, body
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 only while the upstream is working and we are not draining."""
+    """Readiness: 200 while at least one route is working and we are not draining; lists every route."""
     ready, body = _readiness(request.app)
     return web.json_response(body, status=200 if ready else 503)
 
@@ -43,11 +50,14 @@ async def status(request: web.Request) -> web.Response:
     """A JSON summary for people and scripts; secrets masked."""
     app = request.app
     _, readiness = _readiness(app)
+    configured = {spec.name: describe_route(spec) for spec in app[SETTINGS].routes()}
+    for route in readiness["routes"]:
+        route["config"] = configured[route["name"]]
+        route["inflight"] = app[ROUTES][route["name"]].inflight
     body = {
         "service": "flowgpt-gateway",
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - app[STARTED_AT], 3),
-        "upstream_url": mask_url(app[SETTINGS].upstream_url),
         "readiness": readiness,
         "counters": app[METRICS].summary(),
         "settings": app[SETTINGS].masked(),

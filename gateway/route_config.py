@@ -1,0 +1,84 @@
+"""Routes: the ways to reach FlowGpt (``GATEWAY_UPSTREAMS``), each with its own URL, token, proxy and weight."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_UPSTREAM_URL
+
+DEFAULT_ROUTE: Final = "default"  # the one route made from GATEWAY_UPSTREAM_URL/_TOKEN/_PROXY
+ROUTE_NAME_PATTERN: Final = r"^[a-z0-9_-]{1,32}$"
+MAX_ROUTES: Final = 64  # every route costs a prober, a breaker and labelled series
+
+
+class RouteSpec(BaseModel):
+    """One route as configured; ``token`` and ``proxy`` are secrets and never shown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=ROUTE_NAME_PATTERN)
+    url: str = DEFAULT_UPSTREAM_URL
+    token: SecretStr = SecretStr(ANONYMOUS_TOKEN)
+    proxy: SecretStr | None = None
+    weight: float = Field(1.0, gt=0, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _http_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the value: a proxy URL carries credentials.
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @property
+    def proxy_url(self) -> str | None:
+        """The proxy as aiohttp wants it."""
+        return None if self.proxy is None else self.proxy.get_secret_value()
+
+
+def parse_routes(value: Any) -> tuple[RouteSpec, ...]:
+    """``GATEWAY_UPSTREAMS`` (a JSON list, or already a sequence) as validated routes.
+
+    Raises ``ValueError`` with one line naming the route at fault and never its secrets.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise ValueError("must be a JSON list of routes") from None
+    if isinstance(value, RouteSpec):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a JSON list of routes")
+    if len(value) > MAX_ROUTES:
+        raise ValueError(f"at most {MAX_ROUTES} routes")
+    routes: list[RouteSpec] = []
+    for index, item in enumerate(value):
+        if isinstance(item, RouteSpec):
+            routes.append(item)
+            continue
+        label = f"route {item.get('name')!r}" if isinstance(item, dict) and item.get("name") else f"route #{index + 1}"
+        try:
+            routes.append(RouteSpec.model_validate(item))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{label}: {where + ': ' if where else ''}{message}") from None
+    names = [route.name for route in routes]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"route {duplicates[0]!r}: names must be unique")
+    return tuple(routes)

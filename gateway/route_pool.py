@@ -1,0 +1,109 @@
+"""The routes at run time and how a call picks one.
+
+A route is one way to reach FlowGpt with its own client (URL, token, proxy), breaker,
+working flag and prober. Picking looks only at local state (no I/O, no lock): among
+the routes that admit a call now (working, breaker closed, or half-open with its trial
+free), draw two by weight and take the one with fewer calls in flight (power of two
+choices). A single route skips the draw.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError
+
+if TYPE_CHECKING:
+    from gateway.breaker import CircuitBreaker
+    from gateway.events import EventBus
+    from gateway.flowgpt.client import FlowGptClient
+    from gateway.health import HealthState
+    from gateway.metrics import RouteMetrics
+    from gateway.probe import Prober
+
+
+@dataclass(eq=False)
+class Route:
+    """One way to reach FlowGpt and everything that judges it."""
+
+    name: str
+    weight: float
+    client: FlowGptClient
+    breaker: CircuitBreaker
+    health: HealthState
+    prober: Prober
+    events: EventBus
+    metrics: RouteMetrics
+    inflight: int = field(default=0)
+
+    def refusal(self) -> AdmissionError | None:
+        """Why this route would refuse a call now (working flag first), or None when it admits one."""
+        return self.health.admission_error() or self.breaker.refusal()
+
+    def admits(self) -> bool:
+        """Whether a call would be admitted now; builds no error."""
+        return self.health.working and self.breaker.refusal() is None
+
+
+class RoutePool:
+    """The configured routes, in configuration order."""
+
+    def __init__(self, routes: Sequence[Route], *, rng: random.Random | None = None) -> None:
+        if not routes:
+            raise ValueError("at least one route")
+        self._routes = tuple(routes)
+        self._by_name = {route.name: route for route in self._routes}
+        self._rng = rng or random.Random()
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._routes)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __getitem__(self, name: str) -> Route:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> Route | None:
+        """A route that admits a call now and is not in ``exclude``, or None."""
+        if len(self._routes) == 1:
+            only = self._routes[0]
+            return only if only.name not in exclude and only.admits() else None
+        candidates = [route for route in self._routes if route.name not in exclude and route.admits()]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        first, second = self._rng.choices(candidates, weights=[route.weight for route in candidates], k=2)
+        return second if second.inflight < first.inflight else first
+
+    def any_admits(self, exclude: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Whether some route outside ``exclude`` would take a call now."""
+        return any(route.name not in exclude and route.admits() for route in self._routes)
+
+    def refusal(self) -> AdmissionError:
+        """The refusal when no route admits: ``upstream_not_working`` if none works, else the breakers'.
+
+        Retry-After is the earliest of any route's.
+        """
+        refusals = [(route, route.refusal()) for route in self._routes]
+        not_working = [error for _, error in refusals if isinstance(error, UpstreamNotWorkingError)]
+        if len(not_working) == len(self._routes):
+            return min(not_working, key=_retry_after)
+        circuits = [error for _, error in refusals if isinstance(error, CircuitOpenError)]
+        if circuits:
+            return min(circuits, key=_retry_after)
+        # A route admitted again while we looked: tell the caller to come straight back.
+        return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+
+    def working(self) -> bool:
+        """Whether at least one route's working flag is on."""
+        return any(route.health.working for route in self._routes)
+
+
+def _retry_after(error: AdmissionError) -> float:
+    return error.retry_after if error.retry_after is not None else 0.0

@@ -1,0 +1,280 @@
+"""Routes through one simulator serving three of them: failover, picking, all-down refusals, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
+
+from gateway.route_config import parse_routes
+from gateway.settings import Settings, describe_validation_error
+from gateway.simulator import SimFaults, Simulator
+from gateway.state import ROUTES
+from tests.clock_support import FakeClock
+from tests.conftest import GatewayFactory, chat_body
+from tests.metrics_support import delta, scrape
+from tests.polling import eventually
+
+Client = TestClient[web.Request, web.Application]
+CHAT = "/v1/chat/completions"
+NAMES = ("a", "b", "c")
+BLOCKED = SimFaults(http_status=403, http_body="cloudflare")
+
+
+def routes_json(sim: Simulator, weights: dict[str, float] | None = None) -> str:
+    """GATEWAY_UPSTREAMS for routes a, b and c of the simulator."""
+    weights = weights or {}
+    return json.dumps([{"name": n, "url": sim.route_url(n), "weight": weights.get(n, 1)} for n in NAMES])
+
+
+async def routed_gateway(make_gateway: GatewayFactory, sim: Simulator, **overrides: Any) -> Client:
+    """A gateway with three routes a, b, c through the simulator."""
+    weights = overrides.pop("weights", None)
+    return await make_gateway(upstreams=routes_json(sim, weights), **overrides)
+
+
+def requests_to(sim: Simulator, name: str) -> int:
+    return sim.route_stats(name).requests_total
+
+
+async def test_one_blocked_route_costs_callers_nothing(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """Route b blocked: every request succeeds through a or c; after b's breaker opens b gets nothing."""
+    gateway = await routed_gateway(make_gateway, sim, breaker_fail_max=2, retry_max=2, retry_budget_min=100)
+    sim.set_faults(BLOCKED, route="b")
+    statuses = [(await gateway.post(CHAT, json=chat_body())).status for _ in range(30)]
+    assert statuses == [200] * 30
+    assert gateway.app[ROUTES]["b"].breaker.state == "open"
+    sent_to_b = requests_to(sim, "b")
+    assert sent_to_b == 2  # exactly fail_max attempts found out
+    for _ in range(20):
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert requests_to(sim, "b") == sent_to_b
+
+
+async def test_a_route_the_probe_marks_down_gets_no_traffic_and_recovers(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Route b's flag off: no request goes to b; healed and probed again, b gets traffic again."""
+    gateway = await routed_gateway(make_gateway, sim, probe_unhealthy_threshold=1, probe_healthy_threshold=1)
+    b = gateway.app[ROUTES]["b"]
+    sim.set_faults(BLOCKED, route="b")
+    assert not (await b.prober.probe_once()).ok
+    assert not b.health.working
+    before = requests_to(sim, "b")
+    for _ in range(30):
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert requests_to(sim, "b") == before
+    sim.set_faults(SimFaults(), route="b")
+    assert (await b.prober.probe_once()).ok
+    for _ in range(30):
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert requests_to(sim, "b") > before + 1  # weighted 1 of 3: about 10 of 30
+
+
+async def test_all_routes_down_gives_the_best_reason_and_the_earliest_retry_after(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Every breaker open: 503 circuit_open with the earliest Retry-After; every flag off: upstream_not_working."""
+    clock = FakeClock()
+    gateway = await routed_gateway(
+        make_gateway, sim, breaker_fail_max=1, retry_max=0, breaker_reset_seconds=30, clock=clock
+    )
+    routes = gateway.app[ROUTES]
+    for index, name in enumerate(("b", "a", "c")):  # b opens first, so it is the first to admit a trial again
+        clock.advance(10 if index else 0)
+        sim.set_faults(SimFaults(http_status=503), route=name)
+        for other in NAMES:
+            routes[other].health.set_mode("working" if other == name else "not_working")
+        assert (await gateway.post(CHAT, json=chat_body())).status == 502
+    for name in NAMES:
+        routes[name].health.set_mode("auto")
+    assert [routes[n].breaker.retry_after() for n in NAMES] == [20.0, 10.0, 30.0]
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "circuit_open"
+    assert response.headers["Retry-After"] == "10"
+    for name in NAMES:
+        routes[name].health.set_mode("not_working")
+    response = await gateway.post(CHAT, json=chat_body())
+    assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 503
+    assert [route["name"] for route in body["routes"]] == list(NAMES)
+
+
+async def test_readiness_holds_while_one_route_works(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """/readyz is 200 while at least one route works, and lists every route."""
+    gateway = await routed_gateway(make_gateway, sim)
+    routes = gateway.app[ROUTES]
+    routes["a"].health.set_mode("not_working")
+    routes["b"].health.set_mode("not_working")
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200
+    assert {route["name"]: route["working"] for route in body["routes"]} == {"a": False, "b": False, "c": True}
+
+
+async def test_a_half_open_route_gets_exactly_one_trial_under_load(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """20 concurrent requests while route a is half-open: one reaches a (its trial), the rest go elsewhere."""
+    gateway = await routed_gateway(make_gateway, sim, breaker_fail_max=1, retry_max=0, breaker_reset_seconds=0.2)
+    a = gateway.app[ROUTES]["a"]
+    sim.set_faults(SimFaults(http_status=503), route="a")
+    for _ in range(100):  # bounded: each request picks a with probability about 1/3
+        if a.breaker.snapshot()["state"] != "closed":
+            break
+        await gateway.post(CHAT, json=chat_body())
+    await eventually(lambda: a.breaker.state == "half_open", within=2.0)
+    sim.set_faults(SimFaults(slow_first_token=0.3), route="a")
+    before = requests_to(sim, "a")
+    responses = await asyncio.gather(*(gateway.post(CHAT, json=chat_body()) for _ in range(20)))
+    assert [r.status for r in responses] == [200] * 20
+    assert requests_to(sim, "a") - before == 1
+    assert a.breaker.state == "closed"
+
+
+async def test_weights_are_respected(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """Weights 1:2:3 over 1,000 sequential requests give shares within 5 points of 1/6, 2/6, 3/6."""
+    gateway = await routed_gateway(make_gateway, sim, weights={"a": 1, "b": 2, "c": 3})
+    before = await scrape(gateway)
+    for _ in range(1000):
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    after = await scrape(gateway)
+    shares = {n: delta(before, after, "gateway_route_selected_total", route=n) / 1000 for n in NAMES}
+    assert shares == pytest.approx({"a": 1 / 6, "b": 2 / 6, "c": 3 / 6}, abs=0.05)
+    assert sum(requests_to(sim, n) for n in NAMES) == 1000
+
+
+async def test_failover_is_counted_exactly(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A failed attempt on a route moves the request to another: one failover, one error, one success."""
+    gateway = await routed_gateway(make_gateway, sim, retry_max=2, retry_budget_min=10)
+    sim.set_faults(SimFaults(http_status=503), route="a")
+    sim.set_faults(SimFaults(http_status=503), route="b")
+    before = await scrape(gateway)
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 200
+    after = await scrape(gateway)
+    attempts_a = requests_to(sim, "a")
+    attempts_b = requests_to(sim, "b")
+    assert requests_to(sim, "c") == 1
+    for name, attempts in (("a", attempts_a), ("b", attempts_b)):
+        labels = {"provider": "flowgpt", "route": name}
+        assert delta(before, after, "gateway_failovers_total", from_route=name) == attempts
+        assert delta(before, after, "gateway_upstream_errors_total", kind="http_status", **labels) == attempts
+        assert delta(before, after, "gateway_upstream_retries_total", **labels) == 0
+    assert delta(before, after, "gateway_route_selected_total", route="c") == 1
+    assert delta(before, after, "gateway_upstream_errors_total", kind="http_status", provider="flowgpt", route="c") == 0
+
+
+async def test_rejections_never_fail_over(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A request the upstream rejects is rejected once: another route would reject it too."""
+    gateway = await routed_gateway(make_gateway, sim, retry_max=2)
+    for name in NAMES:
+        sim.set_faults(SimFaults(reject_marker="POISON", reject_status=413), route=name)
+    response = await gateway.post(CHAT, json=chat_body("POISON"))
+    assert response.status == 413
+    assert sum(requests_to(sim, n) for n in NAMES) == 1
+
+
+async def test_a_stream_broken_mid_way_is_not_replayed(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """After the first token nothing moves to another route: the stream ends with an error event."""
+    gateway = await routed_gateway(make_gateway, sim, retry_max=2)
+    for name in NAMES:
+        sim.set_faults(SimFaults(reset_after=2), route=name)
+    response = await gateway.post(CHAT, json=chat_body(stream=True))
+    text = await response.text()
+    assert response.status == 200
+    assert "upstream_interrupted" in text
+    assert sum(requests_to(sim, n) for n in NAMES) == 1
+
+
+async def test_admin_overrides_one_route_or_all(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """{"mode": "open", "route": "b"} forces b only; without a route it means every route; unknown routes are 400."""
+    gateway = await routed_gateway(make_gateway, sim, admin_token="t")
+    auth = {"Authorization": "Bearer t"}
+    routes = gateway.app[ROUTES]
+    response = await gateway.post("/admin/breaker", json={"mode": "open", "route": "b"}, headers=auth)
+    assert response.status == 200
+    assert [routes[n].breaker.mode for n in NAMES] == ["auto", "forced_open", "auto"]
+    before = requests_to(sim, "b")
+    for _ in range(15):
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert requests_to(sim, "b") == before
+    await gateway.post("/admin/working", json={"mode": "not_working"}, headers=auth)
+    assert [routes[n].health.working for n in NAMES] == [False] * 3
+    response = await gateway.post("/admin/breaker", json={"mode": "auto", "route": "zz"}, headers=auth)
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == "route"
+
+
+async def test_status_lists_routes_with_masked_secrets(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """/status shows each route's state and configuration, never its token or proxy credentials."""
+    upstreams = json.dumps(
+        [
+            {"name": "a", "url": sim.route_url("a"), "token": "token-secret-a"},
+            {"name": "b", "url": sim.route_url("b"), "proxy": "http://user:proxy-secret@127.0.0.1:9"},
+        ]
+    )
+    gateway = await make_gateway(upstreams=upstreams)
+    response = await gateway.get("/status")
+    text = await response.text()
+    assert "token-secret-a" not in text
+    assert "proxy-secret" not in text
+    routes = (await response.json())["readiness"]["routes"]
+    assert [(r["name"], r["config"]["proxy"]) for r in routes] == [("a", None), ("b", "http://***:***@127.0.0.1:9")]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('[{"name": "Bad Name"}]', "route 'Bad Name': name: String should match pattern"),
+        ('[{"name": "a"}, {"name": "a"}]', "route 'a': names must be unique"),
+        ('[{"name": "a", "url": "ftp://x"}]', "route 'a': url: must be an http:// or https:// URL"),
+        ('[{"name": "a", "proxy": "user:secret@host:1"}]', "route 'a': proxy: must be an http:// or https:// URL"),
+        ('[{"url": "http://x"}]', "route #1: name: Field required"),
+        ('[{"name": "a", "weight": 0}]', "route 'a': weight: Input should be greater than 0"),
+        ("not json", "must be a JSON list of routes"),
+    ],
+)
+def test_a_bad_route_list_stops_start_up_naming_the_variable_and_route(value: str, message: str) -> None:
+    """GATEWAY_UPSTREAMS errors are one line naming the variable and the route, never a secret."""
+    with pytest.raises(ValidationError) as info:
+        Settings(upstreams=value)
+    line = describe_validation_error(info.value)
+    assert line.startswith("invalid setting GATEWAY_UPSTREAMS: ")
+    assert message in line
+    assert "secret" not in line
+    assert "\n" not in line
+
+
+def test_without_upstreams_one_default_route_keeps_todays_settings() -> None:
+    """Unset GATEWAY_UPSTREAMS: one route "default" from GATEWAY_UPSTREAM_URL/_TOKEN/_PROXY."""
+    settings = Settings(upstream_url="http://127.0.0.1:1/x", upstream_token="t", upstream_proxy="http://p:1")
+    (route,) = settings.routes()
+    assert (route.name, route.url, route.token.get_secret_value(), route.proxy_url) == (
+        "default",
+        "http://127.0.0.1:1/x",
+        "t",
+        "http://p:1",
+    )
+    assert parse_routes("") == ()
+
+
+async def test_picking_prefers_fewer_calls_in_flight(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """Power of two choices: with equal weights, a route with calls in flight is chosen less."""
+    gateway = await routed_gateway(make_gateway, sim)
+    routes = gateway.app[ROUTES]
+    routes["a"].inflight = 5
+    picks = collections.Counter(route.name for route in (routes.pick() for _ in range(3000)) if route is not None)
+    routes["a"].inflight = 0
+    # a wins only when both draws are a: 1/9 of picks.
+    assert picks["a"] / 3000 == pytest.approx(1 / 9, abs=0.04)
+    assert picks["b"] + picks["c"] + picks["a"] == 3000
