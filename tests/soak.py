@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import gc
+import json
 import logging
 import random
 import sys
@@ -84,6 +85,12 @@ class SoakConfig:
     chunk_delay: float = 0.005
     warmup_requests: int = 200
     seed: int = 1
+    routes: int = 1  # with more, only the first route flaps and the others stay healthy
+
+    @property
+    def flapping_route(self) -> str:
+        """The route whose upstream the soak breaks and heals."""
+        return "default" if self.routes == 1 else "r0"
 
 
 @dataclass
@@ -104,6 +111,16 @@ class SoakReport:
     error_logs: list[str] = field(default_factory=list)
     recovered: bool = False
     duration: float = 0.0
+
+    @property
+    def server_errors(self) -> int:
+        """Answers with a 5xx status (with several routes, the other routes were healthy all along)."""
+        return sum(count for key, count in self.outcomes.items() if key.startswith("5"))
+
+    @property
+    def broken_streams(self) -> int:
+        """Streams that started and then ended with an error event (nothing can be replayed then)."""
+        return sum(count for key, count in self.outcomes.items() if key.startswith("200 stream error"))
 
     @property
     def requests(self) -> int:
@@ -146,6 +163,15 @@ class SoakReport:
                 f"RSS start {self.rss_start_kib / 1024:.1f} MiB, end {self.rss_end_kib / 1024:.1f} MiB "
                 f"(+{(self.rss_end_kib - self.rss_start_kib) / 1024:.1f} MiB)",
                 f"ERROR log records {len(self.error_logs)}; recovered after healing: {self.recovered}",
+                *(
+                    [
+                        f"routes {self.config.routes} (only {self.config.flapping_route} flaps): "
+                        f"5xx answers {self.server_errors} while a healthy route was available, "
+                        f"streams broken after their first token {self.broken_streams}"
+                    ]
+                    if self.config.routes > 1
+                    else []
+                ),
             ]
         )
 
@@ -172,19 +198,20 @@ class _ErrorRecords(logging.Handler):
 
 
 async def _flap(sim: Simulator, config: SoakConfig, rng: random.Random, phases: list[str]) -> None:
-    """Heal and break the upstream in turn until cancelled; leaves it healthy."""
+    """Heal and break the flapping route's upstream in turn until cancelled; leaves it healthy."""
     faults = iter(FAULT_CYCLE * 1000)
+    route = config.flapping_route
     try:
         while True:
-            sim.faults = SimFaults()
+            sim.set_faults(SimFaults(), route=route)
             phases.append("healthy")
             await asyncio.sleep(rng.uniform(config.flap_min, config.flap_max))
             fault = next(faults)
-            sim.faults = fault
+            sim.set_faults(fault, route=route)
             phases.append(str(fault.model_dump(exclude_defaults=True)))
             await asyncio.sleep(rng.uniform(config.flap_min, config.flap_max))
     finally:
-        sim.faults = SimFaults()
+        sim.set_faults(SimFaults(), route=route)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, *, stream: bool, deadline: float, report: SoakReport) -> None:
@@ -245,15 +272,16 @@ async def _drive(
     await asyncio.gather(*(worker() for _ in range(config.concurrency)))
 
 
-async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any) -> bool:
-    """With the upstream healthy again, the breaker closes, the flag is on and requests succeed."""
+async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any, route_name: str) -> bool:
+    """With the upstream healthy again, the route's breaker closes, its flag is on and requests succeed."""
     body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "are you back?"}]}
     give_up = time.monotonic() + RECOVERY_SECONDS
     while time.monotonic() < give_up:
         async with session.post(url, json=body) as response:
             await response.read()
             ok = response.status == 200
-        if ok and server_app[ROUTES]["default"].breaker.state == "closed" and server_app[ROUTES]["default"].health.working:
+        route = server_app[ROUTES][route_name]
+        if ok and route.breaker.state == "closed" and route.health.working:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -268,10 +296,13 @@ async def run_soak(config: SoakConfig) -> SoakReport:
     logging.getLogger().addHandler(errors)
     try:
         async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
-            app = create_app(Settings(upstream_url=sim.url, **GATEWAY_SETTINGS))
+            routes = [{"name": f"r{i}", "url": sim.route_url(f"r{i}")} for i in range(config.routes)]
+            upstreams = json.dumps(routes) if config.routes > 1 else ""
+            app = create_app(Settings(upstream_url=sim.url, upstreams=upstreams, **GATEWAY_SETTINGS))
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
-            app[ROUTES]["default"].events.subscribe(
+            flapping = config.flapping_route
+            app[ROUTES][flapping].events.subscribe(
                 WorkingChanged, lambda event: report.working_flips.append(event.working)
             )
             connector = aiohttp.TCPConnector(limit=0)
@@ -281,24 +312,24 @@ async def run_soak(config: SoakConfig) -> SoakReport:
                     await _phase(
                         session, url, config, config.warmup_requests, sim, rng, SoakReport(config, deadline=deadline)
                     )
-                    await _recover(session, url, app)
+                    await _recover(session, url, app, flapping)
                     report.working_flips.clear()
                     metrics = app[METRICS].registry
-                    opened = metrics.get_sample_value("gateway_breaker_transitions_total", _to("open")) or 0.0
-                    closed = metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed")) or 0.0
+                    opened = metrics.get_sample_value("gateway_breaker_transitions_total", _to("open", flapping)) or 0.0
+                    closed = metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed", flapping)) or 0.0
                     gc.collect()
                     report.rss_start_kib = rss_kib()
                     started = time.monotonic()
                     await _phase(session, url, config, config.requests, sim, rng, report)
                     report.duration = time.monotonic() - started
-                    report.recovered = await _recover(session, url, app)
+                    report.recovered = await _recover(session, url, app, flapping)
                     gc.collect()
                     report.rss_end_kib = rss_kib()
                     report.breaker_opened = (
-                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("open")) or 0.0
+                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("open", flapping)) or 0.0
                     ) - opened
                     report.breaker_closed = (
-                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed")) or 0.0
+                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed", flapping)) or 0.0
                     ) - closed
             finally:
                 await server.close()
@@ -308,8 +339,8 @@ async def run_soak(config: SoakConfig) -> SoakReport:
     return report
 
 
-def _to(state: str) -> dict[str, str]:
-    return {"provider": "flowgpt", "route": "default", "to_state": state}
+def _to(state: str, route: str) -> dict[str, str]:
+    return {"provider": "flowgpt", "route": route, "to_state": state}
 
 
 async def _phase(
@@ -338,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flap-min", type=float, default=0.5)
     parser.add_argument("--flap-max", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--routes", type=int, default=1, help="routes; with more than one only the first flaps")
     ns = parser.parse_args(argv)
     config = SoakConfig(
         requests=ns.requests,
@@ -346,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flap_min=ns.flap_min,
         flap_max=ns.flap_max,
         seed=ns.seed,
+        routes=ns.routes,
         warmup_requests=min(500, max(ns.requests // 10, 1)),
     )
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
