@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 TARGETS: Final = ("direct", "bare", "gateway")
-LABELS: Final = {"direct": "direct", "bare": "bare proxy", "gateway": "gateway"}
+LABELS: Final = {
+    "direct": "direct",
+    "bare": "bare proxy",
+    "gateway": "gateway",
+    "gateway1": "gateway, 1 route",
+    "gateway8": "gateway, 8 routes",
+}
+MAX_ROUTE_POOL_ADDED_MS: Final = 0.05  # 8 routes instead of 1 may add at most this to the p50 at c=1
 NONSTREAM: Final = (("nonstream_c1", 1), ("nonstream_c16", 16), ("nonstream_c64", 64))
 STREAM: Final = (("stream_c1", 1), ("stream_c16", 16))
 
@@ -113,6 +120,16 @@ def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
             ok,
             f"{breaker['rps']:.0f}/s, p99 {breaker['p99_ms']:.2f} ms, {breaker['errors']} wrong answers",
             f">= {MIN_REFUSALS_PER_S:g}/s, p99 < {MAX_REFUSAL_P99_MS:g} ms",
+        )
+    routes = summary.get("routes")
+    if routes:
+        added = routes["added_p50_ms"]
+        add(
+            "8 routes instead of 1 at c=1",
+            added <= MAX_ROUTE_POOL_ADDED_MS,
+            f"{added:+.3f} ms p50 (1 route {routes['p50_ms']['gateway1']:.3f} ms, "
+            f"8 routes {routes['p50_ms']['gateway8']:.3f} ms; median of paired runs)",
+            f"<= +{MAX_ROUTE_POOL_ADDED_MS:g} ms",
         )
     memory = summary.get("memory", {}).get("gateway")
     if memory:

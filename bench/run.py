@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -128,7 +129,9 @@ class Bench:
         proc.wait_http(f"http://127.0.0.1:{port}/healthz")
         return proc
 
-    def _start_gateway(self, name: str, upstream: str, *, max_concurrency: int | None) -> Proc:
+    def _start_gateway(
+        self, name: str, upstream: str, *, max_concurrency: int | None, upstreams: str | None = None
+    ) -> Proc:
         port = free_port()
         env = clean_env(
             GATEWAY_HOST="127.0.0.1",
@@ -141,6 +144,8 @@ class Bench:
         )
         if max_concurrency is not None:
             env["GATEWAY_MAX_CONCURRENCY"] = str(max_concurrency)
+        if upstreams is not None:
+            env["GATEWAY_UPSTREAMS"] = upstreams
         # ``-m`` puts the working directory first on sys.path: --gateway-src runs another checkout.
         proc = self._spawn(name, [PYTHON, "-m", "gateway", "serve"], env, port, cwd=self.ns.gateway_src)
         proc.wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -239,6 +244,37 @@ class Bench:
                         rep,
                         lambda t=target, c=concurrency: self._stream(t, c, self.ns.duration),
                     )
+
+    def routes(self) -> dict[str, Any]:
+        """Non-streaming c=1 through a gateway with 1 route and one with 8, paired per repetition.
+
+        Both use the simulator's route paths (``/r/<name>/...``), so only the route pool differs.
+        """
+        print("routes: non-streaming c=1, gateway with 1 route vs 8 routes", flush=True)
+        sim_base = f"http://127.0.0.1:{self.sim.port}"
+
+        def routes_json(count: int) -> str:
+            routes = [{"name": f"r{i}", "url": f"{sim_base}/r/r{i}/v3/chat-anonymous"} for i in range(count)]
+            return orjson.dumps(routes).decode()
+
+        for target, count in (("gateway1", 1), ("gateway8", 8)):
+            server = self._start_gateway(
+                f"gateway_{count}_routes", self.sim_url(self.sim), max_concurrency=None, upstreams=routes_json(count)
+            )
+            self.urls[target], self.servers[target] = self.proxy_url(server), server
+            self._nonstream(target, 16, self.ns.warmup)
+        p50: dict[str, list[float]] = {"gateway1": [], "gateway8": []}
+        for rep in range(max(self.ns.reps, 3)):
+            for target in ("gateway1", "gateway8") if rep % 2 == 0 else ("gateway8", "gateway1"):
+                record = self.measure(
+                    "routes_c1", target, rep, lambda t=target: self._nonstream(t, 1, self.ns.duration)
+                )
+                p50[target].append(record["result"]["latency_ms"]["p50"])
+        added = statistics.median(b - a for a, b in zip(p50["gateway1"], p50["gateway8"], strict=True))
+        return {
+            "p50_ms": {target: statistics.median(values) for target, values in p50.items()},
+            "added_p50_ms": added,
+        }
 
     def breaker_open(self) -> list[dict[str, Any]]:
         """Force the gateway's breaker open, then hammer it: every answer must be a 503 refusal."""
@@ -356,7 +392,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gateway-src", type=Path, help="run the gateway package found in this directory (A/B a change)"
     )
     parser.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="asyncio loop in proxy and gateway")
-    parser.add_argument("--skip", action="append", default=[], choices=["main", "breaker", "memory", "micro"])
+    parser.add_argument("--skip", action="append", default=[], choices=["main", "breaker", "routes", "memory", "micro"])
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--profile", action="store_true", help="also profile the gateway at c=64 with py-spy")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
@@ -412,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary["scenarios"][scenario] = report.summarize_scenario(bench.records, scenario)
         if "breaker" not in ns.skip:
             summary["breaker_open"] = report.summarize_single(bench.breaker_open())
+        if "routes" not in ns.skip:
+            summary["routes"] = bench.routes()
         if ns.profile:
             summary["profile"] = bench.profile()
         if "memory" not in ns.skip:
