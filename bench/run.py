@@ -145,6 +145,7 @@ class Bench:
         if max_concurrency is not None:
             env["GATEWAY_MAX_CONCURRENCY"] = str(max_concurrency)
         if upstreams is not None:
+            del env["GATEWAY_UPSTREAM_URL"]  # the routes replace the single upstream
             env["GATEWAY_UPSTREAMS"] = upstreams
         # ``-m`` puts the working directory first on sys.path: --gateway-src runs another checkout.
         proc = self._spawn(name, [PYTHON, "-m", "gateway", "serve"], env, port, cwd=self.ns.gateway_src)

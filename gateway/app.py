@@ -195,4 +195,5 @@ def make_client(
         max_line_bytes=settings.upstream_max_line_bytes,
         observer=observer,
         clock=clock,
+        route=spec.name,
     )

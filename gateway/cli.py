@@ -28,6 +28,7 @@ from gateway.state import INFLIGHT
 
 log = logging.getLogger("gateway")
 DEMO_ROUTES = ("primary", "backup")
+EXIT_BAD_SETTINGS = 64  # EX_USAGE of sysexits.h
 
 # CLI flag -> settings field; flags override GATEWAY_* variables.
 _SETTING_FLAGS: dict[str, dict[str, Any]] = {
@@ -79,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(ns)
     except ValidationError as exc:
         print(f"flowgpt-gateway: {describe_validation_error(exc)}", file=sys.stderr)
-        return 2
+        # probe's 2 means "no route works"; a deploy check must tell a bad setting from that.
+        return EXIT_BAD_SETTINGS if ns.command == "probe" else 2
     configure_logging(settings.log_format, settings.log_level)
     runner = _event_loop_runner(settings)
     if ns.command == "serve":
@@ -149,9 +151,9 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
 
     async with Simulator(SimOptions(chunk_delay=chunk_delay), host="127.0.0.1", port=sim_port) as sim:
         # Two routes through the one simulator, so breaking one shows traffic moving to the other.
-        demo_routes = [{"name": name, "url": sim.route_url(name)} for name in DEMO_ROUTES]
-        routes = settings.upstreams or parse_routes(demo_routes)
-        gateway_settings = settings.model_copy(update={"upstream_url": sim.url, "upstreams": routes})
+        # Always the simulator: a GATEWAY_UPSTREAMS in the environment must not send the demo elsewhere.
+        routes = parse_routes([{"name": name, "url": sim.route_url(name)} for name in DEMO_ROUTES])
+        gateway_settings = settings.model_copy(update={"upstreams": routes})
         base = f"http://{settings.host}:{settings.port}"
         faults = f"{sim.base_url}/_sim/faults?route={routes[0].name}"
         banner = "\n".join(

@@ -90,12 +90,12 @@ class Prober:
         except GatewayError as exc:
             error = exc.message
         except Exception as exc:  # the probe must survive anything the upstream or a bug throws
-            log.exception("probe failed unexpectedly")
+            log.exception("probe failed unexpectedly route=%s", self._health.route)
             error = f"unexpected {type(exc).__name__}"
         latency = self._clock() - started
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
         if not result.ok:
-            log.warning("health probe failed error=%s", result.error)
+            log.warning("health probe failed route=%s error=%s", self._health.route, result.error)
         self._events.publish(ProbeFinished(self._health.route, result, started=started))
         return result
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictFloat, StrictInt, ValidationError, field_validator
+from yarl import URL
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_UPSTREAM_URL
 
 DEFAULT_ROUTE: Final = "default"  # the one route made from GATEWAY_UPSTREAM_URL/_TOKEN/_PROXY
 ROUTE_NAME_PATTERN: Final = r"^[a-z0-9_-]{1,32}$"
 MAX_ROUTES: Final = 64  # every route costs a prober, a breaker and labelled series
+_NAME: Final = re.compile(ROUTE_NAME_PATTERN)
 
 
 class RouteSpec(BaseModel):
@@ -23,21 +26,19 @@ class RouteSpec(BaseModel):
     url: str = DEFAULT_UPSTREAM_URL
     token: SecretStr = SecretStr(ANONYMOUS_TOKEN)
     proxy: SecretStr | None = None
-    weight: float = Field(1.0, gt=0, le=1000)
+    weight: StrictInt | StrictFloat = Field(1.0, gt=0, le=1000)  # strict: true is not a weight
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+        check_http_url(value)
         return value
 
     @field_validator("proxy")
     @classmethod
     def _http_proxy(cls, value: SecretStr | None) -> SecretStr | None:
-        # The message never repeats the value: a proxy URL carries credentials.
-        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+        if value is not None:
+            check_http_url(value.get_secret_value())
         return value
 
     @property
@@ -46,14 +47,24 @@ class RouteSpec(BaseModel):
         return None if self.proxy is None else self.proxy.get_secret_value()
 
 
+def check_http_url(value: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is an http(s) URL with a host; the message never repeats it."""
+    try:
+        url = URL(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be an http:// or https:// URL") from None
+    if url.scheme not in ("http", "https") or not url.host or " " in value:
+        raise ValueError("must be an http:// or https:// URL with a host")
+
+
 def parse_routes(value: Any) -> tuple[RouteSpec, ...]:
     """``GATEWAY_UPSTREAMS`` (a JSON list, or already a sequence) as validated routes.
 
     Raises ``ValueError`` with one line naming the route at fault and never its secrets.
     """
+    if value == () or (isinstance(value, str) and not value.strip()):
+        return ()  # unset (the field's default, or an empty variable)
     if isinstance(value, str):
-        if not value.strip():
-            return ()
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -62,6 +73,8 @@ def parse_routes(value: Any) -> tuple[RouteSpec, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise ValueError("must be a JSON list of routes")
+    if not value:
+        raise ValueError("must list at least one route (or be unset for the GATEWAY_UPSTREAM_* route)")
     if len(value) > MAX_ROUTES:
         raise ValueError(f"at most {MAX_ROUTES} routes")
     routes: list[RouteSpec] = []
@@ -69,7 +82,9 @@ def parse_routes(value: Any) -> tuple[RouteSpec, ...]:
         if isinstance(item, RouteSpec):
             routes.append(item)
             continue
-        label = f"route {item.get('name')!r}" if isinstance(item, dict) and item.get("name") else f"route #{index + 1}"
+        name = item.get("name") if isinstance(item, dict) else None
+        # Only a valid name is echoed: anything else might be a misplaced secret.
+        label = f"route {name!r}" if isinstance(name, str) and _NAME.fullmatch(name) else f"route #{index + 1}"
         try:
             routes.append(RouteSpec.model_validate(item))
         except ValidationError as exc:

@@ -79,7 +79,9 @@ class RoutePool:
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         first, second = self._rng.choices(candidates, weights=[route.weight for route in candidates], k=2)
-        return second if second.inflight < first.inflight else first
+        # Load relative to weight (a route of weight 9 may carry nine times the calls); ties keep the
+        # first draw, so an idle pool follows the weights exactly.
+        return second if second.inflight * first.weight < first.inflight * second.weight else first
 
     def any_admits(self, exclude: frozenset[str] | set[str] = frozenset()) -> bool:
         """Whether some route outside ``exclude`` would take a call now."""
@@ -88,17 +90,22 @@ class RoutePool:
     def refusal(self) -> AdmissionError:
         """The refusal when no route admits: ``upstream_not_working`` if none works, else the breakers'.
 
-        Retry-After is the earliest of any route's.
+        Retry-After is the earliest of any route's, whichever kind of refusal it comes from.
         """
-        refusals = [(route, route.refusal()) for route in self._routes]
-        not_working = [error for _, error in refusals if isinstance(error, UpstreamNotWorkingError)]
+        refusals = [error for error in (route.refusal() for route in self._routes) if error is not None]
+        if not refusals:  # a route admitted again while we looked: tell the caller to come straight back
+            return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+        earliest = min(_retry_after(error) for error in refusals)
+        not_working = [error for error in refusals if isinstance(error, UpstreamNotWorkingError)]
         if len(not_working) == len(self._routes):
-            return min(not_working, key=_retry_after)
-        circuits = [error for _, error in refusals if isinstance(error, CircuitOpenError)]
-        if circuits:
-            return min(circuits, key=_retry_after)
-        # A route admitted again while we looked: tell the caller to come straight back.
-        return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+            chosen: AdmissionError = min(not_working, key=_retry_after)
+        else:
+            circuits = [error for error in refusals if isinstance(error, CircuitOpenError)]
+            if not circuits:  # the routes that work admitted again while we looked
+                return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+            chosen = min(circuits, key=_retry_after)
+        chosen.retry_after = earliest
+        return chosen
 
     def working(self) -> bool:
         """Whether at least one route's working flag is on."""

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_BREAKER_RESET_MAX_SECONDS must be >= GATEWAY_BREAKER_RESET_SECONDS")
         if self.retry_backoff_max < self.retry_backoff_base:
             raise ValueError("GATEWAY_RETRY_BACKOFF_MAX must be >= GATEWAY_RETRY_BACKOFF_BASE")
+        single_route = self.model_fields_set & {"upstream_url", "upstream_token", "upstream_proxy"}
+        if self.upstreams and single_route:
+            names = "/".join(sorted(env_name(name) for name in single_route))
+            raise ValueError(f"set GATEWAY_UPSTREAMS or {names}, not both (the routes replace the single upstream)")
         if self.probe_timeout is None:
             object.__setattr__(self, "probe_timeout", self.timeout_first_token)  # frozen: set once, here
         elif self.probe_timeout < self.timeout_first_token:

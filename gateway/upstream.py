@@ -151,6 +151,8 @@ class UpstreamService:
     async def _open_with_failover(self, prompt: ChatPrompt, deadline: float) -> Answer:
         failed_routes: set[str] = set()
         attempts = 0  # retries and failovers made so far
+        retryable_seen = False  # some failure of this request may clear up on a second try
+        retrying = False  # the next attempt is a retry after a pause (counted on the route it goes to)
         last_error: UpstreamError | None = None
         while True:
             route = self.routes.pick(failed_routes)
@@ -163,6 +165,9 @@ class UpstreamService:
             except CircuitOpenError:
                 failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
+            if retrying:
+                route.metrics.retries.inc()
+                retrying = False
             try:
                 stream, first, started = await self._attempt(route, prompt, deadline)
             except BaseException as exc:
@@ -171,6 +176,7 @@ class UpstreamService:
                 if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
                     raise  # a rejection would be rejected by every route alike
                 last_error = exc
+                retryable_seen = retryable_seen or is_retryable(exc)
                 failed_routes.add(route.name)
                 if self.routes.any_admits(failed_routes):
                     if not self._may_try_again(attempts, 0.0, deadline):
@@ -178,13 +184,17 @@ class UpstreamService:
                     log.info("failing over from_route=%s kind=%s", route.name, exc.kind)
                     route.metrics.failovers.inc()
                 else:
-                    delay = self._retry_delay(route, exc, attempts, deadline)
+                    # Every route has failed this request (or refuses): a pause, then any route that still
+                    # admits a call, if some failure may clear up.
+                    delay = self._retry_delay(exc, attempts, deadline) if retryable_seen else None
                     if delay is None:
                         raise
-                    log.info("retrying upstream route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind)
-                    route.metrics.retries.inc()
+                    log.info(
+                        "retrying upstream after route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind
+                    )
                     await asyncio.sleep(delay)
                     failed_routes.clear()
+                    retrying = True
                 attempts += 1
                 continue
             await route.breaker.answered(ticket)
@@ -192,12 +202,10 @@ class UpstreamService:
                 route.breaker.release(ticket)  # the trial is decided: let the next caller in
             return Answer(route, ticket, stream, first, started, deadline)
 
-    def _retry_delay(self, route: Route, error: UpstreamError, attempts: int, deadline: float) -> float | None:
-        """Seconds to wait before retrying ``error`` on ``route``, or None when it must not be retried."""
-        if not is_retryable(error):
-            return None
-        if route.breaker.state != "closed":
-            return None  # the breaker refuses (or probes with a single trial): do not pile on
+    def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float) -> float | None:
+        """Seconds to wait before another try after ``error``, or None when none may be made."""
+        if not self.routes.any_admits():
+            return None  # every route refuses now: do not pile on
         delay = backoff_delay(attempts, base=self._retry.backoff_base, cap=self._retry.backoff_max)
         if isinstance(error, UpstreamRateLimitedError) and error.retry_after is not None:
             if error.retry_after > self._retry.backoff_max:
@@ -237,6 +245,8 @@ class UpstreamService:
                 raise UpstreamTimeoutError(
                     f"no answer from the upstream within {budget:.1f}s",
                     phase=phase,  # type: ignore[arg-type]
+                    # Cut short by the request's own deadline: the route was not given its full limit.
+                    own_deadline=phase == "total",
                 ) from exc
         except BaseException as exc:
             if stream is not None:

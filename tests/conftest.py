@@ -31,6 +31,8 @@ TEST_DEFAULTS: dict[str, Any] = {
 
 def make_settings(upstream_url: str, **overrides: Any) -> Settings:
     """Settings for a gateway in front of ``upstream_url``, ignoring the caller's GATEWAY_* env."""
+    if overrides.get("upstreams"):
+        return Settings(**{**TEST_DEFAULTS, **overrides})  # the routes replace the single upstream
     return Settings(upstream_url=upstream_url, **{**TEST_DEFAULTS, **overrides})
 
 

@@ -298,7 +298,8 @@ async def run_soak(config: SoakConfig) -> SoakReport:
         async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
             routes = [{"name": f"r{i}", "url": sim.route_url(f"r{i}")} for i in range(config.routes)]
             upstreams = json.dumps(routes) if config.routes > 1 else ""
-            app = create_app(Settings(upstream_url=sim.url, upstreams=upstreams, **GATEWAY_SETTINGS))
+            upstream: dict[str, Any] = {"upstreams": upstreams} if upstreams else {"upstream_url": sim.url}
+            app = create_app(Settings(**upstream, **GATEWAY_SETTINGS))
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
             flapping = config.flapping_route

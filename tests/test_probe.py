@@ -210,12 +210,9 @@ async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -
 
 
 async def _run_probe_command(upstream_url: str, routes: str = "") -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "GATEWAY_TIMEOUT_FIRST_TOKEN": "2",
-        "GATEWAY_UPSTREAM_URL": upstream_url,
-        "GATEWAY_UPSTREAMS": routes,
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_TIMEOUT_FIRST_TOKEN"] = "2"
+    env.update({"GATEWAY_UPSTREAMS": routes} if routes else {"GATEWAY_UPSTREAM_URL": upstream_url})
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

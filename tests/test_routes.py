@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
+import signal
+import socket
+import sys
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -37,6 +42,14 @@ async def routed_gateway(make_gateway: GatewayFactory, sim: Simulator, **overrid
     """A gateway with three routes a, b, c through the simulator."""
     weights = overrides.pop("weights", None)
     return await make_gateway(upstreams=routes_json(sim, weights), **overrides)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for processes that take a port number)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def requests_to(sim: Simulator, name: str) -> int:
@@ -235,7 +248,7 @@ async def test_status_lists_routes_with_masked_secrets(make_gateway: GatewayFact
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ('[{"name": "Bad Name"}]', "route 'Bad Name': name: String should match pattern"),
+        ('[{"name": "Bad Name"}]', "route #1: name: String should match pattern"),
         ('[{"name": "a"}, {"name": "a"}]', "route 'a': names must be unique"),
         ('[{"name": "a", "url": "ftp://x"}]', "route 'a': url: must be an http:// or https:// URL"),
         ('[{"name": "a", "proxy": "user:secret@host:1"}]', "route 'a': proxy: must be an http:// or https:// URL"),
@@ -278,3 +291,164 @@ async def test_picking_prefers_fewer_calls_in_flight(make_gateway: GatewayFactor
     # a wins only when both draws are a: 1/9 of picks.
     assert picks["a"] / 3000 == pytest.approx(1 / 9, abs=0.04)
     assert picks["b"] + picks["c"] + picks["a"] == 3000
+
+
+# -- found by the review of the first landing of routes ------------------------------------------
+
+
+async def test_after_every_route_failed_a_retry_goes_to_any_route_that_admits(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """b fails and trips while a failed once: the retry goes back to a (retryable failure seen), not a 502."""
+    upstreams = json.dumps(
+        [{"name": "a", "url": sim.route_url("a"), "weight": 1000}, {"name": "b", "url": sim.route_url("b"), "weight": 0.001}]
+    )
+    gateway = await make_gateway(upstreams=upstreams, breaker_fail_max=2, retry_max=2, retry_budget_min=100)
+    sim.set_faults(SimFaults(http_status=503), route="b")
+    for _ in range(2):
+        sim.set_faults(SimFaults(http_status=503, count=1), route="a")
+        assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert gateway.app[ROUTES]["b"].breaker.snapshot()["state"] == "open"
+    sim.set_faults(SimFaults(http_status=503, count=1), route="a")
+    sim.set_faults(BLOCKED, route="b")
+    gateway.app[ROUTES]["b"].breaker.automatic()
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200  # a 503 then b blocked: a again
+
+
+async def test_a_timeout_cut_short_by_the_deadline_does_not_count_against_the_next_route(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """a hangs; b, failed over to with less than its first-token limit left, times out: b is not blamed."""
+    upstreams = json.dumps(
+        [{"name": "a", "url": sim.route_url("a"), "weight": 1000}, {"name": "b", "url": sim.route_url("b"), "weight": 0.001}]
+    )
+    gateway = await make_gateway(
+        upstreams=upstreams, timeout_first_token=2.0, timeout_total=3.2, breaker_fail_max=2, retry_max=2
+    )
+    sim.set_faults(SimFaults(slow_first_token=5), route="a")
+    sim.set_faults(SimFaults(slow_first_token=1.5), route="b")
+    responses = await asyncio.gather(*(gateway.post(CHAT, json=chat_body()) for _ in range(2)))
+    assert [r.status for r in responses] == [504, 504]
+    assert requests_to(sim, "b") == 2
+    b = gateway.app[ROUTES]["b"].breaker
+    assert (b.snapshot()["state"], b.consecutive_failures) == ("closed", 0)
+
+
+async def test_all_down_retry_after_is_the_earliest_whatever_the_reason(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """a not working (probe again in about 1 s), b forced open for 30 s: circuit_open with Retry-After 1."""
+    gateway = await routed_gateway(make_gateway, sim, probe_unhealthy_threshold=1)
+    routes = gateway.app[ROUTES]
+    sim.set_faults(BLOCKED, route="a")
+    await routes["a"].prober.probe_once()
+    routes["b"].breaker.force_open()
+    routes["c"].breaker.force_open()
+    response = await gateway.post(CHAT, json=chat_body())
+    assert (response.status, (await response.json())["error"]["code"]) == (503, "circuit_open")
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_weights_hold_under_concurrency(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """Weights 9:1 at concurrency 16: route b carries about a tenth of the calls, not an equal share."""
+    upstreams = json.dumps(
+        [{"name": "a", "url": sim.route_url("a"), "weight": 9}, {"name": "b", "url": sim.route_url("b"), "weight": 1}]
+    )
+    gateway = await make_gateway(upstreams=upstreams)
+    for name in ("a", "b"):
+        sim.set_faults(SimFaults(slow_first_token=0.02), route=name)
+    semaphore = asyncio.Semaphore(16)
+
+    async def one() -> int:
+        async with semaphore:
+            return (await gateway.post(CHAT, json=chat_body())).status
+
+    assert set(await asyncio.gather(*(one() for _ in range(400)))) == {200}
+    share_b = requests_to(sim, "b") / 400
+    assert share_b == pytest.approx(0.1, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[]", "must list at least one route"),
+        ('[{"name": "a", "url": "http://"}]', "route 'a': url: must be an http:// or https:// URL with a host"),
+        ('[{"name": "a", "url": "http://x y/z"}]', "route 'a': url: must be an http:// or https:// URL"),
+        ('[{"name": "a", "weight": true}]', "route 'a': weight"),
+        ('[{"name": {"token": "SECRETTOK"}}]', "route #1: name"),
+    ],
+)
+def test_nonsense_route_lists_are_refused_without_echoing_them(value: str, message: str) -> None:
+    """Empty lists, URLs without a host, boolean weights are refused; an invalid name is never echoed."""
+    with pytest.raises(ValidationError) as info:
+        Settings(upstreams=value)
+    line = describe_validation_error(info.value)
+    assert message in line
+    assert "SECRETTOK" not in line
+
+
+def test_routes_and_the_single_upstream_settings_are_not_mixed() -> None:
+    """GATEWAY_UPSTREAMS with GATEWAY_UPSTREAM_URL is refused: one of them would be silently ignored."""
+    with pytest.raises(ValidationError) as info:
+        Settings(upstreams='[{"name": "a"}]', upstream_url="http://127.0.0.1:1/x")
+    assert "set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_URL, not both" in describe_validation_error(info.value)
+
+
+async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_probe_tells_bad_settings_from_no_route_working_and_names_routes_in_logs(sim: Simulator) -> None:
+    """Bad settings exit 64 (not 2, which means no route works); a failed probe's log line names its route."""
+    code, output = await _cli("probe", env={"GATEWAY_UPSTREAMS": '[{"name": "Bad"}]'})
+    assert code == 64, output
+    sim.set_faults(BLOCKED, route="x")
+    code, output = await _cli(
+        "probe", env={"GATEWAY_UPSTREAMS": json.dumps([{"name": "x", "url": sim.route_url("x")}])}
+    )
+    assert code == 2, output
+    assert "health probe failed route=x" in output
+
+
+async def test_the_demo_always_runs_against_its_simulator() -> None:
+    """A GATEWAY_UPSTREAMS in the environment does not send the demo's traffic elsewhere."""
+    gateway_port, sim_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--port",
+        str(gateway_port),
+        "--sim-port",
+        str(sim_port),
+        env={**os.environ, "GATEWAY_UPSTREAMS": '[{"name": "x", "url": "http://127.0.0.1:9/x"}]'},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            while b"stop with Ctrl-C" not in await process.stdout.readline():
+                pass
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+            async with session.post(url, json=chat_body()) as response:
+                assert response.status == 200
+            async with session.get(f"http://127.0.0.1:{gateway_port}/readyz") as response:
+                names = [route["name"] for route in (await response.json())["routes"]]
+        assert names == ["primary", "backup"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=20)

@@ -92,8 +92,10 @@ class FlowGptClient:
         max_line_bytes: int = 1024 * 1024,
         observer: ClientObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        route: str = "default",
     ) -> None:
         self._session = session
+        self._route = route  # named in log lines
         self._clock = clock
         self._url = url
         self._token = token
@@ -145,7 +147,12 @@ class FlowGptClient:
             # One warning per stream (with a redacted sample); the rest only at debug, so a
             # garbage-spewing upstream cannot flood the log.
             if decoder.bad_lines == 1:
-                log.warning("upstream sent an unusable line reason=%s sample=%r", reason, redact_sample(sample))
+                log.warning(
+                    "upstream sent an unusable line route=%s reason=%s sample=%r",
+                    self._route,
+                    reason,
+                    redact_sample(sample),
+                )
             else:
                 log.debug("upstream sent an unusable line reason=%s", reason)
 
