@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 
 import pytest
 from aiohttp import web
@@ -14,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from gateway import __version__
 from gateway.simulator import SimFaults, Simulator
 from gateway.state import INFLIGHT, ROUTES
+from tests.cli_support import run_cli
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
@@ -210,21 +209,9 @@ async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -
 
 
 async def _run_probe_command(upstream_url: str, routes: str = "") -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_TIMEOUT_FIRST_TOKEN"] = "2"
+    env = {"GATEWAY_TIMEOUT_FIRST_TOKEN": "2"}
     env.update({"GATEWAY_UPSTREAMS": routes} if routes else {"GATEWAY_UPSTREAM_URL": upstream_url})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "probe",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
+    return await run_cli("probe", env=env)
 
 
 async def test_probe_command_exit_codes(sim: Simulator) -> None:

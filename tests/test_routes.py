@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -17,10 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
+from bench.procs import free_port
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
 from gateway.state import ROUTES
+from tests.cli_support import gateway_env, run_cli
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape
@@ -42,14 +42,6 @@ async def routed_gateway(make_gateway: GatewayFactory, sim: Simulator, **overrid
     """A gateway with three routes a, b, c through the simulator."""
     weights = overrides.pop("weights", None)
     return await make_gateway(upstreams=routes_json(sim, weights), **overrides)
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (for processes that take a port number)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def requests_to(sim: Simulator, name: str) -> int:
@@ -394,27 +386,12 @@ def test_routes_and_the_single_upstream_settings_are_not_mixed() -> None:
     assert "set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_URL, not both" in describe_validation_error(info.value)
 
 
-async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
 async def test_probe_tells_bad_settings_from_no_route_working_and_names_routes_in_logs(sim: Simulator) -> None:
     """Bad settings exit 64 (not 2, which means no route works); a failed probe's log line names its route."""
-    code, output = await _cli("probe", env={"GATEWAY_UPSTREAMS": '[{"name": "Bad"}]'})
+    code, output = await run_cli("probe", env={"GATEWAY_UPSTREAMS": '[{"name": "Bad"}]'})
     assert code == 64, output
     sim.set_faults(BLOCKED, route="x")
-    code, output = await _cli(
+    code, output = await run_cli(
         "probe", env={"GATEWAY_UPSTREAMS": json.dumps([{"name": "x", "url": sim.route_url("x")}])}
     )
     assert code == 2, output
@@ -433,7 +410,7 @@ async def test_the_demo_always_runs_against_its_simulator() -> None:
         str(gateway_port),
         "--sim-port",
         str(sim_port),
-        env={**os.environ, "GATEWAY_UPSTREAMS": '[{"name": "x", "url": "http://127.0.0.1:9/x"}]'},
+        env=gateway_env({"GATEWAY_UPSTREAMS": '[{"name": "x", "url": "http://127.0.0.1:9/x"}]'}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
