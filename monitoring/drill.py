@@ -123,7 +123,7 @@ class Drill:
     async def _break_and_heal(self) -> None:
         stack = self.stack
         self.result.broke_at = self.now()
-        await stack.set_faults(**BREAK_FAULTS)
+        await stack.set_faults(BREAK_FAULTS)
         self.say(f"BREAK: POST /_sim/faults {json.dumps(BREAK_FAULTS)} (every upstream call now fails)")
         await stack.trip_breaker(
             within=self.phase_timeout,

@@ -80,6 +80,9 @@ class StackOptions:
     resolve_timeout: str = "30s"
     gateway_env: Mapping[str, str] = field(default_factory=lambda: dict(FAST_GATEWAY_ENV))
     start_timeout: float = 30.0
+    # Route names: the gateway reaches the simulator by these routes (GATEWAY_UPSTREAMS);
+    # empty: the single default route (GATEWAY_UPSTREAM_URL).
+    routes: tuple[str, ...] = ()
     # None: a temporary directory, removed on stop. A path: kept (configs, data and logs).
     workdir: Path | None = None
 
@@ -300,7 +303,13 @@ class Stack:
         # The caller's GATEWAY_* settings (API keys, a real upstream...) must not leak in.
         env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
         env.update(self.options.gateway_env)
-        env.update({"GATEWAY_HOST": self.options.host, "GATEWAY_UPSTREAM_URL": f"{self.sim_url}/v3/chat-anonymous"})
+        env["GATEWAY_HOST"] = self.options.host
+        if self.options.routes:
+            base = self.sim_url
+            routes = [{"name": name, "url": f"{base}/r/{name}/v3/chat-anonymous"} for name in self.options.routes]
+            env["GATEWAY_UPSTREAMS"] = json.dumps(routes)
+        else:
+            env["GATEWAY_UPSTREAM_URL"] = f"{self.sim_url}/v3/chat-anonymous"
 
         def argv(port: int) -> list[str]:
             return [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
@@ -362,15 +371,17 @@ class Stack:
             raise StackError("the stack is not running")
         return self._session
 
-    async def set_faults(self, **faults: Any) -> None:
-        """Replace the simulator's faults (``POST /_sim/faults``), e.g. ``http_status=503``."""
-        async with self.session.post(f"{self.sim_url}/_sim/faults", json=faults) as response:
+    async def set_faults(self, faults: Mapping[str, object], *, route: str | None = None) -> None:
+        """Replace the simulator's faults (``POST /_sim/faults``) of ``route`` (default: the plain path)."""
+        params = {} if route is None else {"route": route}
+        async with self.session.post(f"{self.sim_url}/_sim/faults", json=faults, params=params) as response:
             if response.status != 200:
                 raise StackError(f"simulator refused faults {faults}: {response.status} {await response.text()}")
 
-    async def heal(self) -> None:
-        """Clear every simulator fault (``DELETE /_sim/faults``)."""
-        async with self.session.delete(f"{self.sim_url}/_sim/faults") as response:
+    async def heal(self, *, route: str | None = None) -> None:
+        """Clear the simulator's faults (``DELETE /_sim/faults``) of ``route`` (default: the plain path)."""
+        params = {} if route is None else {"route": route}
+        async with self.session.delete(f"{self.sim_url}/_sim/faults", params=params) as response:
             if response.status != 200:
                 raise StackError(f"simulator did not heal: {response.status} {await response.text()}")
 

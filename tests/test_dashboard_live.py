@@ -84,11 +84,11 @@ async def drive_traffic(stack: Stack) -> None:
         assert result.status == 200, result
     async with stack.session.get(f"{stack.gateway_url}/v1/models") as response:
         assert response.status == 200
-    await stack.set_faults(garbage_ratio=1.0)
+    await stack.set_faults({"garbage_ratio": 1.0})
     for index in range(3):
         result = await stack.chat(f"garbage {index}")
         assert result.status == 200, result  # the decoder skips bad lines; the answer is complete
-    await stack.set_faults(http_status=503)
+    await stack.set_faults({"http_status": 503})
     await stack.trip_breaker()
     await stack.wait_working(False)
     refused = await stack.chat("refused")
