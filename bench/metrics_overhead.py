@@ -31,6 +31,7 @@ REQUEST_ID: Final = "0123456789abcdef0123456789abcdef"
 SETUP: Final = """
 from bench.metrics_overhead import ROUTE, REQUEST_ID, make_metrics, noop, make_access_log
 m = make_metrics()
+r = m.routes["default"]
 access = make_access_log()
 """
 
@@ -40,13 +41,13 @@ CASES: Final[dict[str, str]] = {
     "6 no-op calls": "noop(); noop(); noop(); noop(); noop(); noop()",
     "observe_http (counter + histogram, exemplar)": "m.observe_http(ROUTE, 'POST', 200, 0.0012, REQUEST_ID)",
     "observe_http without exemplar": "m.observe_http(ROUTE, 'POST', 200, 0.0012, None)",
-    "upstream_requests.inc": "m.upstream_requests.inc()",
-    "inflight.inc + inflight.dec": "m.inflight.inc(); m.inflight.dec()",
-    "first_token.observe": "m.first_token.observe(0.0008)",
-    "upstream_duration.observe": "m.upstream_duration.observe(0.0011)",
+    "upstream_requests.inc": "r.upstream_requests.inc()",
+    "inflight.inc + inflight.dec": "r.inflight.inc(); r.inflight.dec()",
+    "first_token.observe": "r.first_token.observe(0.0008)",
+    "upstream_duration.observe": "r.upstream_duration.observe(0.0011)",
     "one chat request, all metrics calls": (
-        "m.upstream_requests.inc(); m.inflight.inc(); m.first_token.observe(0.0008); "
-        "m.inflight.dec(); m.upstream_duration.observe(0.0011); "
+        "r.upstream_requests.inc(); r.inflight.inc(); r.first_token.observe(0.0008); "
+        "r.inflight.dec(); r.upstream_duration.observe(0.0011); "
         "m.observe_http(ROUTE, 'POST', 200, 0.0012, REQUEST_ID)"
     ),
     "access log line at INFO (for scale)": (

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import timeit
+from collections.abc import Sequence
 
 import aiohttp
 import orjson
@@ -20,21 +22,29 @@ from gateway.settings import Settings
 NUMBER = 200_000
 
 
-async def _cost(session: aiohttp.ClientSession, count: int) -> float:
+async def _cost(session: aiohttp.ClientSession, count: int, number: int) -> float:
     """Microseconds for ``any_admits()`` + ``pick()`` over ``count`` healthy routes."""
     routes = [{"name": f"r{i}", "url": "http://127.0.0.1:9/v3/chat-anonymous"} for i in range(count)]
     settings = Settings(upstreams=orjson.dumps(routes).decode(), probe_enabled=False)
     metrics = Metrics(routes=tuple(spec.name for spec in settings.routes()))
     pool = RoutePool([make_route(session, spec, settings, metrics) for spec in settings.routes()])
-    best = min(timeit.repeat(lambda: (pool.any_admits(), pool.pick()), number=NUMBER, repeat=5))
-    return best / NUMBER * 1e6
+    best = min(timeit.repeat(lambda: (pool.any_admits(), pool.pick()), number=number, repeat=5))
+    return best / number * 1e6
 
 
-async def _main() -> None:
+async def _measure(number: int) -> None:
     async with aiohttp.ClientSession() as session:
-        one, eight = await _cost(session, 1), await _cost(session, 8)
+        one, eight = await _cost(session, 1, number), await _cost(session, 8, number)
     print(f"route pool per request: 1 route {one:.2f} us, 8 routes {eight:.2f} us, difference {eight - one:.2f} us")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.route_pick [--number N]``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.route_pick", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--number", type=int, default=NUMBER, help="calls per timing (default %(default)s)")
+    asyncio.run(_measure(parser.parse_args(argv).number))
+    return 0
+
+
 if __name__ == "__main__":
-    asyncio.run(_main())
+    raise SystemExit(main())
