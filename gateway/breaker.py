@@ -201,6 +201,13 @@ class CircuitBreaker:
             "open_duration": self._open_duration,
         }
 
+    def admits(self) -> bool:
+        """Whether a call would be admitted right now; builds no error (the cheap form of :meth:`refusal`)."""
+        if self._mode != "auto":
+            return self._mode == "forced_closed"
+        state = self.state
+        return state == "closed" or (state == "half_open" and self._trials < self._half_open_calls)
+
     def refusal(self) -> CircuitOpenError | None:
         """The error a call would be refused with right now, or None; admits nothing.
 

@@ -1,7 +1,7 @@
 """The Prometheus contract: every metric the gateway exports, owned by one object.
 
 Components never import prometheus_client; they call the small methods here
-(directly or through observer/listener protocols). Metric names are a contract
+(directly, through the client's observer protocol, or by subscribing to events). Metric names are a contract
 with the alert rules and dashboards: extend, never rename.
 """
 
@@ -120,7 +120,7 @@ class _UpstreamFamilies:
             registry=reg,
         )
         self.retries = Counter(
-            "gateway_upstream_retries_total", "Upstream retries made (on the same route).", per_route, registry=reg
+            "gateway_upstream_retries_total", "Upstream retries made, by the route retried on.", per_route, registry=reg
         )
         self.breaker_state = Gauge(
             "gateway_breaker_state",

@@ -45,7 +45,7 @@ class Route:
 
     def admits(self) -> bool:
         """Whether a call would be admitted now; builds no error."""
-        return self.health.working and self.breaker.refusal() is None
+        return self.health.working and self.breaker.admits()
 
 
 class RoutePool:

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
 from gateway.redact import mask_url
-from gateway.route_config import DEFAULT_ROUTE, RouteSpec, parse_routes
+from gateway.route_config import DEFAULT_ROUTE, RouteSpec, check_http_url, parse_routes
 
 ENV_PREFIX: Final = "GATEWAY_"
 
@@ -97,9 +97,8 @@ class Settings(BaseSettings):
     @field_validator("upstream_url", "upstream_proxy")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        # The message never repeats the value: a proxy URL carries credentials.
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+        if value is not None:
+            check_http_url(value)  # the message never repeats the value: a proxy URL carries credentials
         return value
 
     @field_validator("upstream_proxy", "admin_token", mode="before")
@@ -158,7 +157,7 @@ class Settings(BaseSettings):
 
 
 def describe_route(route: RouteSpec) -> dict[str, Any]:
-    """A route for display: the URL masked, the token and proxy only as set or unset (masked)."""
+    """A route for display: the URL and proxy masked (user info and query values), the token as ``***``."""
     return {
         "name": route.name,
         "url": mask_url(route.url),

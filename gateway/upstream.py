@@ -114,9 +114,9 @@ class UpstreamService:
         """Admit the request and yield an answer whose first fragment has arrived.
 
         Raises an AdmissionError (nothing was sent upstream) or the UpstreamError of the
-        last attempt. A client that goes away (cancellation) is no upstream failure.
+        last attempt. A client that goes away (cancellation) is no upstream failure. The caller
+        has checked :meth:`refuse_early`; a route that stopped admitting since is skipped by the pick.
         """
-        self.refuse_early()
         try:
             await self.limiter.acquire()
         except OverloadedError:

@@ -1,7 +1,7 @@
 """The health model's promises, through the simulator: one regression test per way a review made it lie.
 
 Each test failed on the gateway before the health-model change (see the README's
-"Resilience" section for the model these tests check).
+"The health model" section for the model these tests check).
 """
 
 from __future__ import annotations
@@ -244,6 +244,8 @@ async def test_arrow_b2_open_to_half_open_when_the_period_ends(make_gateway: Gat
     """b2: the open period ends on time with no traffic; readiness shows half_open."""
     gateway = await _trip(make_gateway, sim, breaker_reset_seconds=0.2)
     await asyncio.sleep(0.3)
+    samples = await scrape(gateway)  # /metrics reads no breaker state: only the timer can have moved it
+    assert value(samples, "gateway_breaker_state", state="half_open", **R) == 1
     assert await _breaker_state(gateway) == "half_open"
 
 
@@ -419,5 +421,28 @@ def test_a_proxy_url_without_a_scheme_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValidationError) as info:
         Settings(upstream_proxy="proxyuser:proxy-password@127.0.0.1:3128")
     message = describe_validation_error(info.value)
-    assert message == "invalid setting GATEWAY_UPSTREAM_PROXY: must be an http:// or https:// URL"
+    assert message == "invalid setting GATEWAY_UPSTREAM_PROXY: must be an http:// or https:// URL with a host"
     assert mask_url("proxyuser:proxy-password@127.0.0.1:3128") == "***@127.0.0.1:3128"
+
+
+async def test_the_idle_limit_does_not_shorten_the_wait_for_the_first_token(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Silence before the first token is judged by the first-token limit, not by the (shorter) idle limit."""
+    gateway = await make_gateway(timeout_idle=0.3, timeout_first_token=2, retry_max=0)
+    sim.faults = SimFaults(slow_first_token=0.8)
+    for stream in (False, True):
+        response = await gateway.post(CHAT, json=chat_body(stream=stream))
+        assert response.status == 200
+        assert "upstream_timeout" not in await response.text()
+
+
+def test_an_upstream_url_without_a_host_stops_start_up_in_one_line() -> None:
+    """GATEWAY_UPSTREAM_URL=http:// is refused by the settings, not by a traceback when the route is built."""
+    from gateway.settings import describe_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        Settings(upstream_url="http://")
+    assert describe_validation_error(info.value) == (
+        "invalid setting GATEWAY_UPSTREAM_URL: must be an http:// or https:// URL with a host"
+    )

@@ -160,7 +160,10 @@ async def test_weights_are_respected(make_gateway: GatewayFactory, sim: Simulato
 
 async def test_failover_is_counted_exactly(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """A failed attempt on a route moves the request to another: one failover, one error, one success."""
-    gateway = await routed_gateway(make_gateway, sim, retry_max=2, retry_budget_min=10)
+    # a and b (failing) are nearly always drawn before c, so the request really fails over twice.
+    gateway = await routed_gateway(
+        make_gateway, sim, retry_max=2, retry_budget_min=10, weights={"a": 1000, "b": 1000, "c": 0.001}
+    )
     sim.set_faults(SimFaults(http_status=503), route="a")
     sim.set_faults(SimFaults(http_status=503), route="b")
     before = await scrape(gateway)
@@ -169,7 +172,7 @@ async def test_failover_is_counted_exactly(make_gateway: GatewayFactory, sim: Si
     after = await scrape(gateway)
     attempts_a = requests_to(sim, "a")
     attempts_b = requests_to(sim, "b")
-    assert requests_to(sim, "c") == 1
+    assert (attempts_a, attempts_b, requests_to(sim, "c")) == (1, 1, 1)
     for name, attempts in (("a", attempts_a), ("b", attempts_b)):
         labels = {"provider": "flowgpt", "route": name}
         assert delta(before, after, "gateway_failovers_total", from_route=name) == attempts
@@ -282,7 +285,6 @@ async def test_picking_prefers_fewer_calls_in_flight(make_gateway: GatewayFactor
     routes["a"].inflight = 0
     # a wins only when both draws are a: 1/9 of picks.
     assert picks["a"] / 3000 == pytest.approx(1 / 9, abs=0.04)
-    assert picks["b"] + picks["c"] + picks["a"] == 3000
 
 
 # -- found by the review of the first landing of routes ------------------------------------------

@@ -36,6 +36,7 @@ from gateway.errors import (
 )
 from gateway.flowgpt.ndjson import NdjsonDecoder
 from gateway.flowgpt.protocol import Message, build_body, signed_headers
+from gateway.route_config import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -92,7 +93,7 @@ class FlowGptClient:
         max_line_bytes: int = 1024 * 1024,
         observer: ClientObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        route: str = "default",
+        route: str = DEFAULT_ROUTE,
     ) -> None:
         self._session = session
         self._route = route  # named in log lines
@@ -238,11 +239,11 @@ class FlowGptStream:
                     async with asyncio.timeout(timeout):
                         chunk = await content.readany()
                 except TimeoutError as exc:
-                    if phase == "total":
+                    if phase == "total":  # the request's own deadline: it blames no upstream
                         raise UpstreamTimeoutError(
                             f"the answer did not end within the request's total deadline ({timeout:.1f}s left)",
                             phase="total",
-                            own_deadline=self.fragments_read > 0,
+                            own_deadline=True,
                         ) from exc
                     raise UpstreamTimeoutError(f"upstream sent nothing for {timeout:.1f}s", phase=phase) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -260,11 +261,13 @@ class FlowGptStream:
             raise UpstreamProtocolError("upstream closed the stream without sending any text")
 
     def _read_budget(self) -> tuple[float | None, _Phase]:
+        # Silence before the first fragment is the caller's first-token limit, not "idle".
+        idle = self._idle_timeout if self.fragments_read > 0 else None
         if self._deadline is None:
-            return self._idle_timeout, "idle"
+            return idle, "idle"
         remaining = max(0.0, self._deadline - self._clock())
-        if self._idle_timeout is not None and self._idle_timeout < remaining:
-            return self._idle_timeout, "idle"
+        if idle is not None and idle < remaining:
+            return idle, "idle"
         return remaining, "total"
 
 

@@ -26,6 +26,8 @@ from gateway.upstream import Answer
 
 log = logging.getLogger(__name__)
 
+# Below asyncio's default write-buffer high-water mark (64 KiB), a response never waits on its client.
+GUARD_BODY_BYTES = 32 * 1024
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -72,11 +74,12 @@ async def _complete(request: web.Request) -> web.StreamResponse:
         if chat.stream:
             return await _stream(request, answer, model)
         text = await answer.read_all()
+    body = orjson.dumps(completion(new_completion_id(), model, text))
+    response = web.Response(body=body, content_type="application/json")
+    if len(body) < GUARD_BODY_BYTES:
+        return response  # it fits the transport's buffer: writing it cannot wait on the client
     # The slot is free now, but the answer is in memory and the socket open: a client that does not
     # read it is cut like a stalled stream reader.
-    response = web.Response(
-        body=orjson.dumps(completion(new_completion_id(), model, text)), content_type="application/json"
-    )
     await response.prepare(request)
     try:
         async with _write_guard(request, answer) as guard:
