@@ -6,6 +6,7 @@
     ├── RequestError                  the caller's fault (4xx); never trips the breaker
     │   ├── InvalidRequestError       400  invalid_request / invalid_json
     │   ├── AuthenticationError       401  invalid_api_key
+    │   ├── ForbiddenError            403  forbidden (a wrong admin token)
     │   ├── NotFoundError             404  not_found
     │   ├── ModelNotFoundError        404  model_not_found
     │   ├── PayloadTooLargeError      413  request_too_large
@@ -37,6 +38,9 @@ from typing import ClassVar, Final, Literal
 UpstreamErrorKind = Literal[
     "connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "rejected", "protocol", "interrupted"
 ]
+# Which deadline a timeout hit: connecting, waiting for the first token, silence between lines
+# after it, or the request's total deadline.
+TimeoutPhase = Literal["connect", "first_token", "idle", "total"]
 UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = (
     "connect",
     "timeout",
@@ -93,6 +97,14 @@ class AuthenticationError(RequestError):
     status = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class ForbiddenError(RequestError):
+    """A token was presented but it is wrong."""
+
+    status = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
 
 
 class NotFoundError(RequestError):
@@ -185,7 +197,7 @@ class UpstreamTimeoutError(UpstreamError):
     kind = "timeout"
 
     def __init__(
-        self, message: str, *, phase: Literal["connect", "first_token", "idle", "total"], own_deadline: bool = False
+        self, message: str, *, phase: TimeoutPhase, own_deadline: bool = False
     ) -> None:
         super().__init__(message)
         self.phase = phase

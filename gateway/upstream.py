@@ -27,6 +27,7 @@ from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
     OverloadedError,
+    TimeoutPhase,
     UpstreamError,
     UpstreamNotWorkingError,
     UpstreamRateLimitedError,
@@ -230,11 +231,8 @@ class UpstreamService:
         route.inflight += 1
         started = self._clock()
         remaining = deadline - started
-        budget, phase = (
-            (self.timeouts.first_token, "first_token")
-            if self.timeouts.first_token < remaining
-            else (max(0.0, remaining), "total")
-        )
+        phase: TimeoutPhase = "first_token" if self.timeouts.first_token < remaining else "total"
+        budget = self.timeouts.first_token if phase == "first_token" else max(0.0, remaining)
         stream: FlowGptStream | None = None
         try:
             try:
@@ -244,7 +242,7 @@ class UpstreamService:
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
                     f"no answer from the upstream within {budget:.1f}s",
-                    phase=phase,  # type: ignore[arg-type]
+                    phase=phase,
                     # Cut short by the request's own deadline: the route was not given its full limit.
                     own_deadline=phase == "total",
                 ) from exc

@@ -16,13 +16,14 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 import orjson
 
 from gateway.errors import (
     REQUEST_REJECTION_STATUSES,
+    TimeoutPhase,
     UpstreamAuthError,
     UpstreamBlockedError,
     UpstreamConnectError,
@@ -57,7 +58,7 @@ ERROR_BODY_WAIT: Final = 1.0
 MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
 RETRY_AFTER_CAP: Final = 86400.0  # a day; anything longer is noise we do not pass on
 
-_Phase = Literal["idle", "total"]
+
 # A JSON string, possibly cut off by the sample's end (even right after a backslash), and
 # whether a colon follows it (a key).
 _JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
@@ -260,7 +261,7 @@ class FlowGptStream:
                 )
             raise UpstreamProtocolError("upstream closed the stream without sending any text")
 
-    def _read_budget(self) -> tuple[float | None, _Phase]:
+    def _read_budget(self) -> tuple[float | None, TimeoutPhase]:
         # Silence before the first fragment is the caller's first-token limit, not "idle".
         idle = self._idle_timeout if self.fragments_read > 0 else None
         if self._deadline is None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError, NotFoundError
+from gateway.errors import AuthenticationError, ForbiddenError, InvalidRequestError, NotFoundError
 from gateway.handlers.ops import route_snapshot
 from gateway.health import WorkingMode
 from gateway.route_pool import Route
@@ -20,14 +20,6 @@ from gateway.state import ROUTES, SETTINGS
 
 _BREAKER_MODES = ("open", "closed", "auto")
 _WORKING_MODES: tuple[WorkingMode, ...] = ("working", "not_working", "auto")
-
-
-class ForbiddenError(GatewayError):
-    """A token was presented but it is wrong."""
-
-    status = 403
-    error_type = "permission_error"
-    default_code = "forbidden"
 
 
 def _authorize(request: web.Request) -> None:
