@@ -19,8 +19,9 @@ from gateway.errors import (
     UpstreamRateLimitedError,
     UpstreamStatusError,
 )
-from gateway.flowgpt.client import ChatPrompt, FlowGptClient, parse_retry_after
+from gateway.flowgpt.client import ChatPrompt, FlowGptClient
 from gateway.flowgpt.protocol import Message
+from gateway.flowgpt.status import parse_retry_after
 from tests.aioresponses_compat import mock_upstream_fixture  # noqa: F401 - fixture
 
 URL = "http://upstream.test/v3/chat-anonymous"

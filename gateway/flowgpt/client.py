@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,21 +20,16 @@ import aiohttp
 import orjson
 
 from gateway.errors import (
-    REQUEST_REJECTION_STATUSES,
     TimeoutPhase,
-    UpstreamAuthError,
-    UpstreamBlockedError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamInterruptedError,
     UpstreamProtocolError,
-    UpstreamRateLimitedError,
-    UpstreamRejectedError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from gateway.flowgpt.ndjson import NdjsonDecoder
 from gateway.flowgpt.protocol import Message, build_body, signed_headers
+from gateway.flowgpt.status import raise_for_status
 from gateway.route_config import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
@@ -44,23 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLOUDFLARE_MARKERS: Final = (
-    "<title>Just a moment...</title>",
-    '<div id="cf-please-wait">',
-    "Attention Required! | Cloudflare",
-    "cf-spinner-please-wait",
-    "cf-cloudflare-status",
-)
-ERROR_BODY_LIMIT: Final = 64 * 1024  # how much of an error body we read to classify it
-# How long an error body may take: the status and headers are already here and decide most of
-# the classification, so a body that trickles must not turn a 413 or a 429 into a timeout.
-ERROR_BODY_WAIT: Final = 1.0
-MESSAGE_LIMIT: Final = 300  # how much of an upstream message we pass on to callers
-RETRY_AFTER_CAP: Final = 86400.0  # a day; anything longer is noise we do not pass on
-
-
-# A JSON string, possibly cut off by the sample's end (even right after a backslash), and
-# whether a colon follows it (a key).
 _JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
 
 
@@ -132,7 +108,7 @@ class FlowGptClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamConnectError(f"cannot reach the upstream: {type(exc).__name__}") from exc
         try:
-            await _raise_for_status(response)
+            await raise_for_status(response)
         except BaseException:
             response.release()
             raise
@@ -272,92 +248,4 @@ class FlowGptStream:
         return remaining, "total"
 
 
-async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
-    """Classify a response that is not a usable NDJSON stream; return if it is one."""
-    status = response.status
-    content_type = response.headers.get("Content-Type", "").lower()
-    if 200 <= status < 300:
-        if "text/html" in content_type:
-            raise UpstreamProtocolError("upstream answered 200 with an HTML page instead of a stream")
-        return
-    text = await _read_error_body(response)
-    if status in (429, 402):
-        raise UpstreamRateLimitedError(
-            f"upstream rate limit (HTTP {status}): {_message(text, content_type)}",
-            upstream_status=status,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    if status == 403 and any(marker in text for marker in CLOUDFLARE_MARKERS):
-        raise UpstreamBlockedError("upstream blocked the request (Cloudflare challenge)", upstream_status=status)
-    if status == 401:
-        raise UpstreamAuthError(
-            f"upstream rejected the credentials (HTTP 401): {_message(text, content_type)}",
-            upstream_status=status,
-        )
-    if status in REQUEST_REJECTION_STATUSES:
-        raise UpstreamRejectedError(
-            f"upstream rejected the request (HTTP {status}): {_message(text, content_type)}",
-            upstream_status=status,
-        )
-    raise UpstreamStatusError(
-        f"upstream returned HTTP {status}: {_message(text, content_type)}", upstream_status=status
-    )
-
-
-async def _read_error_body(response: aiohttp.ClientResponse) -> str:
-    """Up to ``ERROR_BODY_LIMIT`` bytes of the body, across however many network chunks arrive.
-
-    Within ``ERROR_BODY_WAIT`` (and the caller's deadline): a body that breaks off or trickles is
-    classified on what arrived.
-    """
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(ERROR_BODY_WAIT):
-            while size < ERROR_BODY_LIMIT:
-                part = await response.content.read(ERROR_BODY_LIMIT - size)
-                if not part:
-                    break
-                parts.append(part)
-                size += len(part)
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        pass
-    return b"".join(parts).decode("utf-8", "replace")
-
-
-def _message(text: str, content_type: str) -> str:
-    """The most useful short message in an error body (g4f's rules)."""
-    stripped = text.lstrip()
-    if "text/html" in content_type or stripped[:15].lower().startswith(("<!doctype", "<html")):
-        return "HTML content"
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return stripped[:MESSAGE_LIMIT] or "empty body"
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:MESSAGE_LIMIT]
-        if isinstance(data.get("message"), str):
-            return str(data["message"])[:MESSAGE_LIMIT]
-    return stripped[:MESSAGE_LIMIT]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds from now (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if not math.isfinite(seconds):
-        return None  # "inf" or "1e999" from a confused upstream
-    return min(max(0.0, seconds), RETRY_AFTER_CAP)
-
-
-__all__ = ["ChatPrompt", "ClientObserver", "FlowGptClient", "FlowGptStream", "UpstreamError", "parse_retry_after"]
+__all__ = ["ChatPrompt", "ClientObserver", "FlowGptClient", "FlowGptStream", "UpstreamError"]
