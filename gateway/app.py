@@ -15,21 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway.breaker import CircuitBreaker
-from gateway.events import BreakerChanged, EventBus, ProbeFinished
-from gateway.flowgpt.client import ClientObserver, FlowGptClient
-from gateway.handlers import admin, chat, models, ops
-from gateway.health import HealthState
-from gateway.inflight import InFlightTracker
-from gateway.limiter import ConcurrencyLimiter
-from gateway.metrics import Metrics
-from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
-from gateway.probe import Prober
-from gateway.retry import RetryBudget
-from gateway.route_config import RouteSpec
-from gateway.route_pool import Route, RoutePool
-from gateway.settings import Settings
-from gateway.state import (
+from gateway.app_keys import (
     API_KEYS,
     CLOCK,
     HTTP_SESSION,
@@ -40,7 +26,21 @@ from gateway.state import (
     STARTED_AT,
     UPSTREAM,
 )
+from gateway.breaker import CircuitBreaker
+from gateway.events import BreakerChanged, EventBus, ProbeFinished
+from gateway.flowgpt.client import ClientObserver, FlowGptClient
+from gateway.handlers import admin, chat, models, ops
+from gateway.inflight import InFlightTracker
+from gateway.limiter import ConcurrencyLimiter
+from gateway.metrics import Metrics
+from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
+from gateway.probe import Prober
+from gateway.retry import RetryBudget
+from gateway.route_config import RouteSpec
+from gateway.route_pool import Route, RoutePool
+from gateway.settings import Settings
 from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
+from gateway.working import WorkingFlag
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
@@ -133,7 +133,7 @@ def make_route(
     events = EventBus()
     route_metrics = metrics.routes[spec.name]
     route_metrics.subscribe(events)
-    health = HealthState(
+    flag = WorkingFlag(
         healthy_threshold=settings.probe_healthy_threshold,
         unhealthy_threshold=settings.probe_unhealthy_threshold,
         clock=clock,
@@ -153,7 +153,7 @@ def make_route(
     client = make_client(session, spec, settings, route_metrics, clock)
     prober = Prober(
         client,
-        health,
+        flag,
         events,
         interval=settings.probe_interval,
         unhealthy_interval=settings.probe_unhealthy_interval,
@@ -162,7 +162,7 @@ def make_route(
         prompt=settings.probe_prompt,
         clock=clock,
     )
-    events.subscribe(ProbeFinished, health.probe_finished)
+    events.subscribe(ProbeFinished, flag.probe_finished)
     events.subscribe(ProbeFinished, breaker.probe_finished)
     if settings.probe_enabled:
         events.subscribe(BreakerChanged, prober.breaker_changed)
@@ -171,7 +171,7 @@ def make_route(
         weight=spec.weight,
         client=client,
         breaker=breaker,
-        health=health,
+        flag=flag,
         prober=prober,
         events=events,
         metrics=route_metrics,

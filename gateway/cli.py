@@ -18,13 +18,13 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.app import create_app, make_route
+from gateway.app_keys import INFLIGHT
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.redact import mask_url
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
-from gateway.state import INFLIGHT
 
 log = logging.getLogger("gateway")
 DEMO_ROUTES = ("primary", "backup")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from aiohttp import web
 
+from gateway.app_keys import API_KEYS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
@@ -23,7 +24,6 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
-from gateway.state import API_KEYS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler

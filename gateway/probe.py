@@ -22,7 +22,7 @@ from gateway.flowgpt.protocol import Message, resolve_model
 
 if TYPE_CHECKING:
     from gateway.flowgpt.client import FlowGptClient
-    from gateway.health import HealthState
+    from gateway.working import WorkingFlag
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Prober:
     def __init__(
         self,
         client: FlowGptClient,
-        health: HealthState,
+        flag: WorkingFlag,
         events: EventBus,
         *,
         interval: float,
@@ -45,7 +45,7 @@ class Prober:
         jitter: float = 0.1,
     ) -> None:
         self._client = client
-        self._health = health
+        self._flag = flag
         self._events = events
         self._interval = interval
         self._unhealthy_interval = unhealthy_interval
@@ -58,7 +58,7 @@ class Prober:
 
     def next_delay(self) -> float:
         """Seconds until the next probe: shorter while the upstream is not working."""
-        base = self._interval if self._health.working else self._unhealthy_interval
+        base = self._interval if self._flag.working else self._unhealthy_interval
         return base * random.uniform(1 - self._jitter, 1 + self._jitter)
 
     def trigger(self) -> None:
@@ -90,13 +90,13 @@ class Prober:
         except GatewayError as exc:
             error = exc.message
         except Exception as exc:  # the probe must survive anything the upstream or a bug throws
-            log.exception("probe failed unexpectedly route=%s", self._health.route)
+            log.exception("probe failed unexpectedly route=%s", self._flag.route)
             error = f"unexpected {type(exc).__name__}"
         latency = self._clock() - started
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
         if not result.ok:
-            log.warning("health probe failed route=%s error=%s", self._health.route, result.error)
-        self._events.publish(ProbeFinished(self._health.route, result, started=started))
+            log.warning("health probe failed route=%s error=%s", self._flag.route, result.error)
+        self._events.publish(ProbeFinished(self._flag.route, result, started=started))
         return result
 
     async def run(self) -> None:
@@ -109,14 +109,14 @@ class Prober:
             except Exception:
                 log.exception("probe loop error")
             delay = self.next_delay()
-            self._health.next_probe_at = self._clock() + delay
+            self._flag.next_probe_at = self._clock() + delay
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
     def start(self) -> None:
         """Start the background task."""
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"health-probe-{self._health.route}")
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"health-probe-{self._flag.route}")
 
     async def stop(self) -> None:
         """Cancel the task and wait for it."""

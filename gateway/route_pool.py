@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from gateway.breaker import CircuitBreaker
     from gateway.events import EventBus
     from gateway.flowgpt.client import FlowGptClient
-    from gateway.health import HealthState
     from gateway.metrics import RouteMetrics
     from gateway.probe import Prober
+    from gateway.working import WorkingFlag
 
 
 @dataclass(eq=False)
@@ -33,7 +33,7 @@ class Route:
     weight: float
     client: FlowGptClient
     breaker: CircuitBreaker
-    health: HealthState
+    flag: WorkingFlag
     prober: Prober
     events: EventBus
     metrics: RouteMetrics
@@ -41,11 +41,11 @@ class Route:
 
     def refusal(self) -> AdmissionError | None:
         """Why this route would refuse a call now (working flag first), or None when it admits one."""
-        return self.health.admission_error() or self.breaker.refusal()
+        return self.flag.admission_error() or self.breaker.refusal()
 
     def admits(self) -> bool:
         """Whether a call would be admitted now; builds no error."""
-        return self.health.working and self.breaker.admits()
+        return self.flag.working and self.breaker.admits()
 
 
 class RoutePool:
@@ -109,7 +109,7 @@ class RoutePool:
 
     def working(self) -> bool:
         """Whether at least one route's working flag is on."""
-        return any(route.health.working for route in self._routes)
+        return any(route.flag.working for route in self._routes)
 
 
 def _retry_after(error: AdmissionError) -> float:

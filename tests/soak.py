@@ -33,10 +33,10 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from gateway.app_keys import METRICS, ROUTES
 from gateway.events import WorkingChanged
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import METRICS, ROUTES
 
 ALLOWED_STATUSES: Final = frozenset({200, 429, 502, 503, 504})
 # The first failing phase always fails every request, so the breaker must open during it.
@@ -281,7 +281,7 @@ async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any, ro
             await response.read()
             ok = response.status == 200
         route = server_app[ROUTES][route_name]
-        if ok and route.breaker.state == "closed" and route.health.working:
+        if ok and route.breaker.state == "closed" and route.flag.working:
             return True
         await asyncio.sleep(0.05)
     return False

@@ -21,10 +21,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bench.procs import free_port
+from gateway.app_keys import HTTP_SESSION, ROUTES, UPSTREAM
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.metrics import ADMISSION_REASONS
 from gateway.simulator import SimFaults, Simulator, expected_answer
-from gateway.state import HTTP_SESSION, ROUTES, UPSTREAM
 from tests.conftest import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import Samples, delta, scrape
 

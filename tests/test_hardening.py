@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app_keys import ROUTES
 from gateway.flowgpt.client import redact_sample
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import ROUTES
 from tests.conftest import GatewayFactory, chat_body
 
 Client = TestClient[web.Request, web.Application]

@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
+from gateway.app_keys import INFLIGHT, ROUTES, UPSTREAM
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.redact import mask_url
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from gateway.state import INFLIGHT, ROUTES, UPSTREAM
 from tests.conftest import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
@@ -68,11 +68,11 @@ async def test_a_successful_probe_lets_traffic_through_an_open_breaker(
     gateway = await make_gateway(
         probe_enabled=True, probe_interval=60, breaker_fail_max=1, breaker_reset_seconds=300, retry_max=0
     )
-    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total >= 1)  # the start-up probe
+    await eventually(lambda: gateway.app[ROUTES]["default"].flag.probes_total >= 1)  # the start-up probe
     sim.faults = SimFaults(http_status=500, count=1)  # exactly the live request fails
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
-    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total >= 2, within=3.0)  # the probe the trip triggered
-    last_probe = gateway.app[ROUTES]["default"].health.last_probe
+    await eventually(lambda: gateway.app[ROUTES]["default"].flag.probes_total >= 2, within=3.0)  # the probe the trip triggered
+    last_probe = gateway.app[ROUTES]["default"].flag.last_probe
     assert last_probe is not None
     assert last_probe.ok
     assert gateway.app[ROUTES]["default"].breaker.state == "half_open"
@@ -302,9 +302,9 @@ async def test_arrow_w1_working_to_not_working_after_failed_probes(
     sim.faults = SimFaults(http_status=503)
     prober = gateway.app[ROUTES]["default"].prober
     await prober.probe_once()
-    assert gateway.app[ROUTES]["default"].health.working
+    assert gateway.app[ROUTES]["default"].flag.working
     await prober.probe_once()
-    assert not gateway.app[ROUTES]["default"].health.working
+    assert not gateway.app[ROUTES]["default"].flag.working
     requests_before = sim.stats.requests_total
     response = await gateway.post(CHAT, json=chat_body())
     assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
@@ -319,9 +319,9 @@ async def test_arrow_w2_not_working_to_working_after_good_probes(make_gateway: G
     await prober.probe_once()
     sim.faults = SimFaults()
     await prober.probe_once()
-    assert not gateway.app[ROUTES]["default"].health.working
+    assert not gateway.app[ROUTES]["default"].flag.working
     await prober.probe_once()
-    assert gateway.app[ROUTES]["default"].health.working
+    assert gateway.app[ROUTES]["default"].flag.working
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
 
 
@@ -332,7 +332,7 @@ async def test_arrow_p1_a_trip_probes_at_once_a_failed_trial_does_not(
     gateway = await make_gateway(
         probe_enabled=True, probe_interval=600, breaker_fail_max=1, breaker_reset_seconds=0.2, retry_max=0
     )
-    health = gateway.app[ROUTES]["default"].health
+    health = gateway.app[ROUTES]["default"].flag
     await eventually(lambda: health.probes_total == 1)  # the start-up probe
     sim.faults = SimFaults(http_status=503)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
+from gateway.app_keys import INFLIGHT
 from gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import INFLIGHT
 from tests.conftest import GatewayFactory, chat_body
 
 

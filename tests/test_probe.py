@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway import __version__
+from gateway.app_keys import INFLIGHT, ROUTES
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import INFLIGHT, ROUTES
 from tests.cli_support import run_cli
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
@@ -37,9 +37,9 @@ async def test_two_failed_probes_stop_traffic_without_touching_the_upstream(
     sim.faults = SimFaults(http_status=503)
     before = await scrape(gateway)
     assert not (await prober.probe_once()).ok
-    assert gateway.app[ROUTES]["default"].health.working  # one failure is not enough (hysteresis)
+    assert gateway.app[ROUTES]["default"].flag.working  # one failure is not enough (hysteresis)
     assert not (await prober.probe_once()).ok
-    assert not gateway.app[ROUTES]["default"].health.working
+    assert not gateway.app[ROUTES]["default"].flag.working
     seen = sim.stats.requests_total
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 503
@@ -62,11 +62,11 @@ async def test_recovery_restores_traffic_and_closes_the_breaker(make_gateway: Ga
     assert gateway.app[ROUTES]["default"].breaker.state == "open"
     await prober.probe_once()
     await prober.probe_once()
-    assert not gateway.app[ROUTES]["default"].health.working
+    assert not gateway.app[ROUTES]["default"].flag.working
     sim.faults = SimFaults()
     result = await prober.probe_once()
     assert result.ok
-    assert gateway.app[ROUTES]["default"].health.working
+    assert gateway.app[ROUTES]["default"].flag.working
     assert gateway.app[ROUTES]["default"].breaker.state == "half_open"  # the probe never closes it: a live trial does
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
     assert gateway.app[ROUTES]["default"].breaker.state == "closed"
@@ -89,7 +89,7 @@ async def test_probes_faster_while_not_working(make_gateway: GatewayFactory, sim
 async def test_breaker_opening_triggers_an_immediate_probe(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """When live traffic opens the breaker the prober runs at once instead of at its next tick."""
     gateway = await make_gateway(probe_enabled=True, probe_interval=600, breaker_fail_max=1, retry_max=0)
-    health = gateway.app[ROUTES]["default"].health
+    health = gateway.app[ROUTES]["default"].flag
     await eventually(lambda: health.probes_total == 1)  # the start-up probe
     sim.faults = SimFaults(http_status=500)
     assert (await gateway.post(CHAT, json=chat_body())).status == 502
@@ -104,7 +104,7 @@ async def test_loop_survives_any_exception_and_stops_cleanly(
     """A probe that raises something unexpected is recorded as a failure and the loop goes on; stop() ends it."""
     gateway = await make_gateway(probe_interval=0.01, probe_unhealthy_interval=0.01)
     prober = gateway.app[ROUTES]["default"].prober
-    health = gateway.app[ROUTES]["default"].health
+    health = gateway.app[ROUTES]["default"].flag
 
     async def explode(*_: object) -> None:
         raise RuntimeError("a bug in the probe path")
@@ -184,7 +184,7 @@ async def test_retry_after_points_at_the_next_probe(make_gateway: GatewayFactory
     """While not working, Retry-After is the time until the next scheduled probe (injected clock)."""
     clock = FakeClock()
     gateway = await make_gateway(clock=clock)
-    health = gateway.app[ROUTES]["default"].health
+    health = gateway.app[ROUTES]["default"].flag
     sim.faults = SimFaults(http_status=500)
     for _ in range(2):
         await gateway.app[ROUTES]["default"].prober.probe_once()
@@ -241,4 +241,4 @@ async def test_trigger_during_a_probe_is_not_lost(make_gateway: GatewayFactory, 
     gateway = await make_gateway(probe_enabled=True, probe_interval=600)
     await eventually(lambda: sim.stats.active_streams == 1)  # the start-up probe is in flight
     gateway.app[ROUTES]["default"].prober.trigger()
-    await eventually(lambda: gateway.app[ROUTES]["default"].health.probes_total == 2, within=3.0)
+    await eventually(lambda: gateway.app[ROUTES]["default"].flag.probes_total == 2, within=3.0)

@@ -10,8 +10,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.app_keys import ROUTES, UPSTREAM
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import ROUTES, UPSTREAM
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape, value

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
 from bench.procs import free_port
+from gateway.app_keys import ROUTES
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
-from gateway.state import ROUTES
 from tests.cli_support import gateway_env, run_cli
 from tests.clock_support import FakeClock
 from tests.conftest import GatewayFactory, chat_body
@@ -70,7 +70,7 @@ async def test_a_route_the_probe_marks_down_gets_no_traffic_and_recovers(
     b = gateway.app[ROUTES]["b"]
     sim.set_faults(BLOCKED, route="b")
     assert not (await b.prober.probe_once()).ok
-    assert not b.health.working
+    assert not b.flag.working
     before = requests_to(sim, "b")
     for _ in range(30):
         assert (await gateway.post(CHAT, json=chat_body())).status == 200
@@ -95,17 +95,17 @@ async def test_all_routes_down_gives_the_best_reason_and_the_earliest_retry_afte
         clock.advance(10 if index else 0)
         sim.set_faults(SimFaults(http_status=503), route=name)
         for other in NAMES:
-            routes[other].health.set_mode("working" if other == name else "not_working")
+            routes[other].flag.set_mode("working" if other == name else "not_working")
         assert (await gateway.post(CHAT, json=chat_body())).status == 502
     for name in NAMES:
-        routes[name].health.set_mode("auto")
+        routes[name].flag.set_mode("auto")
     assert [routes[n].breaker.retry_after() for n in NAMES] == [20.0, 10.0, 30.0]
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "circuit_open"
     assert response.headers["Retry-After"] == "10"
     for name in NAMES:
-        routes[name].health.set_mode("not_working")
+        routes[name].flag.set_mode("not_working")
     response = await gateway.post(CHAT, json=chat_body())
     assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
     ready = await gateway.get("/readyz")
@@ -118,8 +118,8 @@ async def test_readiness_holds_while_one_route_works(make_gateway: GatewayFactor
     """/readyz is 200 while at least one route works, and lists every route."""
     gateway = await routed_gateway(make_gateway, sim)
     routes = gateway.app[ROUTES]
-    routes["a"].health.set_mode("not_working")
-    routes["b"].health.set_mode("not_working")
+    routes["a"].flag.set_mode("not_working")
+    routes["b"].flag.set_mode("not_working")
     ready = await gateway.get("/readyz")
     body = await ready.json()
     assert ready.status == 200
@@ -217,7 +217,7 @@ async def test_admin_overrides_one_route_or_all(make_gateway: GatewayFactory, si
         assert (await gateway.post(CHAT, json=chat_body())).status == 200
     assert requests_to(sim, "b") == before
     await gateway.post("/admin/working", json={"mode": "not_working"}, headers=auth)
-    assert [routes[n].health.working for n in NAMES] == [False] * 3
+    assert [routes[n].flag.working for n in NAMES] == [False] * 3
     response = await gateway.post("/admin/breaker", json={"mode": "auto", "route": "zz"}, headers=auth)
     assert response.status == 400
     assert (await response.json())["error"]["param"] == "route"

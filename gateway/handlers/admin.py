@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.app_keys import ROUTES, SETTINGS
 from gateway.errors import AuthenticationError, ForbiddenError, InvalidRequestError, NotFoundError
 from gateway.handlers.ops import route_snapshot
-from gateway.health import WorkingMode
 from gateway.route_pool import Route
-from gateway.state import ROUTES, SETTINGS
+from gateway.working import WorkingMode
 
 _BREAKER_MODES = ("open", "closed", "auto")
 _WORKING_MODES: tuple[WorkingMode, ...] = ("working", "not_working", "auto")
@@ -79,5 +79,5 @@ async def set_working_mode(request: web.Request) -> web.Response:
     _authorize(request)
     mode, routes = await _command(request, _WORKING_MODES)
     for route in routes:
-        route.health.set_mode(mode)  # type: ignore[arg-type]
+        route.flag.set_mode(mode)  # type: ignore[arg-type]
     return web.json_response(_state(request))

@@ -9,9 +9,9 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
+from gateway.app_keys import INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
 from gateway.route_pool import Route
 from gateway.settings import describe_route
-from gateway.state import INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -23,7 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def route_snapshot(route: Route) -> dict[str, Any]:
     """One route's working flag, probe and breaker, for /readyz, /status and /admin/state."""
-    return {"name": route.name, **route.health.snapshot(), "breaker": route.breaker.snapshot()}
+    return {"name": route.name, **route.flag.snapshot(), "breaker": route.breaker.snapshot()}
 
 
 def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:

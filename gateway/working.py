@@ -14,10 +14,10 @@ from gateway.errors import UpstreamNotWorkingError
 from gateway.events import EventBus, ProbeFinished, ProbeResult, WorkingChanged, WorkingMode
 from gateway.route_config import DEFAULT_ROUTE
 
-__all__ = ["HealthState", "ProbeResult", "WorkingMode"]
+__all__ = ["ProbeResult", "WorkingFlag", "WorkingMode"]
 
 
-class HealthState:
+class WorkingFlag:
     """Decides whether chat traffic may reach the upstream."""
 
     def __init__(
