@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import CLOUDFLARE_PAGE, SimFaults, Simulator, expected_answer
-from tests.conftest import GatewayFactory, chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 
 Client = TestClient[web.Request, web.Application]
 

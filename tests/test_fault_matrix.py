@@ -25,7 +25,7 @@ from gateway.app_keys import HTTP_SESSION, ROUTES, UPSTREAM
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.metrics import ADMISSION_REASONS
 from gateway.simulator import SimFaults, Simulator, expected_answer
-from tests.conftest import GatewayFactory, chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import Samples, delta, scrape
 
 Client = TestClient[web.Request, web.Application]

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.flowgpt.ndjson import SAMPLE_BYTES, NdjsonDecoder
-from tests.conftest import GatewayFactory, chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape
 
 Client = TestClient[web.Request, web.Application]

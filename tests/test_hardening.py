@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app_keys import ROUTES
 from gateway.flowgpt.client import redact_sample
 from gateway.simulator import SimFaults, SimOptions, Simulator
-from tests.conftest import GatewayFactory, chat_body
+from tests.gateway_support import GatewayFactory, chat_body
 
 Client = TestClient[web.Request, web.Application]
 CHAT: Final = "/v1/chat/completions"

@@ -10,7 +10,7 @@ import pytest
 from gateway.app_keys import INFLIGHT
 from gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
 from gateway.simulator import SimFaults, Simulator
-from tests.conftest import GatewayFactory, chat_body
+from tests.gateway_support import GatewayFactory, chat_body
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:

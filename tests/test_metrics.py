@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 
 from gateway import __version__
 from gateway.simulator import SimFaults, Simulator
-from tests.conftest import GatewayFactory, chat_body
+from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.monitoring_support import LABEL_VALUES, METRICS_CONTRACT, require_tool
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import SimFaults, Simulator, expected_answer
-from tests.conftest import GatewayFactory
+from tests.gateway_support import GatewayFactory
 
 Client = TestClient[web.Request, web.Application]
 

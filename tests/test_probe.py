@@ -14,7 +14,7 @@ from gateway.app_keys import INFLIGHT, ROUTES
 from gateway.simulator import SimFaults, Simulator
 from tests.cli_support import run_cli
 from tests.clock_support import FakeClock
-from tests.conftest import GatewayFactory, chat_body
+from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app_keys import ROUTES, UPSTREAM
 from gateway.simulator import SimFaults, Simulator
 from tests.clock_support import FakeClock
-from tests.conftest import GatewayFactory, chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape, value
 from tests.polling import eventually
 

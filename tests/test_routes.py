@@ -22,7 +22,7 @@ from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
 from tests.cli_support import gateway_env, run_cli
 from tests.clock_support import FakeClock
-from tests.conftest import GatewayFactory, chat_body
+from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape
 from tests.polling import eventually
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.simulator import SimOptions, Simulator
-from tests.conftest import chat_body
+from tests.gateway_support import chat_body
 from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
