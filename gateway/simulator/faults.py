@@ -17,17 +17,19 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, MODELS, authorization_value, signature
+from gateway.flowgpt.status import CLOUDFLARE_MARKERS
 
 NDJSON: Final = "application/x-ndjson"
 HTML: Final = "text/html; charset=utf-8"
 JSON: Final = "application/json"
 TEXT: Final = "text/plain; charset=utf-8"
 
-# The markers are the ones g4f (and so the gateway) uses to recognise a Cloudflare block.
-CLOUDFLARE_PAGE: Final = """<!DOCTYPE html>
+# The page carries the markers the gateway's client (like g4f) recognises a Cloudflare block by,
+# taken from the one place they are defined.
+CLOUDFLARE_PAGE: Final = f"""<!DOCTYPE html>
 <html lang="en-US">
 <head>
-<title>Just a moment...</title>
+{CLOUDFLARE_MARKERS[0]}
 <meta http-equiv="Content-Type" content="text/html; charset=UTF-8">
 <meta name="robots" content="noindex,nofollow">
 </head>
@@ -36,7 +38,7 @@ CLOUDFLARE_PAGE: Final = """<!DOCTYPE html>
 <div class="main-content">
 <h1 class="zone-name-title h1">prod-backend-k8s.flowgpt.com</h1>
 <h2 class="h2" id="challenge-running">Checking if the site connection is secure</h2>
-<div id="cf-please-wait"><div id="cf-spinner-please-wait"></div></div>
+{CLOUDFLARE_MARKERS[1]}<div id="cf-spinner-please-wait"></div></div>
 <noscript><div id="challenge-error-title">Enable JavaScript and cookies to continue</div></noscript>
 </div>
 </div>
