@@ -151,13 +151,9 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """The effective state (a forced mode decides it); an open period that has ended reads half-open."""
-        if self._mode == "forced_open":
-            return "open"
-        if self._mode == "forced_closed":
-            return "closed"
-        if self._open_until is not None and self._clock() >= self._open_until:
+        if self._mode == "auto" and self._open_until is not None and self._clock() >= self._open_until:
             self._end_open_period()
-        return _STATE_NAMES[self._breaker.current_state]
+        return self._raw_state()
 
     @property
     def mode(self) -> BreakerMode:

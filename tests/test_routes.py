@@ -218,9 +218,11 @@ async def test_admin_overrides_one_route_or_all(make_gateway: GatewayFactory, si
     assert requests_to(sim, "b") == before
     await gateway.post("/admin/working", json={"mode": "not_working"}, headers=auth)
     assert [routes[n].flag.working for n in NAMES] == [False] * 3
-    response = await gateway.post("/admin/breaker", json={"mode": "auto", "route": "zz"}, headers=auth)
-    assert response.status == 400
-    assert (await response.json())["error"]["param"] == "route"
+    for unknown in ("zz", None, 3):  # null is not "every route": that is what leaving it out means
+        response = await gateway.post("/admin/breaker", json={"mode": "auto", "route": unknown}, headers=auth)
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "route"
+    assert routes["b"].breaker.mode == "forced_open"
 
 
 async def test_status_lists_routes_with_masked_secrets(make_gateway: GatewayFactory, sim: Simulator) -> None:

@@ -45,9 +45,11 @@ async def _command(request: web.Request, allowed: tuple[str, ...]) -> tuple[str,
     if mode not in allowed:
         raise InvalidRequestError(f"'mode' must be one of {', '.join(allowed)}", param="mode")
     routes = request.app[ROUTES]
-    name = body.get("route")
-    if name is None:
+    if "route" not in body:
         return str(mode), list(routes)
+    # An explicit null is refused, not read as "every route": a template that failed to fill in
+    # a route name must not force every route at once.
+    name = body["route"]
     if not isinstance(name, str) or name not in routes:
         known = ", ".join(route.name for route in routes)
         raise InvalidRequestError(f"'route' must be one of {known} (or absent for every route)", param="route")
