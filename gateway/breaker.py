@@ -99,10 +99,6 @@ class Ticket:
     released: bool = False
 
 
-def _is_not_upstream_error(error: BaseException) -> bool:
-    return not isinstance(error, UpstreamError)
-
-
 class CircuitBreaker:
     """Guards the upstream's opening step; see the module docstring for the semantics."""
 
@@ -133,7 +129,6 @@ class CircuitBreaker:
         self._breaker = _AioBreaker(
             fail_max=fail_max,
             timeout_duration=_AIOBREAKER_NEVER,
-            exclude=[_is_not_upstream_error],
             state_storage=CircuitMemoryStorage(CircuitBreakerState.CLOSED),
             name=name,
         )

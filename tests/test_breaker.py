@@ -64,7 +64,7 @@ def clock_fixture() -> FakeClock:
 
 @pytest.fixture(name="recorder")
 def recorder_fixture() -> Recorder:
-    """A listener that records transitions."""
+    """A recorder subscribed to the breaker's events."""
     return Recorder()
 
 
@@ -191,7 +191,7 @@ async def test_int_timings_are_accepted_and_trip(clock: FakeClock) -> None:
     assert state_of(breaker) == "closed"
 
 
-async def test_guards_the_coroutine_that_opens_a_stream_and_record_failure_trips(
+async def test_guards_the_coroutine_that_opens_a_stream_and_stream_failures_trip(
     breaker: CircuitBreaker, opened: list[None]
 ) -> None:
     """A stream is guarded at its opening step; mid-stream breaks reported with failed() trip it."""
@@ -470,7 +470,7 @@ async def test_error_messages_are_clean(breaker: CircuitBreaker, clock: FakeCloc
         await task
 
 
-# -- growth, control, hooks, listeners, snapshot --------------------------------------------------
+# -- growth, control, events, snapshot -----------------------------------------------------------
 
 
 async def test_open_duration_grows_per_failed_trial_up_to_the_cap(
