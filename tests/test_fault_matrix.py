@@ -338,10 +338,11 @@ async def test_fault_cell_on_one_of_three_routes(
     make_gateway: GatewayFactory, sim: Simulator, fault: Fault, stream: bool
 ) -> None:
     """A fault on the route tried first costs the client nothing unless it strikes after the first token."""
-    # Route a is picked first (weight 1000); "refused" points it at a port nobody listens on.
+    # Route a is picked first: weights 1000 against 0.001 make another first pick a one-in-a-million
+    # event (with weight 1, one run in ten had a cell flake). "refused" points a at a dead port.
     url_a = f"http://127.0.0.1:{free_port()}/v3/chat-anonymous" if fault.faults is None else sim.route_url("a")
     routes = [{"name": "a", "url": url_a, "weight": 1000}] + [
-        {"name": name, "url": sim.route_url(name), "weight": 1} for name in ("b", "c")
+        {"name": name, "url": sim.route_url(name), "weight": 0.001} for name in ("b", "c")
     ]
     gateway = await _warm_gateway(make_gateway, upstreams=json.dumps(routes), retry_max=2, breaker_fail_max=10)
     baseline = _baseline(gateway)
