@@ -18,6 +18,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from gateway.app_keys import (
     API_KEYS,
     CLOCK,
+    FLEET,
     HTTP_SESSION,
     INFLIGHT,
     METRICS,
@@ -28,6 +29,7 @@ from gateway.app_keys import (
 )
 from gateway.breaker import CircuitBreaker
 from gateway.events import BreakerChanged, EventBus, ProbeFinished
+from gateway.fleet import SharedHealth
 from gateway.flowgpt.client import ClientObserver, FlowGptClient
 from gateway.handlers import admin, chat, models, ops
 from gateway.inflight import InFlightTracker
@@ -55,7 +57,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
             "keepalive_timeout": settings.keepalive_timeout,
         },
     )
-    metrics = Metrics(routes=tuple(spec.name for spec in settings.routes()))
+    metrics = Metrics(
+        routes=tuple(spec.name for spec in settings.routes()), shared_state=settings.redis_url is not None
+    )
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[METRICS] = metrics
@@ -110,6 +114,19 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         ),
         clock=clock,
     )
+    fleet = None
+    if settings.redis_url is not None:
+        fleet = app[FLEET] = SharedHealth(
+            routes,
+            url=settings.redis_url.get_secret_value(),
+            prefix=settings.redis_prefix,
+            timeout=settings.redis_timeout,
+            probe_interval=settings.probe_interval,
+            trial_timeout=settings.timeout_connect + settings.timeout_first_token,
+            clock=clock,
+            on_state=metrics.shared_state_changed,
+        )
+        fleet.start()
     if settings.probe_enabled:
         for route in routes:
             route.prober.start()
@@ -118,6 +135,9 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         for route in routes:
             await route.prober.stop()
+        if fleet is not None:
+            await fleet.stop()
+        for route in routes:
             route.breaker.stop()
         await session.close()
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from gateway.fleet import SharedHealth
 from gateway.inflight import InFlightTracker
 from gateway.metrics import Metrics
 from gateway.route_pool import RoutePool
@@ -20,6 +21,8 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", UpstreamService)
 STARTED_AT = web.AppKey("started_at", float)
 INFLIGHT = web.AppKey("inflight", InFlightTracker)
+# Absent without GATEWAY_REDIS_URL.
+FLEET = web.AppKey("fleet", SharedHealth)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -28,6 +28,11 @@ success and re-opens on a failure). The adapter adds what aiobreaker gets wrong 
   would count it as a success, so it is never replayed).
 * Nothing from aiobreaker escapes: the call that trips the breaker raises the original error.
 
+Fleet: with shared state (:mod:`gateway.fleet`), trips and closes of other processes arrive through
+:meth:`CircuitBreaker.trip` and :meth:`CircuitBreaker.close_from_fleet`, and a half-open period
+admits its trial only after :meth:`CircuitBreaker.permit_trial` (the fleet's single-flight claim)
+while :attr:`CircuitBreaker.trial_needs_permit` is set.
+
 Operator modes win over everything: ``forced_open`` refuses every call, ``forced_closed`` admits
 every call and counts nothing. Entering either mode and :meth:`CircuitBreaker.automatic` reset the
 automatic machinery (closed, no failures, no growth).
@@ -140,6 +145,8 @@ class CircuitBreaker:
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
         self._opened_at: float | None = None  # clock reading of the last automatic opening
         self._timer: asyncio.TimerHandle | None = None
+        self.trial_needs_permit = False  # set by the fleet while shared state is up
+        self._trial_permitted = True
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -177,7 +184,7 @@ class CircuitBreaker:
         state = self.state
         if state == "open" and self._open_until is not None:
             return max(0.0, self._open_until - self._clock())
-        if state == "half_open" and self._trials >= self._half_open_calls:
+        if state == "half_open" and (not self._trial_permitted or self._trials >= self._half_open_calls):
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
 
@@ -197,7 +204,9 @@ class CircuitBreaker:
         if self._mode != "auto":
             return self._mode == "forced_closed"
         state = self.state
-        return state == "closed" or (state == "half_open" and self._trials < self._half_open_calls)
+        return state == "closed" or (
+            state == "half_open" and self._trial_permitted and self._trials < self._half_open_calls
+        )
 
     def refusal(self) -> CircuitOpenError | None:
         """The error a call would be refused with right now, or None; admits nothing.
@@ -213,6 +222,12 @@ class CircuitBreaker:
             remaining = self.retry_after()
             return CircuitOpenError(
                 f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s", retry_after=remaining
+            )
+        if state == "half_open" and not self._trial_permitted:
+            return CircuitOpenError(
+                f"circuit breaker {self.name!r} is half-open and another gateway process holds its trial call",
+                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+                half_open=True,
             )
         if state == "half_open" and self._trials >= self._half_open_calls:
             return CircuitOpenError(
@@ -305,6 +320,39 @@ class CircuitBreaker:
             return
         self._end_open_period()
 
+    # -- fleet -------------------------------------------------------------------------------
+
+    def trip(self, open_for: float, duration: float) -> bool:
+        """Another process opened this route: refuse for ``open_for`` s; ``duration`` is its open period.
+
+        Returns whether the breaker changed (a forced mode ignores the fleet's trips).
+        """
+        if self._mode != "auto" or open_for <= 0:
+            return False
+        if self.state == "open" and self._open_until is not None and self._open_until >= self._clock() + open_for:
+            return False  # already open at least as long
+        self._open_duration = duration
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="aiobreaker")
+            self._breaker.open()
+        if self._reported == "open":  # extend the period in place; no state change to announce
+            self._open_until = self._clock() + open_for
+            self._cancel_timer()
+            self._arm_timer(open_for)
+        else:
+            self._sync(traffic=False, open_for=open_for)
+        return True
+
+    def close_from_fleet(self) -> None:
+        """Another process's trial succeeded: close an automatic open or half-open breaker."""
+        if self._mode == "auto" and self.state != "closed":
+            self._breaker.close()
+            self._sync(traffic=False)
+
+    def permit_trial(self) -> None:
+        """This process won the fleet's claim on the current half-open trial."""
+        self._trial_permitted = True
+
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""
         self._cancel_timer()
@@ -361,8 +409,11 @@ class CircuitBreaker:
         self._generation += 1
         self._sync(traffic=False)
 
-    def _sync(self, *, traffic: bool) -> None:
-        """Book-keep and announce a change of the effective state; ``traffic``: live calls caused it."""
+    def _sync(self, *, traffic: bool, open_for: float | None = None) -> None:
+        """Book-keep and announce a change of the effective state; ``traffic``: live calls caused it.
+
+        ``open_for``: the rest of an open period started elsewhere (a fleet trip), instead of a new one.
+        """
         old, new = self._reported, self._raw_state()
         if old == new:
             return
@@ -375,12 +426,14 @@ class CircuitBreaker:
         elif new == "half_open":
             self._open_until = None
             self._trials = 0  # slots of an earlier period are released into that period, not this one
+            self._trial_permitted = not self.trial_needs_permit
         elif self._mode == "auto":
-            if old == "half_open":
+            if old == "half_open" and open_for is None:
                 self._open_duration = min(self._open_duration * self._reset_multiplier, self._reset_max)
             self._opened_at = self._clock()
-            self._open_until = self._opened_at + self._open_duration
-            self._arm_timer(self._open_duration)
+            remaining = self._open_duration if open_for is None else open_for
+            self._open_until = self._opened_at + remaining
+            self._arm_timer(remaining)
         log_level = logging.WARNING if new == "open" else logging.INFO
         log.log(log_level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, self._mode)
         self._events.publish(BreakerChanged(self.name, old, new, self._mode, by_traffic=traffic))

@@ -196,9 +196,7 @@ class UpstreamTimeoutError(UpstreamError):
     status = 504
     kind = "timeout"
 
-    def __init__(
-        self, message: str, *, phase: TimeoutPhase, own_deadline: bool = False
-    ) -> None:
+    def __init__(self, message: str, *, phase: TimeoutPhase, own_deadline: bool = False) -> None:
         super().__init__(message)
         self.phase = phase
         # The request's own total deadline passed while the upstream was still streaming: a long

@@ -45,11 +45,15 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class ProbeFinished:
-    """A health probe of ``route`` completed (successfully or not); ``started`` is a monotonic clock reading."""
+    """A health probe of ``route`` completed (successfully or not); ``started`` is a monotonic clock reading.
+
+    ``remote``: another gateway process ran it and the fleet relayed its result.
+    """
 
     route: str
     result: ProbeResult
     started: float
+    remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)

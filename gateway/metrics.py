@@ -80,10 +80,11 @@ class RouteMetrics:
         self.working.set(1 if event.working else 0)
 
     def probe_finished(self, event: ProbeFinished) -> None:
-        """Probe counters, duration and the last-success timestamp."""
+        """Probe counters and duration (probes this process sent), and the last-success timestamp."""
         result = event.result
-        self.probes["success" if result.ok else "failure"].inc()
-        self.probe_duration.observe(result.latency)
+        if not event.remote:  # a relayed result was counted by the process that probed
+            self.probes["success" if result.ok else "failure"].inc()
+            self.probe_duration.observe(result.latency)
         if result.ok:
             self.probe_last_success.set(result.at)
 
@@ -131,9 +132,7 @@ class _UpstreamFamilies:
         self.transitions = Counter(
             "gateway_breaker_transitions_total", "Breaker state changes.", [*per_route, "to_state"], registry=reg
         )
-        self.working = Gauge(
-            "gateway_provider_working", "The route's working flag (1 or 0).", per_route, registry=reg
-        )
+        self.working = Gauge("gateway_provider_working", "The route's working flag (1 or 0).", per_route, registry=reg)
         self.probes = Counter(
             "gateway_health_probes_total", "Health probes by result.", [*per_route, "result"], registry=reg
         )
@@ -167,6 +166,7 @@ class Metrics:
         routes: tuple[str, ...] = (DEFAULT_ROUTE,),
         provider: str = PROVIDER,
         registry: CollectorRegistry | None = None,
+        shared_state: bool = False,
     ) -> None:
         self.provider = provider
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -196,9 +196,25 @@ class Metrics:
         families = _UpstreamFamilies(reg)
         self.routes = {name: RouteMetrics(families, provider, name) for name in routes}
         self.rejections = {reason: rejections.labels(provider, reason) for reason in ADMISSION_REASONS}
+        # Only with GATEWAY_REDIS_URL: without a fleet there is no shared state to lose.
+        self._shared_state_up = (
+            Gauge(
+                "gateway_shared_state_up",
+                "1 while this process shares upstream health through Redis, 0 while it decides alone.",
+                registry=reg,
+                multiprocess_mode="livemin",
+            )
+            if shared_state
+            else None
+        )
         self._http_children: dict[tuple[str, str, int], Counter] = {}
         self._methods: frozenset[str] = frozenset()
         self._http_duration_children: dict[str, Histogram] = {}
+
+    def shared_state_changed(self, up: bool) -> None:
+        """The fleet link came up or went down."""
+        if self._shared_state_up is not None:
+            self._shared_state_up.set(1 if up else 0)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
         """One finished inbound request; an unrouted method is labelled ``other``."""

@@ -43,6 +43,7 @@ class Prober:
         prompt: str,
         clock: Callable[[], float] = time.monotonic,
         jitter: float = 0.1,
+        may_probe: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
         self._flag = flag
@@ -53,6 +54,8 @@ class Prober:
         self._prompt = ChatPrompt(resolve_model(model), (Message("user", prompt),))
         self._clock = clock
         self._jitter = jitter
+        # With a fleet, one process holds the route's probe lease; the others skip their ticks.
+        self.may_probe = may_probe
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -105,7 +108,8 @@ class Prober:
             # Cleared before probing, so a trigger that arrives during the probe is kept.
             self._wake.clear()
             try:
-                await self.probe_once()
+                if self.may_probe():
+                    await self.probe_once()
             except Exception:
                 log.exception("probe loop error")
             delay = self.next_delay()

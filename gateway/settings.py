@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # Several ways to reach FlowGpt (JSON list); unset: one route "default" from the three above.
     upstreams: Annotated[tuple[RouteSpec, ...], NoDecode] = ()
 
+    # Fleet: processes on one host (workers) and replicas share upstream health through Redis.
+    redis_url: SecretStr | None = None  # unset: every process decides alone
+    redis_prefix: str = Field("flowgpt-gateway", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_timeout: float = Field(0.1, gt=0, le=5)
+    workers: int = Field(1, ge=1, le=64)
+
     # Resilience
     breaker_fail_max: int = Field(5, ge=1)
     breaker_reset_seconds: Seconds = 30.0
@@ -101,7 +107,14 @@ class Settings(BaseSettings):
             check_http_url(value)  # the message never repeats the value: a proxy URL carries credentials
         return value
 
-    @field_validator("upstream_proxy", "admin_token", mode="before")
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("GATEWAY_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("upstream_proxy", "admin_token", "redis_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -116,6 +129,10 @@ class Settings(BaseSettings):
         if self.upstreams and single_route:
             names = "/".join(sorted(env_name(name) for name in single_route))
             raise ValueError(f"set GATEWAY_UPSTREAMS or {names}, not both (the routes replace the single upstream)")
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL (workers agree on trips and probes through Redis)"
+            )
         if self.probe_timeout is None:
             object.__setattr__(self, "probe_timeout", self.timeout_first_token)  # frozen: set once, here
         elif self.probe_timeout < self.timeout_first_token:
@@ -146,7 +163,7 @@ class Settings(BaseSettings):
                 value = "***"
             elif name == "api_keys":
                 value = f"{len(value)} configured"
-            elif name == "admin_token":
+            elif name in ("admin_token", "redis_url"):
                 value = "unset" if value is None else "***"
             elif name in ("upstream_url", "upstream_proxy") and value is not None:
                 value = mask_url(value)

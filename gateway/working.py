@@ -70,6 +70,21 @@ class WorkingFlag:
                 self._probed_working = False
         self._notify(before)
 
+    @property
+    def probed_working(self) -> bool:
+        """The probes' verdict, whatever an operator pinned."""
+        return self._probed_working
+
+    def restore(self, *, working: bool, failures: int, successes: int, last_probe: ProbeResult | None) -> None:
+        """Adopt the verdict another process reached (a fleet member joining or reconnecting)."""
+        before = self.working
+        self._probed_working = working
+        self.consecutive_failures = failures
+        self.consecutive_successes = successes
+        if last_probe is not None:
+            self.last_probe = last_probe
+        self._notify(before)
+
     def set_mode(self, mode: WorkingMode) -> None:
         """Operator override; ``auto`` hands the flag back to the probes."""
         before = self.working

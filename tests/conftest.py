@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.simulator import Simulator
 from tests.gateway_support import GatewayFactory, make_settings
+from tests.redis_support import RedisServer
 
 
 @pytest.fixture(name="sim")
@@ -49,3 +50,14 @@ async def make_gateway_fixture(sim: Simulator) -> AsyncIterator[GatewayFactory]:
 async def gateway_fixture(make_gateway: GatewayFactory) -> TestClient[web.Request, web.Application]:
     """A gateway with test defaults in front of the simulator."""
     return await make_gateway()
+
+
+@pytest.fixture(name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
+    """A real redis-server of its own (tests pause and kill it), stopped afterwards."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.app_keys import ROUTES, SETTINGS
+from gateway.app_keys import FLEET, ROUTES, SETTINGS
 from gateway.errors import AuthenticationError, ForbiddenError, InvalidRequestError, NotFoundError
+from gateway.fleet.messages import OverrideTarget
 from gateway.handlers.ops import route_snapshot
 from gateway.route_pool import Route
 from gateway.working import WorkingMode
@@ -56,8 +57,21 @@ async def _command(request: web.Request, allowed: tuple[str, ...]) -> tuple[str,
     return str(mode), [routes[name]]
 
 
-def _state(request: web.Request) -> dict[str, Any]:
-    return {"routes": [route_snapshot(route) for route in request.app[ROUTES]]}
+def _state(request: web.Request, *, shared: bool | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"routes": [route_snapshot(route) for route in request.app[ROUTES]]}
+    if FLEET in request.app:
+        # False: Redis is unreachable; the change holds here and reaches the fleet on reconnection.
+        body["shared"] = shared
+    return body
+
+
+async def _share(request: web.Request, target: OverrideTarget, mode: str, routes: list[Route]) -> bool | None:
+    """Store the operator's mode fleet-wide, when there is a fleet; whether every write succeeded."""
+    if FLEET not in request.app:
+        return None
+    fleet = request.app[FLEET]
+    results = [await fleet.share_override(route.name, target, mode) for route in routes]
+    return all(results)
 
 
 async def get_admin_state(request: web.Request) -> web.Response:
@@ -73,7 +87,7 @@ async def set_breaker_mode(request: web.Request) -> web.Response:
     for route in routes:
         breaker = route.breaker
         {"open": breaker.force_open, "closed": breaker.force_closed, "auto": breaker.automatic}[mode]()
-    return web.json_response(_state(request))
+    return web.json_response(_state(request, shared=await _share(request, "breaker", mode, routes)))
 
 
 async def set_working_mode(request: web.Request) -> web.Response:
@@ -82,4 +96,4 @@ async def set_working_mode(request: web.Request) -> web.Response:
     mode, routes = await _command(request, _WORKING_MODES)
     for route in routes:
         route.flag.set_mode(mode)  # type: ignore[arg-type]
-    return web.json_response(_state(request))
+    return web.json_response(_state(request, shared=await _share(request, "working", mode, routes)))

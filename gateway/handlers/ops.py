@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
+from gateway.app_keys import FLEET, INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
 from gateway.route_pool import Route
 from gateway.settings import describe_route
 
@@ -61,6 +61,8 @@ async def status(request: web.Request) -> web.Response:
         "readiness": readiness,
         "counters": app[METRICS].summary(),
         "settings": app[SETTINGS].masked(),
+        # None: no GATEWAY_REDIS_URL, this process decides alone by design.
+        "shared_state": app[FLEET].snapshot() if FLEET in app else None,
     }
     return web.json_response(body, dumps=_dumps)
 

@@ -1,0 +1,146 @@
+"""The connection to Redis: every call bounded, failure detected once, reconnection in the background.
+
+redis-py retries a timed-out command by default, so one call to a hung server takes seconds, not
+its ``socket_timeout``; here the client makes no retries and every call also runs under
+``asyncio.timeout``. Any failed call marks the link down; the background loop then reconnects
+with backoff, resubscribes and calls ``on_up`` so the owner re-syncs. While it is down, callers
+get ``None`` at once instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+# A paused server is silent, not broken: only a failed ping tells the subscriber it is gone.
+HEARTBEAT_SECONDS = 1.0
+
+
+class RedisLink:
+    """One Redis client and one subscription, with ``up`` telling whether both work."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str,
+        timeout: float,
+        on_message: Callable[[bytes], None],
+        on_up: Callable[[], Awaitable[None]],
+        on_down: Callable[[], None],
+    ) -> None:
+        self._url = url
+        self._channel = channel
+        self.timeout = timeout
+        self._on_message = on_message
+        self._on_up = on_up
+        self._on_down = on_down
+        self._client: redis.Redis | None = None
+        self._lost = asyncio.Event()
+        self.up = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def call(self, fn: Callable[[redis.Redis], Awaitable[T]]) -> T | None:
+        """Run one bounded call; ``None`` (and the link marked down) if Redis is down, slow or fails."""
+        client = self._client
+        if not self.up or client is None:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await fn(client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(f"{type(exc).__name__}: {exc}")
+            return None
+
+    def start(self) -> None:
+        """Connect in the background; the first success calls ``on_up``."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-link")
+
+    async def stop(self) -> None:
+        """Cancel the background loop and close the connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.up = False
+
+    def _mark_down(self, why: str) -> None:
+        if self.up:
+            self.up = False
+            log.warning("shared state lost, deciding locally until Redis is back reason=%r", why[:200])
+            self._on_down()
+        self._lost.set()
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._session()
+                backoff = BACKOFF_FIRST  # it worked for a while: the next outage starts over
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(f"{type(exc).__name__}: {exc}")
+            except Exception:  # a bug in a handler must not end sharing for good
+                log.exception("shared state loop error")
+                self._mark_down("internal error")
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self) -> None:
+        """Connect, subscribe, re-sync, then relay messages until a call fails."""
+        client = redis.Redis.from_url(
+            self._url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        pubsub = client.pubsub()
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                await client.ping()
+                await pubsub.subscribe(self._channel)
+            self._client = client
+            self._lost.clear()
+            self.up = True
+            await self._on_up()
+            if not self.up:
+                return
+            log.info("shared state connected channel=%s", self._channel)
+            await self._relay(client, pubsub)
+        finally:
+            self._client = None  # ``up`` stays until _mark_down, which logs and tells the owner once
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def _relay(self, client: redis.Redis, pubsub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + HEARTBEAT_SECONDS
+        while not self._lost.is_set():
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+            if message is not None and message.get("type") == "message":
+                try:
+                    self._on_message(message["data"])
+                except Exception:
+                    log.exception("shared state message handler failed")
+            if loop.time() >= next_ping:
+                next_ping = loop.time() + HEARTBEAT_SECONDS
+                async with asyncio.timeout(self.timeout):
+                    await client.ping()
