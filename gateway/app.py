@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/status", ops.status)
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.scrape_registry()))
     app.router.add_get("/admin/state", admin.get_admin_state)
     app.router.add_post("/admin/breaker", admin.set_breaker_mode)
     app.router.add_post("/admin/working", admin.set_working_mode)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,10 +26,12 @@ from gateway.redact import mask_url
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
+from gateway.workers import Supervisor, worker_command
 
 log = logging.getLogger("gateway")
 DEMO_ROUTES = ("primary", "backup")
 EXIT_BAD_SETTINGS = 64  # EX_USAGE of sysexits.h
+ORPHAN_CHECK_SECONDS = 0.5
 
 # CLI flag -> settings field; flags override GATEWAY_* variables.
 _SETTING_FLAGS: dict[str, dict[str, Any]] = {
@@ -37,6 +40,7 @@ _SETTING_FLAGS: dict[str, dict[str, Any]] = {
     "upstream_url": {"help": "FlowGpt endpoint (GATEWAY_UPSTREAM_URL)"},
     "log_format": {"choices": ["text", "json"], "help": "GATEWAY_LOG_FORMAT"},
     "log_level": {"choices": ["DEBUG", "INFO", "WARNING", "ERROR"], "help": "GATEWAY_LOG_LEVEL"},
+    "workers": {"type": int, "help": "processes serving one port; > 1 needs GATEWAY_REDIS_URL (GATEWAY_WORKERS)"},
 }
 
 
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway (upstream: GATEWAY_UPSTREAM_URL)")
     _add_setting_flags(serve, list(_SETTING_FLAGS))
+    serve.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     sim = commands.add_parser("sim", help="run the FlowGpt-compatible upstream simulator")
     sim_cli.add_arguments(sim)
     demo = commands.add_parser("demo", help="run the simulator and the gateway in front of it")
@@ -83,12 +88,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # probe's 2 means "no route works"; a deploy check must tell a bad setting from that.
         return EXIT_BAD_SETTINGS if ns.command == "probe" else 2
     configure_logging(settings.log_format, settings.log_level)
+    if ns.command == "serve" and settings.workers > 1 and not ns.as_worker:
+        return _supervise(ns, settings)
     runner = _event_loop_runner(settings)
     if ns.command == "serve":
-        return runner(serve(settings))
+        return runner(serve(settings, reuse_port=ns.as_worker))
     if ns.command == "demo":
         return runner(demo(settings, sim_port=ns.sim_port, chunk_delay=ns.chunk_delay))
     return runner(probe_once(settings))
+
+
+def _supervise(ns: argparse.Namespace, settings: Settings) -> int:
+    if settings.port == 0:
+        print("flowgpt-gateway: --workers needs a fixed port (0 would give each worker its own)", file=sys.stderr)
+        return 2
+    flags = [
+        f"--{name.replace('_', '-')}={getattr(ns, name)}"
+        for name in _SETTING_FLAGS
+        if name != "workers" and getattr(ns, name, None) is not None
+    ]
+    supervisor = Supervisor(worker_command(flags), workers=settings.workers, grace=settings.shutdown_timeout)
+    return supervisor.run()
 
 
 def _event_loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, int]], int]:
@@ -100,13 +120,16 @@ def _event_loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, int]
     return asyncio.run
 
 
-async def serve(settings: Settings, *, banner: str | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then drain gracefully; returns the exit code."""
+async def serve(settings: Settings, *, banner: str | None = None, reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT, then drain gracefully; returns the exit code.
+
+    ``reuse_port``: a worker of ``serve --workers N``, sharing the port with its siblings.
+    """
     app = create_app(settings)
     # The drain below gives in-flight requests their grace; aiohttp's own wait only closes idle keep-alives.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -130,6 +153,7 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = loop.create_task(_stop_when_orphaned(stop)) if reuse_port else None
     try:
         await stop.wait()
         log.info("shutting down grace_seconds=%s", settings.shutdown_timeout)
@@ -141,8 +165,19 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if orphan_watch is not None:
+            orphan_watch.cancel()
     log.info("stopped")
     return 0
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on unwatched."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event fires when a parent dies
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+    log.warning("supervisor gone, shutting down this worker supervisor_pid=%d", parent)
+    stop.set()
 
 
 async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:

@@ -7,10 +7,12 @@ with the alert rules and dashboards: extend, never rename.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -128,11 +130,18 @@ class _UpstreamFamilies:
             "1 for the route's breaker's current state, 0 for the others.",
             [*per_route, "state"],
             registry=reg,
+            multiprocess_mode="livemostrecent",
         )
         self.transitions = Counter(
             "gateway_breaker_transitions_total", "Breaker state changes.", [*per_route, "to_state"], registry=reg
         )
-        self.working = Gauge("gateway_provider_working", "The route's working flag (1 or 0).", per_route, registry=reg)
+        self.working = Gauge(
+            "gateway_provider_working",
+            "The route's working flag (1 or 0).",
+            per_route,
+            registry=reg,
+            multiprocess_mode="livemostrecent",
+        )
         self.probes = Counter(
             "gateway_health_probes_total", "Health probes by result.", [*per_route, "result"], registry=reg
         )
@@ -144,8 +153,15 @@ class _UpstreamFamilies:
             "Unix time of the last successful probe.",
             per_route,
             registry=reg,
+            multiprocess_mode="max",
         )
-        self.inflight = Gauge("gateway_inflight_requests", "Upstream calls in progress.", per_route, registry=reg)
+        self.inflight = Gauge(
+            "gateway_inflight_requests",
+            "Upstream calls in progress.",
+            per_route,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.selected = Counter(
             "gateway_route_selected_total", "Upstream attempts sent to each route.", ["route"], registry=reg
         )
@@ -191,7 +207,9 @@ class Metrics:
             ["provider", "reason"],
             registry=reg,
         )
-        build_info = Gauge("gateway_build_info", "Build information; always 1.", ["version"], registry=reg)
+        build_info = Gauge(
+            "gateway_build_info", "Build information; always 1.", ["version"], registry=reg, multiprocess_mode="livemax"
+        )
         build_info.labels(version=__version__).set(1)
         families = _UpstreamFamilies(reg)
         self.routes = {name: RouteMetrics(families, provider, name) for name in routes}
@@ -210,6 +228,18 @@ class Metrics:
         self._http_children: dict[tuple[str, str, int], Counter] = {}
         self._methods: frozenset[str] = frozenset()
         self._http_duration_children: dict[str, Histogram] = {}
+
+    def scrape_registry(self) -> CollectorRegistry:
+        """What /metrics serves: this registry, or under ``serve --workers`` the sum of every worker's files.
+
+        In multiprocess mode the process, platform and GC collectors are left out: they would
+        describe only the worker that happened to answer the scrape.
+        """
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
 
     def shared_state_changed(self, up: bool) -> None:
         """The fleet link came up or went down."""

@@ -13,8 +13,13 @@ async def scrape(client: TestClient[web.Request, web.Application]) -> Samples:
     """Every sample of the exposition, keyed by name and label set."""
     response = await client.get("/metrics")
     assert response.status == 200
+    return parse_samples(await response.text())
+
+
+def parse_samples(exposition: str) -> Samples:
+    """Every sample of a text exposition, keyed by name and label set."""
     samples: Samples = {}
-    for family in text_string_to_metric_families(await response.text()):
+    for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples

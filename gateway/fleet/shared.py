@@ -90,6 +90,7 @@ class SharedHealth:
         self._pending: dict[tuple[str, OverrideTarget], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._lease_wake = asyncio.Event()  # set on (re)connection: take free leases now, not a period later
         self.link = RedisLink(
             url,
             channel=self.keys.channel,
@@ -298,6 +299,7 @@ class SharedHealth:
                     last_probe=_probe_result(state["probe"]),
                 )
         self._on_state(True)
+        self._lease_wake.set()
 
     def _went_down(self) -> None:
         for share in self._routes.values():
@@ -325,14 +327,16 @@ class SharedHealth:
     async def _keep_leases(self) -> None:
         """Hold or take each route's probe lease; runs until cancelled, survives every error."""
         while True:
-            await asyncio.sleep(self._lease_period)
-            if not self.up:
-                continue
-            try:
-                for name, share in self._routes.items():
-                    await self._refresh_lease(name, share)
-            except Exception:
-                log.exception("probe lease loop error")
+            if self.up:
+                try:
+                    for name, share in self._routes.items():
+                        await self._refresh_lease(name, share)
+                except Exception:
+                    log.exception("probe lease loop error")
+            self._lease_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_period):
+                    await self._lease_wake.wait()
 
     async def _refresh_lease(self, name: str, share: _RouteShare) -> None:
         key = self.keys.probe_lease(name)

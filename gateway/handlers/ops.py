@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -58,6 +59,7 @@ async def status(request: web.Request) -> web.Response:
         "service": "flowgpt-gateway",
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - app[STARTED_AT], 3),
+        "pid": os.getpid(),  # under serve --workers: which worker answered
         "readiness": readiness,
         "counters": app[METRICS].summary(),
         "settings": app[SETTINGS].masked(),

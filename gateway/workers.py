@@ -1,0 +1,134 @@
+"""``serve --workers N``: a supervisor and N gateway processes sharing one port.
+
+Each worker is a full gateway (``serve --as-worker``) that binds with ``SO_REUSEPORT``, so the
+kernel spreads connections across them. The supervisor only watches: it restarts a worker that
+dies (with a growing pause if it keeps dying young), forwards SIGTERM/SIGINT so every worker
+drains gracefully, and exits 0 when all of them did.
+
+Metrics: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before any
+worker starts; every worker writes its samples there and answers ``/metrics`` with the sum over
+all workers, live and dead (counters never go back when a worker is replaced).
+Workers agree on upstream health through Redis (``GATEWAY_REDIS_URL`` is required for N > 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+from prometheus_client import multiprocess
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+_POLL_SECONDS: Final = 0.1
+_YOUNG_SECONDS: Final = 5.0  # a worker that dies sooner than this is restarted after a pause
+_RESTART_PAUSE_MAX: Final = 10.0
+_STOP_MARGIN: Final = 5.0  # beyond the drain grace, before a worker that does not exit is killed
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+    quick_deaths: int = 0
+
+
+class Supervisor:
+    """Starts, watches and stops the workers; :meth:`run` returns the exit code."""
+
+    def __init__(self, command: Sequence[str], *, workers: int, grace: float) -> None:
+        self._command = list(command)
+        self._count = workers
+        self._grace = grace
+        self._stopping = False
+        self._workers: list[_Worker] = []
+        self._metrics_dir = ""
+        self._owns_metrics_dir = MULTIPROC_ENV not in os.environ
+
+    def run(self) -> int:
+        """Supervise until SIGTERM/SIGINT, then drain every worker."""
+        self._metrics_dir = _fresh_metrics_dir()
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._workers = [self._spawn(index) for index in range(self._count)]
+            log.info("supervisor started workers=%d pids=%s", self._count, [w.process.pid for w in self._workers])
+            while not self._stopping:
+                time.sleep(_POLL_SECONDS)
+                for position, worker in enumerate(self._workers):
+                    if worker.process.poll() is not None and not self._stopping:
+                        self._workers[position] = self._replace(worker)
+            return self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self._owns_metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _spawn(self, index: int) -> _Worker:
+        env = {**os.environ, MULTIPROC_ENV: self._metrics_dir, "GATEWAY_WORKER_INDEX": str(index)}
+        return _Worker(index, subprocess.Popen([*self._command], env=env))  # noqa: S603 - our own interpreter and flags
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        pid, code = worker.process.pid, worker.process.returncode
+        multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]  # live gauges leave the sums
+        lived = time.monotonic() - worker.started
+        quick = worker.quick_deaths + 1 if lived < _YOUNG_SECONDS else 0
+        pause = min(0.5 * 2 ** (quick - 1), _RESTART_PAUSE_MAX) if quick else 0.0
+        log.warning(
+            "worker died, restarting index=%d pid=%d code=%s pause_seconds=%.1f", worker.index, pid, code, pause
+        )
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline and not self._stopping:
+            time.sleep(_POLL_SECONDS)
+        if self._stopping:
+            return worker  # stays dead; _stop_all does not count it
+        replacement = self._spawn(worker.index)
+        replacement.quick_deaths = quick
+        return replacement
+
+    def _stop_all(self) -> int:
+        running = [worker for worker in self._workers if worker.process.poll() is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._grace + _STOP_MARGIN
+        codes = []
+        for worker in running:
+            try:
+                codes.append(worker.process.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                log.error("worker did not drain in time, killing index=%d pid=%d", worker.index, worker.process.pid)
+                worker.process.kill()
+                codes.append(worker.process.wait())
+        log.info("supervisor stopped codes=%s", codes)
+        # A worker still starting has no requests yet; SIGTERM's default action is a clean stop for it.
+        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def _fresh_metrics_dir() -> str:
+    """The directory named by PROMETHEUS_MULTIPROC_DIR, emptied, or a new temporary one."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        shutil.rmtree(configured, ignore_errors=True)  # files of an earlier run would be summed in
+        os.makedirs(configured, exist_ok=True)
+        return configured
+    return tempfile.mkdtemp(prefix="flowgpt-gateway-metrics-")
+
+
+def worker_command(flags: Sequence[str]) -> list[str]:
+    """How the supervisor starts one worker: this interpreter, ``serve --as-worker`` and the given flags."""
+    return [sys.executable, "-m", "gateway", "serve", "--as-worker", *flags]
