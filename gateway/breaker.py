@@ -57,7 +57,7 @@ from aiobreaker import CircuitBreakerError, CircuitBreakerState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
 from gateway.errors import CircuitOpenError, UpstreamError, counts_against_upstream
-from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished
+from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished, TrialAdmitted
 
 __all__ = [
     "HALF_OPEN_BUSY_RETRY_AFTER",
@@ -249,6 +249,7 @@ class CircuitBreaker:
         trial = self._breaker.current_state == CircuitBreakerState.HALF_OPEN
         if trial:
             self._trials += 1
+            self._events.publish(TrialAdmitted(self.name))
         return Ticket(self._generation, trial=trial)
 
     def release(self, ticket: Ticket) -> None:

@@ -34,6 +34,13 @@ class BreakerChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class TrialAdmitted:
+    """A half-open breaker admitted its trial call (the fleet then holds its claim for the call)."""
+
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One probe: when (Unix seconds), how long, and why it failed."""
 

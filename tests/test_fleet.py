@@ -227,3 +227,25 @@ async def test_a_paused_redis_costs_requests_nothing_and_admin_calls_only_the_ti
     redis_server.resume()
     await eventually(lambda: all(m.app[FLEET].up for m in members), within=10.0)
     await eventually(lambda: _breaker(members[1]).mode == "forced_open", within=2.0)  # the pending change arrived
+
+
+async def test_a_trial_winner_without_traffic_holds_up_recovery_for_about_a_second_only(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Only B gets traffic after a heals; whoever won the trial claim, B's calls close a within ~2 s."""
+    prefix = redis_server.prefix()
+    first, second = [
+        await _member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)
+    ]
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    while _breaker(first).state != "open":  # A trips first, so its period ends first and it usually wins
+        await _chat(first)
+    await eventually(lambda: _breaker(second).state == "open", within=1.0)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: _breaker(second).state == "half_open", within=1.0)
+    half_open = time.monotonic()
+    while _breaker(second).state != "closed":
+        assert await _chat(second) == 200
+        assert time.monotonic() - half_open < 2.5, "recovery waited on a claim nobody used"
+        await asyncio.sleep(0.05)
+    await eventually(lambda: _breaker(first).state == "closed", within=1.0)  # B's success closes A too

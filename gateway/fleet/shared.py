@@ -38,7 +38,7 @@ from typing import Any, Final
 import orjson
 import redis.asyncio as redis
 
-from gateway.events import BreakerChanged, ProbeFinished, ProbeResult
+from gateway.events import BreakerChanged, ProbeFinished, ProbeResult, TrialAdmitted
 from gateway.fleet.link import RedisLink
 from gateway.fleet.messages import Keys, Message, OverrideTarget
 from gateway.route_pool import Route, RoutePool
@@ -50,7 +50,9 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 _BREAKER_MODES: Final = {"open": "force_open", "closed": "force_closed", "auto": "automatic"}
-# A trial lasts until the first token; its claim outlives that by this margin before others retry.
+# A won claim lapses this soon unless its trial call starts; losers retry at the same pace.
+_TRIAL_CLAIM_SECONDS: Final = 1.0
+# A started trial lasts until the first token; its claim outlives that by this margin.
 _TRIAL_MARGIN: Final = 2.0
 
 
@@ -61,6 +63,7 @@ class _RouteShare:
     route: Route
     trip_id: str | None = None
     lease_held: bool = False
+    trial_key: str | None = None  # the claim this process won, until its trial call starts
 
 
 class SharedHealth:
@@ -102,6 +105,7 @@ class SharedHealth:
         for share in self._routes.values():
             share.route.events.subscribe(BreakerChanged, functools.partial(self._breaker_changed, share))
             share.route.events.subscribe(ProbeFinished, functools.partial(self._probe_finished, share))
+            share.route.events.subscribe(TrialAdmitted, functools.partial(self._trial_started, share))
             share.route.prober.may_probe = functools.partial(self._may_probe, share)
 
     @property
@@ -153,10 +157,15 @@ class SharedHealth:
 
     def _breaker_changed(self, share: _RouteShare, event: BreakerChanged) -> None:
         breaker = share.route.breaker
-        if not self.up or event.mode != "auto":
+        if event.mode != "auto":
+            return
+        if event.new == "open" and event.by_traffic:
+            # A new period gets a new id even while Redis is down, so its trial never reuses the
+            # claim key of an earlier period.
+            share.trip_id = f"{time.time_ns():016x}-{self.origin}"
+        if not self.up:
             return
         if event.new == "open" and event.by_traffic and breaker.open_until is not None:
-            share.trip_id = f"{time.time_ns():016x}-{self.origin}"
             open_for = max(breaker.open_until - self._clock(), 0.001)
             fields = {"trip_id": share.trip_id, "open_for": open_for, "duration": breaker.current_open_duration}
             self._spawn(self._publish_trip(share, fields, from_closed=event.old == "closed"))
@@ -209,20 +218,35 @@ class SharedHealth:
         await self.link.call(publish)
 
     async def _claim_trial(self, share: _RouteShare, trip_id: str | None) -> None:
-        """Race for the trial of this open period; the loser waits for its outcome or its expiry."""
+        """Race for the trial of this open period; a loser retries until the claim is free again.
+
+        The winner's claim is short until its trial call actually starts (see :meth:`_trial_started`),
+        so a winner that gets no traffic, or dies, holds up the fleet's recovery for one
+        claim period only.
+        """
         breaker = share.route.breaker
         key = self.keys.trial(share.route.name, trip_id or f"local-{self.origin}")
         while breaker.state == "half_open" and share.trip_id == trip_id:
             won = await self.link.call(
-                lambda client: client.set(key, self.origin, nx=True, px=math.ceil(self._trial_ttl * 1000))
+                lambda client: client.set(key, self.origin, nx=True, px=math.ceil(_TRIAL_CLAIM_SECONDS * 1000))
             )
             if won is None and not self.up:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
             if won:
+                share.trial_key = key
                 breaker.permit_trial()
                 return
-            await asyncio.sleep(self._trial_ttl)  # the winner reports long before this, unless it died
+            await asyncio.sleep(_TRIAL_CLAIM_SECONDS)
+
+    def _trial_started(self, share: _RouteShare, event: TrialAdmitted) -> None:
+        """Our trial call is under way: hold the claim for as long as the call may take."""
+        key = share.trial_key
+        if key is None or not self.up:
+            return
+        share.trial_key = None
+        ttl_ms = math.ceil(self._trial_ttl * 1000)
+        self._spawn(self.link.call(lambda client: client.set(key, self.origin, xx=True, px=ttl_ms)))
 
     # -- fleet -> local ------------------------------------------------------------------------
 
