@@ -112,6 +112,7 @@ METRICS_CONTRACT: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("gateway_route_selected_total", "counter", ("route",), "attempts sent to each route"),
     MetricSpec("gateway_failovers_total", "counter", ("from_route",), "attempts moved to another route"),
     MetricSpec("gateway_build_info", "gauge", ("version",), "always 1"),
+    MetricSpec("gateway_shared_state_up", "gauge", (), "1 while sharing state through Redis (fleet only)"),
 )
 METRICS_BY_NAME: Final[Mapping[str, MetricSpec]] = {spec.name: spec for spec in METRICS_CONTRACT}
 SERIES_TO_METRIC: Final[Mapping[str, MetricSpec]] = {

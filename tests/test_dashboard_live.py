@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from monitoring.processes import ManagedProcess, wait_until
-from monitoring.stack import Series, Stack
+from monitoring.stack import FAST_GATEWAY_ENV, Series, Stack, StackOptions
 from tests.monitoring_support import (
     JOB,
     PanelQuery,
@@ -28,6 +28,7 @@ from tests.monitoring_support import (
     live_child_pids,
     promql_metric_names,
 )
+from tests.redis_support import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +126,10 @@ def exposition_names(text: str) -> set[str]:
 async def fixture_live() -> AsyncIterator[LiveRun]:
     """Start the stack, drive the traffic, wait for a scrape after it, run every panel query."""
     children_before = live_child_pids()
-    stack = Stack()
+    # With Redis the gateway runs as a fleet member, so the fleet panels have their series too.
+    redis = RedisServer()
+    redis.start()
+    stack = Stack(StackOptions(gateway_env={**FAST_GATEWAY_ENV, "GATEWAY_REDIS_URL": redis.url}))
     try:
         async with stack, asyncio.timeout(LIVE_LIMIT):
             try:
@@ -146,6 +150,7 @@ async def fixture_live() -> AsyncIterator[LiveRun]:
                 raise
     finally:
         stack.kill_all()  # a no-op after a clean stop
+        redis.stop()
     yield LiveRun(
         panels=panels,
         evidence=evidence,

@@ -37,7 +37,7 @@ async def test_every_contract_series_exists_at_start(gateway: Client) -> None:
     """Each metric in the contract is exported with every label set of its closed value sets."""
     samples = await scrape(gateway)
     for spec in METRICS_CONTRACT:
-        if spec.name.startswith("gateway_http_") or spec.name == "gateway_build_info":
+        if spec.name.startswith("gateway_http_") or spec.name in ("gateway_build_info", "gateway_shared_state_up"):
             continue
         for labels in _label_sets(spec.labels):
             name = spec.name + ("_count" if spec.type == "histogram" else "")
@@ -48,6 +48,7 @@ async def test_every_contract_series_exists_at_start(gateway: Client) -> None:
     assert value(samples, "gateway_provider_working", **R) == 1
     assert value(samples, "gateway_http_requests_total", route="/v1/chat/completions", method="POST", code="200") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
+    assert not any(name == "gateway_shared_state_up" for name, _ in samples)  # no fleet, nothing to lose
 
 
 async def test_success_moves_exactly_the_right_series(gateway: Client) -> None:
