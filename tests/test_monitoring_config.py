@@ -125,12 +125,12 @@ def test_prometheus_config_passes_promtool() -> None:
 def test_prometheus_config_scrapes_gateway_and_alerts_to_alertmanager(
     prometheus_config: dict[str, Any], compose: dict[str, Any]
 ) -> None:
-    """prometheus.yml scrapes job flowgpt-gateway on gateway:8080 and sends alerts to alertmanager:9093."""
+    """prometheus.yml scrapes job flowgpt-gateway on both replicas and sends alerts to alertmanager:9093."""
     assert prometheus_config["global"]["scrape_interval"] == "15s"
     assert prometheus_config["global"]["evaluation_interval"] == "15s"
     jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
     targets = [t for sc in jobs[JOB]["static_configs"] for t in sc["targets"]]
-    assert targets == ["gateway:8080"]
+    assert targets == ["gateway-1:8080", "gateway-2:8080"]
     alertmanagers = [
         t for am in prometheus_config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]
     ]
@@ -581,21 +581,25 @@ def test_compose_mounts_prometheus_config_next_to_its_rules() -> None:
 
 
 def test_compose_services_and_dependencies(compose: dict[str, Any]) -> None:
-    """The five services exist, start in order and are wired to each other."""
+    """The services exist, start in order and are wired to each other; both replicas share one Redis."""
     services = compose["services"]
-    assert set(services) >= {"gateway", "simulator", "prometheus", "alertmanager", "grafana"}
-    env = services["gateway"]["environment"]
-    assert env["GATEWAY_UPSTREAM_URL"] == "http://simulator:8090/v3/chat-anonymous"
-    assert env["GATEWAY_HOST"] == "0.0.0.0"
+    replicas = ("gateway-1", "gateway-2")
+    assert set(services) >= {*replicas, "redis", "simulator", "prometheus", "alertmanager", "grafana"}
+    for replica in replicas:
+        env = services[replica]["environment"]
+        assert env["GATEWAY_UPSTREAM_URL"] == "http://simulator:8090/v3/chat-anonymous"
+        assert env["GATEWAY_HOST"] == "0.0.0.0"
+        assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+        assert services["simulator"]["image"] == services[replica]["image"]
     assert services["simulator"]["command"] == ["sim", "--host", "0.0.0.0", "--port", "8090"]
-    assert services["simulator"]["image"] == services["gateway"]["image"]
+    assert "ports" not in services["redis"]
 
     def deps(name: str) -> set[str]:
         raw = services[name].get("depends_on", [])
         return set(raw)
 
-    assert "simulator" in deps("gateway")
-    assert {"gateway", "alertmanager"} <= deps("prometheus")
+    assert all({"simulator", "redis"} <= deps(replica) for replica in replicas)
+    assert {*replicas, "alertmanager"} <= deps("prometheus")
     assert "prometheus" in deps("grafana")
 
 
