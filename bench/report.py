@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from bench.fleet import render as fleet_lines
+
 TARGETS: Final = ("direct", "bare", "gateway")
 LABELS: Final = {
     "direct": "direct",
@@ -18,6 +20,11 @@ LABELS: Final = {
     "gateway": "gateway",
     "gateway1": "gateway, 1 route",
     "gateway8": "gateway, 8 routes",
+    "workers1": "1 worker",
+    "workers2": "2 workers",
+    "redis_off": "no Redis",
+    "redis_on": "Redis",
+    "redis_paused": "Redis stop",
 }
 MAX_ROUTE_POOL_ADDED_MS: Final = 0.05  # 8 routes instead of 1 may add at most this to the p50 at c=1
 NONSTREAM: Final = (("nonstream_c1", 1), ("nonstream_c16", 16), ("nonstream_c64", 64))
@@ -192,6 +199,9 @@ def render(summary: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> str:
             f"p50 {_fmt(breaker['p50_ms'], 3)} ms, p99 {_fmt(breaker['p99_ms'], 3)} ms, "
             f"cpu {_fmt(breaker['server_cpu_us_per_req'], 0)} µs/refusal, {breaker['errors']} wrong answers",
         ]
+    fleet = summary.get("fleet")
+    if fleet:
+        lines += ["", *fleet_lines(fleet)]
     memory = summary.get("memory", {})
     for target, row in memory.items():
         lines.append(

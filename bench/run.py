@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from bench import report
+from bench.fleet import run_fleet
 from bench.loadgen import request_for
 from bench.procs import PYTHON, Proc, clean_env, compress_large_log, free_port, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
@@ -130,7 +131,14 @@ class Bench:
         return proc
 
     def _start_gateway(
-        self, name: str, upstream: str, *, max_concurrency: int | None, upstreams: str | None = None
+        self,
+        name: str,
+        upstream: str,
+        *,
+        max_concurrency: int | None,
+        upstreams: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> Proc:
         port = free_port()
         env = clean_env(
@@ -147,8 +155,10 @@ class Bench:
         if upstreams is not None:
             del env["GATEWAY_UPSTREAM_URL"]  # the routes replace the single upstream
             env["GATEWAY_UPSTREAMS"] = upstreams
+        env.update(extra_env or {})
+        argv = [PYTHON, "-m", "gateway", "serve", *(["--workers", str(workers)] if workers > 1 else [])]
         # ``-m`` puts the working directory first on sys.path: --gateway-src runs another checkout.
-        proc = self._spawn(name, [PYTHON, "-m", "gateway", "serve"], env, port, cwd=self.ns.gateway_src)
+        proc = self._spawn(name, argv, env, port, cwd=self.ns.gateway_src)
         proc.wait_http(f"http://127.0.0.1:{port}/readyz")
         return proc
 
@@ -393,7 +403,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gateway-src", type=Path, help="run the gateway package found in this directory (A/B a change)"
     )
     parser.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="asyncio loop in proxy and gateway")
-    parser.add_argument("--skip", action="append", default=[], choices=["main", "breaker", "routes", "memory", "micro"])
+    sections = ["main", "breaker", "routes", "fleet", "memory", "micro"]
+    parser.add_argument("--skip", action="append", default=[], choices=sections)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--profile", action="store_true", help="also profile the gateway at c=64 with py-spy")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
@@ -451,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["breaker_open"] = report.summarize_single(bench.breaker_open())
         if "routes" not in ns.skip:
             summary["routes"] = bench.routes()
+        if "fleet" not in ns.skip:
+            summary["fleet"] = run_fleet(bench)
         if ns.profile:
             summary["profile"] = bench.profile()
         if "memory" not in ns.skip:
