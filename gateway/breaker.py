@@ -1,15 +1,13 @@
-"""The upstream circuit breaker: aiobreaker's counting, behind an adapter that contains its flaws.
+"""The upstream circuit breaker: when calls are admitted, for how long it stays open, what counts.
 
-This is the only module that imports aiobreaker 1.2.0. aiobreaker decides what counts and when the
-breaker trips (``fail_max`` consecutive failures, a success resets the count, half-open closes on a
-success and re-opens on a failure). The adapter adds what aiobreaker gets wrong or lacks:
+:class:`gateway.breaker_counter.FailureCounter` (aiobreaker, contained) counts failures and
+decides trips; this module adds what aiobreaker gets wrong or lacks:
 
-* Time: every timing decision uses the injected monotonic ``clock``. aiobreaker's datetime fields
-  mix ``utcnow()`` and ``now()`` (wrong on non-UTC hosts), so it gets a ten-year ``timedelta`` and
-  never moves open -> half-open by itself. The adapter does, when ``open_until`` passes: a loop
-  timer fires then (so gauges and readiness change without traffic), and every read of the state
-  checks the clock too (so an injected clock needs no timer). Open periods grow by
-  ``reset_multiplier`` per failed trial, capped at ``reset_max``.
+* Time: every timing decision uses the injected monotonic ``clock``. The breaker moves
+  open -> half-open when ``open_until`` passes: a loop timer fires then (so gauges and
+  readiness change without traffic), and every read of the state checks the clock too (so
+  an injected clock needs no timer). Open periods grow by ``reset_multiplier`` per failed
+  trial, capped at ``reset_max``.
 * Probe: :meth:`CircuitBreaker.probe_recovered` moves an open breaker to half-open at once, when
   the probe started after the breaker opened (an older probe saw an older upstream). It never
   closes it: only a live trial's success does.
@@ -17,16 +15,13 @@ success and re-opens on a failure). The adapter adds what aiobreaker gets wrong 
   ``CircuitOpenError(half_open=True)`` (code ``half_open_busy``) instead of reaching the upstream.
 * Outcomes: a call is admitted with a :class:`Ticket` that remembers the state period (generation)
   it was admitted in; an outcome whose period has ended is dropped, so requests admitted before a
-  trip (or before a close) never decide a later period. Outcomes are replayed through aiobreaker's
-  public ``call_async`` at once; the replay never suspends, so aiobreaker's state changes happen in
-  one synchronous step and its ``utcnow`` DeprecationWarning can be silenced locally.
+  trip (or before a close) never decide a later period.
 * What counts: an :class:`UpstreamError` for which ``counts_against_upstream`` holds is a failure.
   Everything else is neutral: it neither counts nor resets the count, and a trial that ends so
   frees its slot for the next caller. That covers a per-request rejection (upstream 400/413/422),
   a stream cut by the request's own total deadline, ``asyncio.CancelledError`` (a client
   disconnect) and any other exception (a gateway bug says nothing about the upstream; aiobreaker
   would count it as a success, so it is never replayed).
-* Nothing from aiobreaker escapes: the call that trips the breaker raises the original error.
 
 Fleet: with shared state (:mod:`gateway.fleet`), trips and closes of other processes arrive through
 :meth:`CircuitBreaker.trip` and :meth:`CircuitBreaker.close_from_fleet`, and a half-open period
@@ -46,16 +41,11 @@ import inspect
 import logging
 import math
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Final, TypedDict, TypeVar
+from typing import Final, TypedDict, TypeVar
 
-from aiobreaker import CircuitBreaker as _AioBreaker
-from aiobreaker import CircuitBreakerError, CircuitBreakerState
-from aiobreaker.storage.memory import CircuitMemoryStorage
-
+from gateway.breaker_counter import FailureCounter
 from gateway.errors import CircuitOpenError, UpstreamError, counts_against_upstream
 from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished, TrialAdmitted
 
@@ -72,15 +62,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# aiobreaker's own open -> half-open check compares datetimes; this keeps it from ever firing.
-_AIOBREAKER_NEVER: Final = timedelta(days=3650)
 # A trial is in flight and its length is unknown; refusals are cheap, so ask for a short wait.
 HALF_OPEN_BUSY_RETRY_AFTER: Final = 1.0
-_STATE_NAMES: Final[dict[Any, BreakerState]] = {
-    CircuitBreakerState.CLOSED: "closed",
-    CircuitBreakerState.OPEN: "open",
-    CircuitBreakerState.HALF_OPEN: "half_open",
-}
 
 
 class BreakerSnapshot(TypedDict):
@@ -130,13 +113,7 @@ class CircuitBreaker:
         self._half_open_calls = half_open_calls
         self._clock = clock
         self._events = events or EventBus()
-        # Memory storage on purpose: CircuitRedisStorage is synchronous and would block the loop.
-        self._breaker = _AioBreaker(
-            fail_max=fail_max,
-            timeout_duration=_AIOBREAKER_NEVER,
-            state_storage=CircuitMemoryStorage(CircuitBreakerState.CLOSED),
-            name=name,
-        )
+        self._counter = FailureCounter(name=name, fail_max=fail_max)
         self._mode: BreakerMode = "auto"
         self._reported: BreakerState = "closed"
         self._open_until: float | None = None
@@ -170,7 +147,7 @@ class CircuitBreaker:
     @property
     def consecutive_failures(self) -> int:
         """Consecutive upstream failures as aiobreaker counts them (opening does not reset)."""
-        return int(self._breaker.fail_counter)
+        return self._counter.failures
 
     @property
     def current_open_duration(self) -> float:
@@ -246,7 +223,7 @@ class CircuitBreaker:
         refusal = self.refusal()
         if refusal is not None:
             raise refusal
-        trial = self._breaker.current_state == CircuitBreakerState.HALF_OPEN
+        trial = self._counter.state == "half_open"
         if trial:
             self._trials += 1
             self._events.publish(TrialAdmitted(self.name))
@@ -274,7 +251,7 @@ class CircuitBreaker:
 
     async def completed(self, ticket: Ticket) -> None:
         """The answer ended cleanly: a success for the period the call was admitted in."""
-        if self._current(ticket) and self._breaker.fail_counter > 0:
+        if self._current(ticket) and self._counter.failures > 0:
             await self._replay(None)  # at zero aiobreaker's closed-state success changes nothing
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, defer_success: bool = False) -> T:
@@ -333,9 +310,7 @@ class CircuitBreaker:
         if self.state == "open" and self._open_until is not None and self._open_until >= self._clock() + open_for:
             return False  # already open at least as long
         self._open_duration = duration
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module="aiobreaker")
-            self._breaker.open()
+        self._counter.open()
         if self._reported == "open":  # extend the period in place; no state change to announce
             self._open_until = self._clock() + open_for
             self._cancel_timer()
@@ -347,7 +322,7 @@ class CircuitBreaker:
     def close_from_fleet(self) -> None:
         """Another process's trial succeeded: close an automatic open or half-open breaker."""
         if self._mode == "auto" and self.state != "closed":
-            self._breaker.close()
+            self._counter.close()
             self._sync(traffic=False)
 
     def permit_trial(self) -> None:
@@ -369,42 +344,21 @@ class CircuitBreaker:
         return ticket.counted and self._mode == "auto" and ticket.generation == self._generation
 
     def _end_open_period(self) -> None:
-        self._breaker.half_open()
+        self._counter.half_open()
         self._sync(traffic=False)
 
     async def _replay(self, error: Exception | None) -> None:
-        """Feed one finished call's outcome through aiobreaker's public path; never raises it."""
-
-        async def outcome() -> None:
-            if error is not None:
-                raise error
-
-        # Raising ``error`` again must not rewrite what the caller will see.
-        saved = (error.__traceback__, error.__context__) if error is not None else None
+        """Count one finished call's outcome, then announce any state change it caused."""
         try:
-            # outcome() never suspends, so this await completes in one step and the warnings
-            # filter cannot leak to other tasks. Python 3.12+ warns about utcnow() inside
-            # aiobreaker's open(); under -W error the breaker would otherwise never open.
-            with warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore", message=r"datetime\.datetime\.utcnow", category=DeprecationWarning, module="aiobreaker"
-                )
-                await self._breaker.call_async(outcome)
-        except CircuitBreakerError:
-            pass  # the tripping call: its __cause__ is ``error``, which the caller re-raises itself
-        except Exception as exc:
-            if exc is not error:
-                raise
+            await self._counter.replay(error)
         finally:
-            if error is not None and saved is not None:
-                error.__traceback__, error.__context__ = saved
             self._sync(traffic=True)
 
     def _set_mode(self, mode: BreakerMode) -> None:
         if mode == self._mode:
             return
         self._mode = mode
-        self._breaker.close()  # closed aiobreaker, zero failures
+        self._counter.close()  # closed aiobreaker, zero failures
         self._open_duration = self._reset_timeout
         self._open_until = None
         self._generation += 1
@@ -445,7 +399,7 @@ class CircuitBreaker:
             return "open"
         if self._mode == "forced_closed":
             return "closed"
-        return _STATE_NAMES[self._breaker.current_state]
+        return self._counter.state
 
     def _arm_timer(self, delay: float) -> None:
         """End the open period on time even with no traffic (outside a loop, reads do it)."""
