@@ -25,9 +25,10 @@ import orjson
 
 from bench import report
 from bench.loadgen import request_for
-from bench.procs import PYTHON, Proc, clean_env, compress_large_log, free_port, post_json
+from bench.procs import PYTHON, Proc, compress_large_log, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
 from bench.wrk import run_wrk, write_script, wrk_path
+from monitoring.processes import clean_env, free_port
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = REPO_DIR / "bench" / "results"

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -35,7 +34,7 @@ from monitoring.configs import (
     copy_rules,
     prometheus_config_for,
 )
-from monitoring.processes import ManagedProcess, StackError, find_tool, free_port, wait_until
+from monitoring.processes import ManagedProcess, StackError, clean_env, find_tool, free_port, wait_until
 from monitoring.webhook import Notification, WebhookReceiver
 
 # Alerts a drill waits for, with ``for:`` short enough to see them fire within seconds.
@@ -301,9 +300,7 @@ class Stack:
 
     async def _start_gateway(self) -> None:
         # The caller's GATEWAY_* settings (API keys, a real upstream...) must not leak in.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-        env.update(self.options.gateway_env)
-        env["GATEWAY_HOST"] = self.options.host
+        env = clean_env(**{**self.options.gateway_env, "GATEWAY_HOST": self.options.host})
         if self.options.routes:
             base = self.sim_url
             routes = [{"name": name, "url": f"{base}/r/{name}/v3/chat-anonymous"} for name in self.options.routes]

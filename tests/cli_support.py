@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
-
-def gateway_env(settings: dict[str, str]) -> dict[str, str]:
-    """This process's environment without any GATEWAY_* variable, plus ``settings``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **settings}
-
+from monitoring.processes import clean_env
 
 CLI_LIMIT_SECONDS = 30.0  # a command that runs longer is hung
 
@@ -22,7 +17,7 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
         "-m",
         "gateway",
         *args,
-        env=gateway_env(env),
+        env=clean_env(**env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

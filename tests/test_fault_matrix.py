@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bench.procs import free_port
 from gateway.app_keys import HTTP_SESSION, ROUTES, UPSTREAM
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.metrics import ADMISSION_REASONS
 from gateway.simulator import SimFaults, Simulator, expected_answer
+from monitoring.processes import free_port
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import Samples, delta, scrape
 

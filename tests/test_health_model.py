@@ -21,9 +21,9 @@ from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.redact import mask_url
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
+from monitoring.processes import eventually
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
-from tests.polling import eventually
 
 GatewayClient = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}

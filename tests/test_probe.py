@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestClient
 from gateway import __version__
 from gateway.app_keys import INFLIGHT, ROUTES
 from gateway.simulator import SimFaults, Simulator
+from monitoring.processes import eventually
 from tests.cli_support import run_cli
 from tests.clock_support import FakeClock
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
-from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}

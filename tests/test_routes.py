@@ -15,16 +15,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
-from bench.procs import free_port
 from gateway.app_keys import ROUTES
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
-from tests.cli_support import gateway_env, run_cli
+from monitoring.processes import clean_env, eventually, free_port
+from tests.cli_support import run_cli
 from tests.clock_support import FakeClock
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape
-from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 CHAT = "/v1/chat/completions"
@@ -414,7 +413,7 @@ async def test_the_demo_always_runs_against_its_simulator() -> None:
         str(gateway_port),
         "--sim-port",
         str(sim_port),
-        env=gateway_env({"GATEWAY_UPSTREAMS": '[{"name": "x", "url": "http://127.0.0.1:9/x"}]'}),
+        env=clean_env(GATEWAY_UPSTREAMS='[{"name": "x", "url": "http://127.0.0.1:9/x"}]'),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
