@@ -28,6 +28,8 @@ from bench.loadgen import request_for
 from bench.procs import PYTHON, Proc, compress_large_log, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
 from bench.wrk import run_wrk, write_script, wrk_path
+from gateway.flowgpt.protocol import UPSTREAM_PATH
+from gateway.simulator.routes import route_path
 from monitoring.processes import clean_env, free_port
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
@@ -103,7 +105,7 @@ class Bench:
     @staticmethod
     def sim_url(proc: Proc) -> str:
         """The simulator's chat endpoint."""
-        return f"http://127.0.0.1:{proc.port}/v3/chat-anonymous"
+        return f"http://127.0.0.1:{proc.port}{UPSTREAM_PATH}"
 
     @staticmethod
     def proxy_url(proc: Proc) -> str:
@@ -256,7 +258,7 @@ class Bench:
         sim_base = f"http://127.0.0.1:{self.sim.port}"
 
         def routes_json(count: int) -> str:
-            routes = [{"name": f"r{i}", "url": f"{sim_base}/r/r{i}/v3/chat-anonymous"} for i in range(count)]
+            routes = [{"name": f"r{i}", "url": sim_base + route_path(f"r{i}")} for i in range(count)]
             return orjson.dumps(routes).decode()
 
         for target, count in (("gateway1", 1), ("gateway8", 8)):

@@ -28,6 +28,9 @@ from typing import Any, Final
 
 import aiohttp
 
+from gateway.flowgpt.protocol import UPSTREAM_PATH
+from gateway.openai_schema import chat_request_body
+from gateway.simulator.routes import route_path
 from monitoring.configs import (
     JOB,
     alertmanager_config_with_webhook,
@@ -59,7 +62,7 @@ FAST_GATEWAY_ENV: Final[Mapping[str, str]] = MappingProxyType(
         "GATEWAY_LOG_LEVEL": "INFO",
     }
 )
-_SIM_BANNER: Final = re.compile(r"FlowGpt simulator on (http://\S+?)/v3/chat-anonymous")
+_SIM_BANNER: Final = re.compile(r"FlowGpt simulator on (http://\S+?)" + re.escape(UPSTREAM_PATH))
 _PORT_ATTEMPTS: Final = 3
 
 
@@ -303,10 +306,10 @@ class Stack:
         env = clean_env(**{**self.options.gateway_env, "GATEWAY_HOST": self.options.host})
         if self.options.routes:
             base = self.sim_url
-            routes = [{"name": name, "url": f"{base}/r/{name}/v3/chat-anonymous"} for name in self.options.routes]
+            routes = [{"name": name, "url": base + route_path(name)} for name in self.options.routes]
             env["GATEWAY_UPSTREAMS"] = json.dumps(routes)
         else:
-            env["GATEWAY_UPSTREAM_URL"] = f"{self.sim_url}/v3/chat-anonymous"
+            env["GATEWAY_UPSTREAM_URL"] = self.sim_url + UPSTREAM_PATH
 
         def argv(port: int) -> list[str]:
             return [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
@@ -384,7 +387,7 @@ class Stack:
 
     async def chat(self, content: str = "Hello", *, stream: bool = False) -> ChatResult:
         """One chat completion through the gateway, read to the end."""
-        body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": content}]}
+        body = chat_request_body(content, stream=stream)
         async with self.session.post(f"{self.gateway_url}/v1/chat/completions", json=body) as response:
             text = await response.text()
         code: str | None = None

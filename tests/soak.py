@@ -35,6 +35,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.app_keys import METRICS, ROUTES
 from gateway.events import WorkingChanged
+from gateway.openai_schema import chat_request_body
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
 
@@ -216,7 +217,7 @@ async def _flap(sim: Simulator, config: SoakConfig, rng: random.Random, phases: 
 
 async def _one(session: aiohttp.ClientSession, url: str, *, stream: bool, deadline: float, report: SoakReport) -> None:
     """One request, classified; anything but an allowed, complete answer is a violation."""
-    body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": "soak " * 8}]}
+    body = chat_request_body("soak " * 8, stream=stream)
     started = time.monotonic()
     outcome: str
     try:
@@ -274,7 +275,7 @@ async def _drive(
 
 async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any, route_name: str) -> bool:
     """With the upstream healthy again, the route's breaker closes, its flag is on and requests succeed."""
-    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "are you back?"}]}
+    body = chat_request_body("are you back?")
     give_up = time.monotonic() + RECOVERY_SECONDS
     while time.monotonic() < give_up:
         async with session.post(url, json=body) as response:

@@ -35,8 +35,9 @@ from gateway.simulator import (
     expected_answer,
     split_answer,
 )
+from gateway.simulator.answers import LONG_EVENT_CHARS
 from gateway.simulator.cli import add_arguments, options_from_args, run
-from gateway.simulator.faults import LONG_EVENT_CHARS, MAX_ANSWER_BYTES, split_error_body
+from gateway.simulator.faults import MAX_ANSWER_BYTES, split_error_body
 from monitoring.processes import eventually
 
 MODEL = "gpt-4-turbo"
