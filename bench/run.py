@@ -232,22 +232,15 @@ class Bench:
         for rep in range(self.ns.reps):
             order = report.TARGETS[rep % 3 :] + report.TARGETS[: rep % 3]
             print(f"repetition {rep + 1}/{self.ns.reps} (order: {', '.join(order)})", flush=True)
-            for scenario, concurrency in report.NONSTREAM:
-                for target in order:
-                    self.measure(
-                        scenario,
-                        target,
-                        rep,
-                        lambda t=target, c=concurrency: self._nonstream(t, c, self.ns.duration),
-                    )
-            for scenario, concurrency in report.STREAM:
-                for target in order:
-                    self.measure(
-                        scenario,
-                        target,
-                        rep,
-                        lambda t=target, c=concurrency: self._stream(t, c, self.ns.duration),
-                    )
+            for scenarios, run in ((report.NONSTREAM, self._nonstream), (report.STREAM, self._stream)):
+                for scenario, concurrency in scenarios:
+                    for target in order:
+                        self.measure(
+                            scenario,
+                            target,
+                            rep,
+                            lambda t=target, c=concurrency, r=run: r(t, c, self.ns.duration),
+                        )
 
     def routes(self) -> dict[str, Any]:
         """Non-streaming c=1 through a gateway with 1 route and one with 8, paired per repetition.

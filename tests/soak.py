@@ -367,11 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--think", type=float, default=1.0, help="max pause between a worker's requests (s)")
-    parser.add_argument("--flap-min", type=float, default=0.5)
-    parser.add_argument("--flap-max", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--routes", type=int, default=1, help="routes; with more than one only the first flaps")
+    defaults = SoakConfig()  # the long run differs only in --requests and --concurrency
+    parser.add_argument("--think", type=float, default=defaults.think, help="max pause between a worker's requests (s)")
+    parser.add_argument("--flap-min", type=float, default=defaults.flap_min)
+    parser.add_argument("--flap-max", type=float, default=defaults.flap_max)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--routes", type=int, default=defaults.routes, help="routes; with more than one only the first flaps")
     ns = parser.parse_args(argv)
     config = SoakConfig(
         requests=ns.requests,

@@ -62,6 +62,12 @@ class Rig:
 RigFactory = Callable[..., Rig]
 
 
+async def answer_fails(rig: Rig) -> None:
+    """Open an answer scope that must raise before it yields an answer."""
+    async with rig.service.answer(PROMPT):
+        pytest.fail("the call must fail before an answer is yielded")
+
+
 @pytest.fixture(name="make_rig")
 async def make_rig_fixture(sim: Simulator) -> AsyncIterator[RigFactory]:
     """Build services in front of the simulator's routes; their breakers' timers are stopped at the end."""
@@ -129,8 +135,7 @@ async def test_refuse_early_refuses_when_no_route_admits(
     with pytest.raises(error):
         rig.service.refuse_early()
     with pytest.raises(error):
-        async with rig.service.answer(PROMPT):
-            pytest.fail("a refused call must not yield an answer")
+        await answer_fails(rig)
     assert rig.sample("gateway_admission_rejections_total", provider="flowgpt", reason=reason) == 2
     assert sim.stats.requests_total == 0
     assert rig.limiter.in_use == 0
@@ -171,8 +176,7 @@ async def test_retries_stop_at_retry_max(make_rig: RigFactory, sim: Simulator) -
     sim.set_faults(SimFaults(http_status=503), route="a")
     rig = make_rig("a", retry_max=2)
     with pytest.raises(UpstreamStatusError):
-        async with rig.service.answer(PROMPT):
-            pytest.fail("a failed call must not yield an answer")
+        await answer_fails(rig)
     assert sim.route_stats("a").requests_total == 3
     assert rig.upstream("gateway_upstream_retries_total", "a") == 2
     assert rig.limiter.in_use == 0
@@ -183,8 +187,7 @@ async def test_an_exhausted_retry_budget_allows_no_retry(make_rig: RigFactory, s
     sim.set_faults(SimFaults(http_status=503), route="a")
     rig = make_rig("a", budget_ratio=0.0, budget_min=0)
     with pytest.raises(UpstreamStatusError) as info:
-        async with rig.service.answer(PROMPT):
-            pytest.fail("a failed call must not yield an answer")
+        await answer_fails(rig)
     assert info.value.kind == "http_status"
     assert sim.route_stats("a").requests_total == 1
     assert rig.upstream("gateway_upstream_retries_total", "a") == 0
@@ -196,8 +199,7 @@ async def test_a_rejection_is_neither_retried_nor_failed_over(make_rig: RigFacto
     sim.set_faults(SimFaults(reject_marker="Hello"), route="a")
     rig = make_rig("a", "b")
     with pytest.raises(UpstreamRejectedError):
-        async with rig.service.answer(PROMPT):
-            pytest.fail("a rejected call must not yield an answer")
+        await answer_fails(rig)
     assert (sim.route_stats("a").requests_total, sim.route_stats("b").requests_total) == (1, 0)
     assert rig.upstream("gateway_upstream_errors_total", "a", kind="rejected") == 1
     assert rig.pool["a"].breaker.consecutive_failures == 0
@@ -227,8 +229,7 @@ async def test_the_slot_is_held_for_the_scope_and_released_after(make_rig: RigFa
     rig = make_rig("a", slots=1)
     async with rig.service.answer(PROMPT) as answer:
         with pytest.raises(OverloadedError):
-            async with rig.service.answer(PROMPT):
-                pytest.fail("no slot was free")
+            await answer_fails(rig)
         await answer.read_all()
     assert rig.sample("gateway_admission_rejections_total", provider="flowgpt", reason="overloaded") == 1
     async with rig.service.answer(PROMPT) as again:
