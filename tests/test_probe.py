@@ -1,4 +1,4 @@
-"""The health probe, the working flag, readiness and the one-shot probe command."""
+"""The health probe, the working flag and readiness (the one-shot probe command: test_cli.py)."""
 
 from __future__ import annotations
 
