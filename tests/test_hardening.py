@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app_keys import ROUTES
+from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.simulator import SimFaults, SimOptions, Simulator
 from tests.gateway_support import GatewayFactory, chat_body
 
@@ -212,10 +213,10 @@ async def echo_upstream_fixture() -> AsyncIterator[tuple[_EchoUpstream, str]]:
     """The echoing upstream on loopback, and its chat URL."""
     upstream = _EchoUpstream()
     app = web.Application()
-    app.router.add_post("/v3/chat-anonymous", upstream.handle)
+    app.router.add_post(UPSTREAM_PATH, upstream.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    yield upstream, str(server.make_url("/v3/chat-anonymous"))
+    yield upstream, str(server.make_url(UPSTREAM_PATH))
     await server.close()
 
 
@@ -301,7 +302,7 @@ HOSTILE_HEADERS: Final = {
     "Proxy": "http://127.0.0.1:1",
     "Proxy-Authorization": "Basic ZXZpbDpldmls",
     "Proxy-Connection": "keep-alive",
-    "X-Upstream-URL": "http://127.0.0.1:1/v3/chat-anonymous",
+    "X-Upstream-URL": "http://127.0.0.1:1" + UPSTREAM_PATH,
     "Authorization": "Bearer client-supplied-token",
     "X-Nonce": "evil",
     "X-Flow-Device-Id": "evil",
@@ -311,7 +312,7 @@ HOSTILE_HEADERS: Final = {
     "Referer": "https://evil.example/",
 }
 BODY_EXTRAS: Final[dict[str, Any]] = {
-    "upstream_url": "http://127.0.0.1:1/v3/chat-anonymous",
+    "upstream_url": "http://127.0.0.1:1" + UPSTREAM_PATH,
     "url": "http://127.0.0.1:1/",
     "base_url": "http://127.0.0.1:1/",
     "api_base": "http://127.0.0.1:1/",
