@@ -18,7 +18,8 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-from bench.procs import Proc, free_port
+from bench.procs import Proc
+from monitoring.processes import free_port
 
 if TYPE_CHECKING:
     from bench.run import Bench

@@ -26,11 +26,13 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, Message, build_body, signed_headers
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, Message, build_body, signed_headers
+from gateway.openai_schema import chat_request_body
+from gateway.simulator.answers import expected_answer
 
-MODEL: Final = "gpt-3.5-turbo"
+MODEL: Final = DEFAULT_MODEL
 QUESTION: Final = "Hello, how are you today?"
-EXPECTED: Final = f"[{MODEL}] You said: {QUESTION}"
+EXPECTED: Final = expected_answer(MODEL, QUESTION)
 # Where the first text fragment shows; the SSE role chunk has "content":"" and does not count.
 FLOWGPT_TEXT: Final = b'"event":"text"'
 SSE_TEXT: Final = b'"delta":{"content":"'
@@ -44,8 +46,7 @@ def request_for(protocol: str, stream: bool) -> tuple[bytes, dict[str, str]]:
     if protocol == "flowgpt":
         body = build_body(MODEL, [Message(role="user", content=QUESTION)])
         return orjson.dumps(body), signed_headers(ANONYMOUS_TOKEN)
-    payload = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": QUESTION}]}
-    return orjson.dumps(payload), {"Content-Type": "application/json"}
+    return orjson.dumps(chat_request_body(QUESTION, stream=stream, model=MODEL)), {"Content-Type": "application/json"}
 
 
 def answer_text(protocol: str, body: bytes) -> str:

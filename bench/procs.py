@@ -8,7 +8,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,6 @@ from typing import IO, Final
 
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 PYTHON: Final = sys.executable
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _raise_nofile() -> None:
@@ -122,13 +114,6 @@ def compress_large_log(path: Path, *, limit: int = 1 << 20) -> Path:
         shutil.copyfileobj(source, sink)
     path.unlink()
     return target
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any ``GATEWAY_*`` variable, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(overrides)
-    return env
 
 
 def post_json(url: str, body: bytes, *, token: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -57,13 +57,8 @@ def summarize_scenario(records: Sequence[Record], scenario: str) -> dict[str, di
         if not reps:
             continue
         results = list(reps.values())
-        row: dict[str, Any] = {
-            "reps": len(results),
-            "rps": _median(r["rps"] for r in results),
-            "p50_ms": _median(r["latency_ms"]["p50"] for r in results),
-            "p99_ms": _median(r["latency_ms"]["p99"] for r in results),
-            "errors": sum(r["errors"] for r in results),
-            "server_cpu_us_per_req": _median(r["cpu"]["server_us_per_req"] for r in results),
+        row = summarize_single(results)
+        row |= {
             "server_cpu_util": _median(r["cpu"]["server_util"] for r in results),
             "sim_cpu_us_per_req": _median(r["cpu"]["sim_us_per_req"] for r in results),
         }
@@ -81,7 +76,7 @@ def summarize_scenario(records: Sequence[Record], scenario: str) -> dict[str, di
 
 
 def summarize_single(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of a one-target scenario (the breaker's fast-fail path)."""
+    """Medians of a one-target scenario (the breaker's fast-fail path); every scenario's row starts with them."""
     return {
         "reps": len(results),
         "rps": _median(r["rps"] for r in results),

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from gateway.app import make_route
+from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.metrics import Metrics
 from gateway.route_pool import RoutePool
 from gateway.settings import Settings
@@ -24,7 +25,7 @@ NUMBER = 200_000
 
 async def _cost(session: aiohttp.ClientSession, count: int, number: int) -> float:
     """Microseconds for ``any_admits()`` + ``pick()`` over ``count`` healthy routes."""
-    routes = [{"name": f"r{i}", "url": "http://127.0.0.1:9/v3/chat-anonymous"} for i in range(count)]
+    routes = [{"name": f"r{i}", "url": "http://127.0.0.1:9" + UPSTREAM_PATH} for i in range(count)]
     settings = Settings(upstreams=orjson.dumps(routes).decode(), probe_enabled=False)
     metrics = Metrics(routes=tuple(spec.name for spec in settings.routes()))
     pool = RoutePool([make_route(session, spec, settings, metrics) for spec in settings.routes()])

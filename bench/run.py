@@ -26,9 +26,12 @@ import orjson
 from bench import report
 from bench.fleet import run_fleet
 from bench.loadgen import request_for
-from bench.procs import PYTHON, Proc, clean_env, compress_large_log, free_port, post_json
+from bench.procs import PYTHON, Proc, compress_large_log, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
 from bench.wrk import run_wrk, write_script, wrk_path
+from gateway.flowgpt.protocol import UPSTREAM_PATH
+from gateway.simulator.routes import route_path
+from monitoring.processes import clean_env, free_port
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = REPO_DIR / "bench" / "results"
@@ -103,7 +106,7 @@ class Bench:
     @staticmethod
     def sim_url(proc: Proc) -> str:
         """The simulator's chat endpoint."""
-        return f"http://127.0.0.1:{proc.port}/v3/chat-anonymous"
+        return f"http://127.0.0.1:{proc.port}{UPSTREAM_PATH}"
 
     @staticmethod
     def proxy_url(proc: Proc) -> str:
@@ -239,22 +242,15 @@ class Bench:
         for rep in range(self.ns.reps):
             order = report.TARGETS[rep % 3 :] + report.TARGETS[: rep % 3]
             print(f"repetition {rep + 1}/{self.ns.reps} (order: {', '.join(order)})", flush=True)
-            for scenario, concurrency in report.NONSTREAM:
-                for target in order:
-                    self.measure(
-                        scenario,
-                        target,
-                        rep,
-                        lambda t=target, c=concurrency: self._nonstream(t, c, self.ns.duration),
-                    )
-            for scenario, concurrency in report.STREAM:
-                for target in order:
-                    self.measure(
-                        scenario,
-                        target,
-                        rep,
-                        lambda t=target, c=concurrency: self._stream(t, c, self.ns.duration),
-                    )
+            for scenarios, run in ((report.NONSTREAM, self._nonstream), (report.STREAM, self._stream)):
+                for scenario, concurrency in scenarios:
+                    for target in order:
+                        self.measure(
+                            scenario,
+                            target,
+                            rep,
+                            lambda t=target, c=concurrency, r=run: r(t, c, self.ns.duration),
+                        )
 
     def routes(self) -> dict[str, Any]:
         """Non-streaming c=1 through a gateway with 1 route and one with 8, paired per repetition.
@@ -265,7 +261,7 @@ class Bench:
         sim_base = f"http://127.0.0.1:{self.sim.port}"
 
         def routes_json(count: int) -> str:
-            routes = [{"name": f"r{i}", "url": f"{sim_base}/r/r{i}/v3/chat-anonymous"} for i in range(count)]
+            routes = [{"name": f"r{i}", "url": sim_base + route_path(f"r{i}")} for i in range(count)]
             return orjson.dumps(routes).decode()
 
         for target, count in (("gateway1", 1), ("gateway8", 8)):

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.add_arguments(sim)
     demo = commands.add_parser("demo", help="run the simulator and the gateway in front of it")
     _add_setting_flags(demo, ["host", "port", "log_format", "log_level"])
-    demo.add_argument("--sim-port", type=int, default=8090, help="simulator port (default 8090)")
+    demo.add_argument(
+        "--sim-port", type=int, default=sim_cli.DEFAULT_PORT, help="simulator port (default: %(default)s)"
+    )
     demo.add_argument("--chunk-delay", type=float, default=0.05, help="simulated delay between chunks")
     probe = commands.add_parser(
         "probe", help="probe every route once; exit 0 if all work, 1 if some fail, 2 if none works"

@@ -33,7 +33,7 @@ rejection: see :func:`counts_against_upstream`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, get_args
 
 UpstreamErrorKind = Literal[
     "connect", "timeout", "http_status", "rate_limited", "blocked", "auth", "rejected", "protocol", "interrupted"
@@ -41,17 +41,8 @@ UpstreamErrorKind = Literal[
 # Which deadline a timeout hit: connecting, waiting for the first token, silence between lines
 # after it, or the request's total deadline.
 TimeoutPhase = Literal["connect", "first_token", "idle", "total"]
-UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = (
-    "connect",
-    "timeout",
-    "http_status",
-    "rate_limited",
-    "blocked",
-    "auth",
-    "rejected",
-    "protocol",
-    "interrupted",
-)
+# The kinds in declaration order, read from the Literal so the two cannot drift apart.
+UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = get_args(UpstreamErrorKind)
 
 
 class GatewayError(Exception):

@@ -10,9 +10,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from gateway.errors import GatewayError, InvalidRequestError
-from gateway.flowgpt.protocol import Message
+from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
+
+
+def chat_request_body(content: str, *, stream: bool = False, model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """A minimal valid request: one user message (what the drill, the benchmark, the soak and the tests send)."""
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
 
 
 class TextPart(BaseModel):

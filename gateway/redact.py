@@ -1,12 +1,14 @@
-"""Secrets out of anything shown: URLs with credentials in their user info or query."""
+"""Secrets out of anything shown: URLs with credentials in their user info or query, answer text in log samples."""
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from yarl import URL
 
 MASK: Final = "***"
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
 
 
 def mask_url(url: str) -> str:
@@ -27,3 +29,19 @@ def mask_url(url: str) -> str:
     if parsed.fragment:
         parsed = parsed.with_fragment(MASK)
     return str(parsed)
+
+
+def redact_sample(sample: bytes) -> bytes:
+    """A bad line's shape without its text, fit for a log: JSON keys stay, other strings become ``"***"``.
+
+    Answer text (which may quote the prompt) travels in JSON string values; a line cut
+    mid-string keeps its missing closing quote, so the truncation still shows.
+    """
+
+    def mask(match: re.Match[bytes]) -> bytes:
+        end = match.group(1)
+        if end.endswith(b":"):
+            return match.group(0)
+        return b'"***' + end
+
+    return _JSON_STRING.sub(mask, sample)

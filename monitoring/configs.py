@@ -1,4 +1,4 @@
-"""The shipped monitoring configs, rewritten for a run on loopback.
+"""The shipped monitoring configs: the one loader of the rule files, and copies rewritten for a run on loopback.
 
 Only addresses, intervals, Alertmanager grouping timings and the ``for:`` of
 named alerts change; expressions, labels, routes and inhibitions stay as
@@ -7,9 +7,10 @@ shipped, so a drill or a live test exercises what production runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import yaml
 
@@ -37,15 +38,41 @@ def rule_files(rules_dir: Path = RULES_DIR) -> list[Path]:
     return sorted(rules_dir.glob("*.yml"))
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One alerting or recording rule as written in a rule file."""
+
+    file: Path
+    group: str
+    kind: Literal["alert", "record"]
+    name: str
+    expr: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    for_: str | None = None
+
+
+def iter_rules(files: Iterable[Path] | None = None) -> Iterator[Rule]:
+    """Every rule of every rule file (default: the shipped ones), in file order."""
+    for path in rule_files() if files is None else files:
+        for group in load_yaml_mapping(path).get("groups", []):
+            for raw in group["rules"]:
+                kind: Literal["alert", "record"] = "alert" if "alert" in raw else "record"
+                yield Rule(
+                    file=path,
+                    group=str(group["name"]),
+                    kind=kind,
+                    name=str(raw[kind]),
+                    expr=str(raw["expr"]),
+                    labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()},
+                    annotations={str(k): str(v) for k, v in (raw.get("annotations") or {}).items()},
+                    for_=None if raw.get("for") is None else str(raw["for"]),
+                )
+
+
 def alert_names(rules_dir: Path = RULES_DIR) -> set[str]:
     """Distinct alert names defined in the rule files."""
-    return {
-        str(rule["alert"])
-        for path in rule_files(rules_dir)
-        for group in load_yaml_mapping(path).get("groups", [])
-        for rule in group["rules"]
-        if "alert" in rule
-    }
+    return {rule.name for rule in iter_rules(rule_files(rules_dir)) if rule.kind == "alert"}
 
 
 def webhook_urls(config: Mapping[str, Any]) -> dict[str, list[str]]:

@@ -106,7 +106,7 @@ class Drill:
         try:
             await self._wait(self._healthy, "a healthy start (gateway ready, scraped, Watchdog delivered)")
             self.say("healthy: gateway ready and working, Prometheus scrapes it, Watchdog reached receiver 'watchdog'")
-            self._prometheus_states = {alert.alertname: alert.state for alert in await self.stack.prometheus_alerts()}
+            self._prometheus_states = {alert.alertname: alert.state for alert in await self.stack.prometheus.alerts()}
             watcher = asyncio.create_task(self._watch_prometheus(), name="drill-prometheus-watch")
             await self._break_and_heal()
         except StackError as exc:
@@ -123,21 +123,21 @@ class Drill:
     async def _break_and_heal(self) -> None:
         stack = self.stack
         self.result.broke_at = self.now()
-        await stack.set_faults(BREAK_FAULTS)
+        await stack.simulator.set_faults(BREAK_FAULTS)
         self.say(f"BREAK: POST /_sim/faults {json.dumps(BREAK_FAULTS)} (every upstream call now fails)")
-        await stack.trip_breaker(
+        await stack.gateway.trip_breaker(
             within=self.phase_timeout,
             on_chat=lambda result, state: self.say(f"chat request -> {result.status} {result.code}; breaker {state}"),
         )
-        await stack.wait_working(False, within=self.phase_timeout)
-        refused = await stack.chat("Are you there?")
+        await stack.gateway.wait_working(False, within=self.phase_timeout)
+        refused = await stack.gateway.chat("Are you there?")
         self.say(f"gateway: working=false, breaker open; a chat request now gets {refused.status} {refused.code}")
         await self._wait(self._all_notified("firing"), "firing notifications of " + ", ".join(DRILL_ALERTS))
 
         self.result.healed_at = self.now()
-        await stack.heal()
+        await stack.simulator.heal()
         self.say("HEAL: DELETE /_sim/faults")
-        await stack.wait_working(True, within=self.phase_timeout)
+        await stack.gateway.wait_working(True, within=self.phase_timeout)
         self.say("gateway: working=true, breaker closed")
         await self._wait(self._all_notified("resolved"), "resolved notifications of " + ", ".join(DRILL_ALERTS))
         await self._wait(self._drill_alerts_inactive, "Prometheus to show the drill alerts inactive")
@@ -158,8 +158,8 @@ class Drill:
         (Right after start GatewayDown is briefly pending: its ``absent(up)`` is
         evaluated before the first scrape.)
         """
-        status, body = await self.stack.readiness()
-        active = {alert.alertname for alert in await self.stack.prometheus_alerts()} - {WATCHDOG}
+        status, body = await self.stack.gateway.readiness()
+        active = {alert.alertname for alert in await self.stack.prometheus.alerts()} - {WATCHDOG}
         watchdog = self.stack.webhook.find(WATCHDOG, "firing")
         return status == 200 and bool(body.get("working")) and watchdog is not None and not active
 
@@ -181,7 +181,7 @@ class Drill:
         """Print every change of an alert's state in Prometheus."""
         while True:
             with contextlib.suppress(StackError, *NOT_YET):
-                current = {alert.alertname: alert.state for alert in await self.stack.prometheus_alerts()}
+                current = {alert.alertname: alert.state for alert in await self.stack.prometheus.alerts()}
                 for name in sorted(set(current) | set(self._prometheus_states)):
                     state = current.get(name, "inactive")
                     if self._prometheus_states.get(name, "inactive") != state:

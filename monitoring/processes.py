@@ -1,4 +1,9 @@
-"""Child processes that are always stopped, free loopback ports, and bounded polling."""
+"""Child processes that are always stopped, their environment, free loopback ports, and bounded polling.
+
+The one home of these helpers for the monitoring stack, the benchmark and the tests:
+bench and tests import them from here (monitoring is the only one of the three that
+ships as a tool of its own, ``scripts/alert-drill``, and depends on neither of the others).
+"""
 
 from __future__ import annotations
 
@@ -25,12 +30,21 @@ class StackError(RuntimeError):
     """A part of the stack did not start or did not behave as expected; the message says which."""
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (callers retry if someone takes it first)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any ``GATEWAY_*`` variable, plus ``overrides``.
+
+    A child gateway must see only the settings it is given, never the caller's API keys
+    or real upstream.
+    """
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **overrides}
 
 
 def find_tool(*names: str) -> str:
@@ -61,6 +75,17 @@ async def wait_until(check: Callable[[], Awaitable[T | None]], *, within: float,
         if time.monotonic() >= deadline:
             raise StackError(f"timed out after {within:g}s waiting for {what}{last_error}")
         await asyncio.sleep(interval)
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 2.0, step: float = 0.01) -> None:
+    """Return once ``condition()`` is true; fail with TimeoutError after ``within`` seconds.
+
+    For state owned by another object in this process, with no event to wait on;
+    ``wait_until`` is the variant for checks that do I/O.
+    """
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - the state lives in other objects, nothing to await
+            await asyncio.sleep(step)
 
 
 class ManagedProcess:

@@ -12,10 +12,7 @@ cancellation by Ctrl-C), and :meth:`Stack.kill_all` is a synchronous last resort
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import math
-import os
 import re
 import shutil
 import sys
@@ -25,17 +22,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 
+from gateway.flowgpt.protocol import UPSTREAM_PATH
+from gateway.simulator.routes import route_path
+from monitoring.clients import GatewayClient, PrometheusClient, SimulatorControl
 from monitoring.configs import (
     JOB,
     alertmanager_config_with_webhook,
     copy_rules,
     prometheus_config_for,
 )
-from monitoring.processes import ManagedProcess, StackError, find_tool, free_port, wait_until
+from monitoring.processes import ManagedProcess, StackError, clean_env, find_tool, free_port, wait_until
 from monitoring.webhook import Notification, WebhookReceiver
 
 # Alerts a drill waits for, with ``for:`` short enough to see them fire within seconds.
@@ -60,7 +60,7 @@ FAST_GATEWAY_ENV: Final[Mapping[str, str]] = MappingProxyType(
         "GATEWAY_LOG_LEVEL": "INFO",
     }
 )
-_SIM_BANNER: Final = re.compile(r"FlowGpt simulator on (http://\S+?)/v3/chat-anonymous")
+_SIM_BANNER: Final = re.compile(r"FlowGpt simulator on (http://\S+?)" + re.escape(UPSTREAM_PATH))
 _PORT_ATTEMPTS: Final = 3
 
 
@@ -85,35 +85,6 @@ class StackOptions:
     routes: tuple[str, ...] = ()
     # None: a temporary directory, removed on stop. A path: kept (configs, data and logs).
     workdir: Path | None = None
-
-
-@dataclass(frozen=True)
-class PromAlert:
-    """An active alert as Prometheus reports it (``pending`` or ``firing``)."""
-
-    alertname: str
-    state: str
-    labels: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    """What the gateway answered to one chat request."""
-
-    status: int
-    code: str | None  # the OpenAI-style error code, None on success
-
-
-@dataclass(frozen=True)
-class Series:
-    """One series of a Prometheus query result: labels and (time, value) samples."""
-
-    labels: Mapping[str, str]
-    values: tuple[tuple[float, float], ...]
-
-    def has_finite_value(self) -> bool:
-        """True if any sample is a number (not NaN or infinite)."""
-        return any(math.isfinite(value) for _, value in self.values)
 
 
 class Stack:
@@ -301,15 +272,13 @@ class Stack:
 
     async def _start_gateway(self) -> None:
         # The caller's GATEWAY_* settings (API keys, a real upstream...) must not leak in.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-        env.update(self.options.gateway_env)
-        env["GATEWAY_HOST"] = self.options.host
+        env = clean_env(**{**self.options.gateway_env, "GATEWAY_HOST": self.options.host})
         if self.options.routes:
             base = self.sim_url
-            routes = [{"name": name, "url": f"{base}/r/{name}/v3/chat-anonymous"} for name in self.options.routes]
+            routes = [{"name": name, "url": base + route_path(name)} for name in self.options.routes]
             env["GATEWAY_UPSTREAMS"] = json.dumps(routes)
         else:
-            env["GATEWAY_UPSTREAM_URL"] = f"{self.sim_url}/v3/chat-anonymous"
+            env["GATEWAY_UPSTREAM_URL"] = self.sim_url + UPSTREAM_PATH
 
         def argv(port: int) -> list[str]:
             return [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
@@ -318,7 +287,7 @@ class Stack:
 
         async def probed_and_working() -> bool:
             self.ensure_running()
-            status, body = await self.readiness()
+            status, body = await self.gateway.readiness()
             return status == 200 and all(int(route["probes_total"]) > 0 for route in body["routes"])
 
         await wait_until(probed_and_working, within=self.options.start_timeout, what="the gateway's first probe")
@@ -352,8 +321,8 @@ class Stack:
 
         async def scraping_and_alerting() -> bool:
             self.ensure_running()
-            up = await self.query(f'up{{job="{JOB}"}}')
-            managers = await self._prometheus_api("alertmanagers")
+            up = await self.prometheus.query(f'up{{job="{JOB}"}}')
+            managers = await self.prometheus.api("alertmanagers")
             return bool(up) and up[0].values[-1][1] == 1 and bool(managers.get("activeAlertmanagers"))
 
         await wait_until(
@@ -371,131 +340,20 @@ class Stack:
             raise StackError("the stack is not running")
         return self._session
 
-    async def set_faults(self, faults: Mapping[str, object], *, route: str | None = None) -> None:
-        """Replace the simulator's faults (``POST /_sim/faults``) of ``route`` (default: the plain path)."""
-        params = {} if route is None else {"route": route}
-        async with self.session.post(f"{self.sim_url}/_sim/faults", json=faults, params=params) as response:
-            if response.status != 200:
-                raise StackError(f"simulator refused faults {faults}: {response.status} {await response.text()}")
+    @property
+    def simulator(self) -> SimulatorControl:
+        """The simulator's control API."""
+        return SimulatorControl(self.session, self.sim_url)
 
-    async def heal(self, *, route: str | None = None) -> None:
-        """Clear the simulator's faults (``DELETE /_sim/faults``) of ``route`` (default: the plain path)."""
-        params = {} if route is None else {"route": route}
-        async with self.session.delete(f"{self.sim_url}/_sim/faults", params=params) as response:
-            if response.status != 200:
-                raise StackError(f"simulator did not heal: {response.status} {await response.text()}")
+    @property
+    def gateway(self) -> GatewayClient:
+        """The gateway's endpoints."""
+        return GatewayClient(self.session, self.gateway_url, check=self.ensure_running)
 
-    async def chat(self, content: str = "Hello", *, stream: bool = False) -> ChatResult:
-        """One chat completion through the gateway, read to the end."""
-        body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": content}]}
-        async with self.session.post(f"{self.gateway_url}/v1/chat/completions", json=body) as response:
-            text = await response.text()
-        code: str | None = None
-        if response.status != 200:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                code = json.loads(text)["error"]["code"]
-        return ChatResult(response.status, code)
-
-    async def trip_breaker(
-        self, *, within: float = 20.0, on_chat: Callable[[ChatResult, str], None] | None = None
-    ) -> None:
-        """Send chat requests until the gateway's breaker leaves ``closed`` (the upstream must be broken).
-
-        Health probes never trip the breaker (they bypass it), so this needs live
-        traffic before the probes turn the working flag off; ``on_chat`` sees each
-        answer and the breaker state after it.
-        """
-
-        async def tripped() -> bool:
-            self.ensure_running()
-            result = await self.chat("Hello")
-            _, body = await self.readiness()
-            state = str(body["routes"][0]["breaker"]["state"])
-            if on_chat is not None:
-                on_chat(result, state)
-            if state == "closed" and not body["working"]:
-                raise StackError(
-                    "the working flag went off before chat traffic tripped the breaker "
-                    "(raise GATEWAY_PROBE_UNHEALTHY_THRESHOLD or lower GATEWAY_BREAKER_FAIL_MAX)"
-                )
-            return state != "closed"
-
-        await wait_until(tripped, within=within, what="the circuit breaker to open", interval=0.2)
-
-    async def wait_working(self, working: bool, *, within: float = 20.0) -> None:
-        """Wait until the gateway's working flag is ``working`` (and, when working, the breaker closed).
-
-        A probe success only half-opens the breaker; as in production, live traffic closes
-        it, so while half-open this sends one chat request (the trial).
-        """
-
-        async def reached() -> bool:
-            self.ensure_running()
-            status, body = await self.readiness()
-            if working:
-                if status == 200 and body["working"] and body["routes"][0]["breaker"]["state"] == "half_open":
-                    await self.chat("trial")
-                    status, body = await self.readiness()
-                return status == 200 and bool(body["working"]) and body["routes"][0]["breaker"]["state"] == "closed"
-            return status == 503 and not body["working"]
-
-        what = "the health probe to mark the upstream " + ("working" if working else "not working")
-        await wait_until(reached, within=within, what=what, interval=0.1)
-
-    async def readiness(self) -> tuple[int, dict[str, Any]]:
-        """The gateway's ``/readyz`` status and JSON (working flag, breaker, last probe)."""
-        async with self.session.get(f"{self.gateway_url}/readyz") as response:
-            body: dict[str, Any] = await response.json()
-            return response.status, body
-
-    async def gateway_metrics(self) -> str:
-        """The gateway's ``/metrics`` exposition (text format)."""
-        async with self.session.get(f"{self.gateway_url}/metrics") as response:
-            response.raise_for_status()
-            return await response.text()
-
-    async def _prometheus_api(self, path: str, **params: str) -> Any:
-        async with self.session.get(f"{self.prometheus_url}/api/v1/{path}", params=params) as response:
-            payload = await response.json()
-        if payload.get("status") != "success":
-            raise StackError(f"Prometheus {path} {params}: {payload.get('error', payload)}")
-        return payload["data"]
-
-    async def query(self, expr: str) -> list[Series]:
-        """An instant query; each series has one sample."""
-        data = await self._prometheus_api("query", query=expr)
-        if data["resultType"] != "vector":
-            raise StackError(f"{expr!r} returned a {data['resultType']}, not a vector")
-        return [
-            Series(labels=item["metric"], values=((float(item["value"][0]), float(item["value"][1])),))
-            for item in data["result"]
-        ]
-
-    async def query_range(self, expr: str, *, start: float, end: float, step: float = 1.0) -> list[Series]:
-        """A range query over Unix times ``start`` to ``end``."""
-        data = await self._prometheus_api("query_range", query=expr, start=str(start), end=str(end), step=str(step))
-        return [
-            Series(labels=item["metric"], values=tuple((float(t), float(v)) for t, v in item["values"]))
-            for item in data["result"]
-        ]
-
-    async def prometheus_alerts(self) -> list[PromAlert]:
-        """Alerts Prometheus holds as pending or firing right now."""
-        data = await self._prometheus_api("alerts")
-        return [
-            PromAlert(alertname=alert["labels"].get("alertname", ""), state=alert["state"], labels=alert["labels"])
-            for alert in data["alerts"]
-        ]
-
-    async def wait_for_scrape_after(self, moment: float, *, within: float = 15.0) -> None:
-        """Wait until Prometheus has scraped the gateway after Unix time ``moment``."""
-
-        async def scraped() -> bool:
-            self.ensure_running()
-            samples = await self.query(f'timestamp(up{{job="{JOB}"}})')
-            return bool(samples) and samples[0].values[0][1] > moment
-
-        await wait_until(scraped, within=within, what="a Prometheus scrape of the gateway", interval=0.25)
+    @property
+    def prometheus(self) -> PrometheusClient:
+        """Prometheus's HTTP API."""
+        return PrometheusClient(self.session, self.prometheus_url, check=self.ensure_running)
 
     def log_tails(self, lines: int = 15) -> str:
         """The end of every process's output, for failure messages."""

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.flowgpt.protocol import DEFAULT_MODEL
+from gateway.openai_schema import chat_request_body
 from gateway.settings import Settings
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -33,10 +35,10 @@ def make_settings(upstream_url: str, **overrides: Any) -> Settings:
 
 
 def chat_body(
-    content: str = "Hello", *, stream: bool = False, model: str = "gpt-3.5-turbo", **extra: Any
+    content: str = "Hello", *, stream: bool = False, model: str = DEFAULT_MODEL, **extra: Any
 ) -> dict[str, Any]:
-    """A minimal valid chat-completions request."""
-    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}], **extra}
+    """A minimal valid chat-completions request, with ``extra`` fields."""
+    return {**chat_request_body(content, stream=stream, model=model), **extra}
 
 
 def sse_events(raw: str) -> list[str]:

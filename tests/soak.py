@@ -35,6 +35,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.app_keys import METRICS, ROUTES
 from gateway.events import WorkingChanged
+from gateway.openai_schema import chat_request_body
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
 
@@ -216,7 +217,7 @@ async def _flap(sim: Simulator, config: SoakConfig, rng: random.Random, phases: 
 
 async def _one(session: aiohttp.ClientSession, url: str, *, stream: bool, deadline: float, report: SoakReport) -> None:
     """One request, classified; anything but an allowed, complete answer is a violation."""
-    body = {"model": "gpt-3.5-turbo", "stream": stream, "messages": [{"role": "user", "content": "soak " * 8}]}
+    body = chat_request_body("soak " * 8, stream=stream)
     started = time.monotonic()
     outcome: str
     try:
@@ -274,7 +275,7 @@ async def _drive(
 
 async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any, route_name: str) -> bool:
     """With the upstream healthy again, the route's breaker closes, its flag is on and requests succeed."""
-    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "are you back?"}]}
+    body = chat_request_body("are you back?")
     give_up = time.monotonic() + RECOVERY_SECONDS
     while time.monotonic() < give_up:
         async with session.post(url, json=body) as response:
@@ -366,11 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--think", type=float, default=1.0, help="max pause between a worker's requests (s)")
-    parser.add_argument("--flap-min", type=float, default=0.5)
-    parser.add_argument("--flap-max", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--routes", type=int, default=1, help="routes; with more than one only the first flaps")
+    defaults = SoakConfig()  # the long run differs only in --requests and --concurrency
+    parser.add_argument("--think", type=float, default=defaults.think, help="max pause between a worker's requests (s)")
+    parser.add_argument("--flap-min", type=float, default=defaults.flap_min)
+    parser.add_argument("--flap-max", type=float, default=defaults.flap_max)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--routes", type=int, default=defaults.routes, help="routes; with more than one only the first flaps")
     ns = parser.parse_args(argv)
     config = SoakConfig(
         requests=ns.requests,

@@ -17,17 +17,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from monitoring.configs import load_yaml_mapping, rule_files
 from monitoring.drill import DRILL_ALERTS, WATCHDOG, WATCHDOG_RECEIVER, Drill, DrillResult
 from monitoring.processes import ManagedProcess
 from monitoring.stack import Stack
 from monitoring.webhook import Notification
-from tests.monitoring_support import (
-    RECEIVER_FOR_SEVERITY,
-    alert_rules,
-    live_child_pids,
-    load_yaml_mapping,
-    rule_files,
-)
+from tests.rule_support import RECEIVER_FOR_SEVERITY, alert_rules
+from tests.tool_support import live_child_pids
 
 pytestmark = pytest.mark.slow
 

@@ -153,8 +153,8 @@ async def stream_broke(breaker: CircuitBreaker, ticket: Ticket | None = None, er
     breaker.release(ticket)
 
 
-async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
-    """Start a guarded call that never finishes, then cancel it (a client that went away)."""
+async def start_a_hanging_call(breaker: CircuitBreaker) -> asyncio.Task[str]:
+    """A guarded call that has been admitted and never finishes."""
     started = asyncio.Event()
 
     async def hang() -> str:
@@ -164,9 +164,19 @@ async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
 
     task = asyncio.create_task(breaker.call(hang))
     await started.wait()
+    return task
+
+
+async def cancel(task: asyncio.Task[str]) -> None:
+    """Cancel a hanging call (a client that went away) and wait until it has ended."""
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
+    """Start a guarded call that never finishes, then cancel it."""
+    await cancel(await start_a_hanging_call(breaker))
 
 
 async def reach_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -363,20 +373,10 @@ async def test_cancelled_trial_keeps_half_open_and_frees_the_slot(
     """Cancelling the half-open trial neither closes nor re-opens, and the next caller gets the slot."""
     await trip(breaker)
     clock.advance(30)
-    started = asyncio.Event()
-
-    async def hang() -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "never"
-
-    task = asyncio.create_task(breaker.call(hang))
-    await started.wait()
+    trial = await start_a_hanging_call(breaker)
     with pytest.raises(CircuitOpenError):
         await breaker.call(ok)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel(trial)
     assert state_of(breaker) == "half_open"
     assert recorder.changes == [("closed", "open"), ("open", "half_open")]
     assert await breaker.call(ok) == "ok"

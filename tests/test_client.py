@@ -20,11 +20,11 @@ from gateway.errors import (
     UpstreamStatusError,
 )
 from gateway.flowgpt.client import ChatPrompt, FlowGptClient
-from gateway.flowgpt.protocol import Message
+from gateway.flowgpt.protocol import UPSTREAM_PATH, Message
 from gateway.flowgpt.status import parse_retry_after
 from tests.aioresponses_compat import mock_upstream_fixture  # noqa: F401 - fixture
 
-URL = "http://upstream.test/v3/chat-anonymous"
+URL = "http://upstream.test" + UPSTREAM_PATH
 PROMPT = ChatPrompt("gpt-3.5-turbo", (Message("system", "S"), Message("user", "Q")))
 CLOUDFLARE = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body></body></html>"
 

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
+from monitoring.clients import Series
+from monitoring.configs import JOB
 from monitoring.processes import ManagedProcess, wait_until
-from monitoring.stack import FAST_GATEWAY_ENV, Series, Stack, StackOptions
-from tests.monitoring_support import (
-    JOB,
-    PanelQuery,
-    dashboard_queries,
-    live_child_pids,
-    promql_metric_names,
-)
+from monitoring.stack import FAST_GATEWAY_ENV, Stack, StackOptions
+from tests.dashboard_support import PanelQuery, dashboard_queries
+from tests.promql_support import promql_metric_names
 from tests.redis_support import RedisServer
+from tests.tool_support import live_child_pids
 
 pytestmark = pytest.mark.slow
 
@@ -81,26 +79,26 @@ class LiveRun:
 async def drive_traffic(stack: Stack) -> None:
     """Successes, garbage lines, errors and a breaker trip, refusals, recovery, successes again."""
     for index in range(4):
-        result = await stack.chat(f"hello {index}", stream=index % 2 == 1)
+        result = await stack.gateway.chat(f"hello {index}", stream=index % 2 == 1)
         assert result.status == 200, result
     async with stack.session.get(f"{stack.gateway_url}/v1/models") as response:
         assert response.status == 200
-    await stack.set_faults({"garbage_ratio": 1.0})
+    await stack.simulator.set_faults({"garbage_ratio": 1.0})
     for index in range(3):
-        result = await stack.chat(f"garbage {index}")
+        result = await stack.gateway.chat(f"garbage {index}")
         assert result.status == 200, result  # the decoder skips bad lines; the answer is complete
-    await stack.set_faults({"http_status": 503})
-    await stack.trip_breaker()
-    await stack.wait_working(False)
-    refused = await stack.chat("refused")
+    await stack.simulator.set_faults({"http_status": 503})
+    await stack.gateway.trip_breaker()
+    await stack.gateway.wait_working(False)
+    refused = await stack.gateway.chat("refused")
     assert (refused.status, refused.code) == (503, "upstream_not_working")
     # Hold the fault until a scrape has seen it; it may otherwise fall between two scrapes.
     await prometheus_sees(stack, FAULT_SEEN, "the open breaker and working=0")
-    await stack.heal()
-    await stack.wait_working(True)
+    await stack.simulator.heal()
+    await stack.gateway.wait_working(True)
     await prometheus_sees(stack, RECOVERY_SEEN, "the closed breaker and working=1")
     for index in range(3):
-        result = await stack.chat(f"again {index}", stream=index == 0)
+        result = await stack.gateway.chat(f"again {index}", stream=index == 0)
         assert result.status == 200, result
 
 
@@ -108,7 +106,7 @@ async def prometheus_sees(stack: Stack, expr: str, what: str) -> None:
     """Wait until the filter ``expr`` returns a series in Prometheus (i.e. a scrape saw the state)."""
 
     async def seen() -> bool:
-        return bool(await stack.query(expr))
+        return bool(await stack.prometheus.query(expr))
 
     await wait_until(seen, within=20.0, what=f"Prometheus to see {what}", interval=0.2)
 
@@ -134,17 +132,17 @@ async def fixture_live() -> AsyncIterator[LiveRun]:
         async with stack, asyncio.timeout(LIVE_LIMIT):
             try:
                 await drive_traffic(stack)
-                await stack.wait_for_scrape_after(time.time())
+                await stack.prometheus.wait_for_scrape_after(time.time())
                 end = time.time()
                 panels = {
-                    query.name: await stack.query_range(query.expr, start=stack.started_at, end=end)
+                    query.name: await stack.prometheus.query_range(query.expr, start=stack.started_at, end=end)
                     for query in QUERIES
                 }
                 evidence = {
-                    what: max((s.values[0][1] for s in await stack.query(f"sum({expr})")), default=0.0)
+                    what: max((s.values[0][1] for s in await stack.prometheus.query(f"sum({expr})")), default=0.0)
                     for what, expr in TRAFFIC_EVIDENCE.items()
                 }
-                exposed = exposition_names(await stack.gateway_metrics())
+                exposed = exposition_names(await stack.gateway.metrics())
             except BaseException:
                 print(stack.log_tails())  # shown by pytest with the error
                 raise

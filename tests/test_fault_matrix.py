@@ -20,11 +20,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bench.procs import free_port
 from gateway.app_keys import HTTP_SESSION, ROUTES, UPSTREAM
 from gateway.errors import UPSTREAM_ERROR_KINDS
+from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.metrics import ADMISSION_REASONS
 from gateway.simulator import SimFaults, Simulator, expected_answer
+from monitoring.processes import free_port
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import Samples, delta, scrape
 
@@ -340,7 +341,7 @@ async def test_fault_cell_on_one_of_three_routes(
     """A fault on the route tried first costs the client nothing unless it strikes after the first token."""
     # Route a is picked first: weights 1000 against 0.001 make another first pick a one-in-a-million
     # event (with weight 1, one run in ten had a cell flake). "refused" points a at a dead port.
-    url_a = f"http://127.0.0.1:{free_port()}/v3/chat-anonymous" if fault.faults is None else sim.route_url("a")
+    url_a = f"http://127.0.0.1:{free_port()}{UPSTREAM_PATH}" if fault.faults is None else sim.route_url("a")
     routes = [{"name": "a", "url": url_a, "weight": 1000}] + [
         {"name": name, "url": sim.route_url(name), "weight": 0.001} for name in ("b", "c")
     ]

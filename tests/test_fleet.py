@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient
 from gateway.app_keys import FLEET, ROUTES
 from gateway.events import BreakerChanged
 from gateway.simulator import SimFaults, Simulator
+from monitoring.processes import eventually
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import scrape, value
-from tests.polling import eventually
 from tests.redis_support import RedisServer
 
 Client = TestClient[web.Request, web.Application]

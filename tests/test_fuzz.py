@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.flowgpt.ndjson import SAMPLE_BYTES, NdjsonDecoder
+from gateway.flowgpt.protocol import UPSTREAM_PATH
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape
 
@@ -292,11 +293,11 @@ async def byte_gateway_fixture(make_gateway: GatewayFactory) -> AsyncIterator[tu
     """A gateway in front of a raw loopback upstream whose answer bytes a test sets."""
     upstream = _Upstream([])
     app = web.Application()
-    app.router.add_post("/v3/chat-anonymous", upstream.handle)
+    app.router.add_post(UPSTREAM_PATH, upstream.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     gateway = await make_gateway(
-        upstream_url=str(server.make_url("/v3/chat-anonymous")),
+        upstream_url=str(server.make_url(UPSTREAM_PATH)),
         upstream_max_line_bytes=GATEWAY_LIMIT,
         retry_max=0,
         breaker_fail_max=10**6,  # examples without text are upstream failures; keep admitting

@@ -7,6 +7,7 @@ Each test failed on the gateway before the health-model change (see the README's
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from typing import Any
@@ -21,9 +22,9 @@ from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.redact import mask_url
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
+from monitoring.processes import eventually
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
-from tests.polling import eventually
 
 GatewayClient = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
@@ -93,21 +94,21 @@ async def test_the_probe_is_held_to_the_live_first_token_limit(make_gateway: Gat
     assert (await gateway.post(CHAT, json=chat_body())).status == 200
 
 
-async def _stalled_stream_reader(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client that asks for a stream and never reads it, with a tiny receive buffer so it backs up fast."""
+async def _stalled_request(port: int, *, stream: bool) -> asyncio.StreamWriter:
+    """A chat request from a client that never reads, with a tiny receive buffer so it backs up fast."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    body = b'{"model": "gpt-3.5-turbo", "stream": true, "messages": [{"role": "user", "content": "long"}]}'
+    _, writer = await asyncio.open_connection(sock=sock)
+    body = json.dumps(chat_body("long", stream=stream)).encode()
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + b"Content-Length: %d\r\n\r\n" % len(body)
         + body
     )
     await writer.drain()
-    return reader, writer
+    return writer
 
 
 async def test_a_client_that_stops_reading_is_cut_and_frees_its_slot(
@@ -119,7 +120,7 @@ async def test_a_client_that_stops_reading_is_cut_and_frees_its_slot(
     before = await scrape(gateway)
     port = gateway.server.port
     assert port is not None
-    _, writer = await _stalled_stream_reader(port)
+    writer = await _stalled_request(port, stream=True)
     try:
         limiter = gateway.app[UPSTREAM].limiter
         await eventually(lambda: limiter.in_use == 1, within=2.0)
@@ -345,24 +346,6 @@ async def test_arrow_p1_a_trip_probes_at_once_a_failed_trial_does_not(
 
 # -- found by the review after the first landing of the model -----------------------------------
 
-
-async def _stalled_request(port: int, *, stream: bool) -> asyncio.StreamWriter:
-    """A chat request from a client that never reads, with a tiny receive buffer."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    _, writer = await asyncio.open_connection(sock=sock)
-    body = b'{"model": "gpt-3.5-turbo", "stream": %s, "messages": [{"role": "user", "content": "long"}]}' % (
-        b"true" if stream else b"false"
-    )
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    await writer.drain()
-    return writer
 
 
 async def test_a_non_streaming_client_that_never_reads_is_cut(make_gateway: GatewayFactory, sim: Simulator) -> None:

@@ -13,8 +13,9 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from gateway import __version__
 from gateway.simulator import SimFaults, Simulator
 from tests.gateway_support import GatewayFactory, chat_body
+from tests.metric_contract import LABEL_VALUES, METRICS_CONTRACT
 from tests.metrics_support import delta, scrape, value
-from tests.monitoring_support import LABEL_VALUES, METRICS_CONTRACT, require_tool
+from tests.tool_support import require_tool
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}

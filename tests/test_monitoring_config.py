@@ -15,57 +15,60 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.monitoring_support import (
+from monitoring.configs import (
     ALERTMANAGER_CONFIG,
+    DEFAULT_WEBHOOK_BASE,
+    JOB,
+    PROMETHEUS_CONFIG,
+    RULES_DIR,
+    alert_names,
+    alertmanager_config_with_webhook,
+    copy_rules,
+    iter_rules,
+    load_yaml_mapping,
+    prometheus_config_for,
+    rule_files,
+    webhook_urls,
+)
+from tests.compose_support import (
     COMPOSE_FILE,
+    DOCKERFILE,
+    DOCKERIGNORE,
+    compose_bind_mounts,
+    load_compose,
+    mount_target_of,
+)
+from tests.dashboard_support import (
     DASHBOARD_PATH,
     DASHBOARD_PROVIDERS_DIR,
     DASHBOARD_UID,
     DATASOURCE_UID,
     DATASOURCES_DIR,
-    DEFAULT_WEBHOOK_BASE,
-    DOCKERFILE,
-    DOCKERIGNORE,
-    JOB,
-    METRICS_CONTRACT,
+    dashboard_queries,
+    expressions_as_rule_file,
+    iter_datasource_refs,
+    iter_panels,
+    load_dashboard,
+    variables_in,
+)
+from tests.metric_contract import METRICS_CONTRACT, contract_allows
+from tests.promql_support import label_problems, promql_metric_names
+from tests.rule_support import (
     MONITORING_DOC,
-    PROMETHEUS_CONFIG,
     RECEIVER_FOR_SEVERITY,
-    RULES_DIR,
     RUNBOOK,
     RUNBOOK_URL_BASE,
     SLO_TARGET_RECORD,
     WATCHDOG_ALERT,
     WATCHDOG_RECEIVER,
     alert_cases,
-    alert_names,
     alert_rules,
-    alertmanager_config_with_webhook,
-    amtool_receiver,
-    compose_bind_mounts,
-    contract_allows,
-    copy_rules,
-    dashboard_queries,
-    expressions_as_rule_file,
-    iter_datasource_refs,
-    iter_panels,
-    iter_rules,
-    label_problems,
-    load_compose,
-    load_dashboard,
-    load_yaml_mapping,
-    mount_target_of,
-    prometheus_config_for,
     promql_expr_test_exprs,
-    promql_metric_names,
     recording_rules,
-    rule_files,
     rule_test_files,
-    run_tool,
     runbook_anchors,
-    variables_in,
-    webhook_urls,
 )
+from tests.tool_support import amtool_receiver, run_tool
 
 GRAFANA_BUILTIN_VARIABLES = frozenset({"__rate_interval", "__interval", "__range", "__interval_ms"})
 

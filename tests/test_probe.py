@@ -1,9 +1,8 @@
-"""The health probe, the working flag, readiness and the one-shot probe command."""
+"""The health probe, the working flag and readiness (the one-shot probe command: test_cli.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from aiohttp import web
@@ -12,11 +11,10 @@ from aiohttp.test_utils import TestClient
 from gateway import __version__
 from gateway.app_keys import INFLIGHT, ROUTES
 from gateway.simulator import SimFaults, Simulator
-from tests.cli_support import run_cli
+from monitoring.processes import eventually
 from tests.clock_support import FakeClock
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
-from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}
@@ -206,33 +204,6 @@ async def test_status_summarises_without_secrets(make_gateway: GatewayFactory) -
     assert body["settings"]["breaker_fail_max"] == 5
     for secret in ("upstream-secret", "admin-secret", "key-secret"):
         assert secret not in text
-
-
-async def _run_probe_command(upstream_url: str, routes: str = "") -> tuple[int, str]:
-    env = {"GATEWAY_TIMEOUT_FIRST_TOKEN": "2"}
-    env.update({"GATEWAY_UPSTREAMS": routes} if routes else {"GATEWAY_UPSTREAM_URL": upstream_url})
-    return await run_cli("probe", env=env)
-
-
-async def test_probe_command_exit_codes(sim: Simulator) -> None:
-    """`flowgpt-gateway probe` probes every route: exit 0 if all work, 1 if some fail, 2 if none works."""
-    code, output = await _run_probe_command(sim.url)
-    assert code == 0, output
-    assert output.startswith("ok route=default ")
-    routes = json.dumps([{"name": name, "url": sim.route_url(name)} for name in ("a", "b", "c")])
-    sim.set_faults(SimFaults(http_status=403, http_body="cloudflare"), route="b")
-    code, output = await _run_probe_command(sim.url, routes)
-    assert code == 1, output
-    assert [line.split()[:2] for line in output.splitlines() if line.startswith(("ok", "failed"))] == [
-        ["ok", "route=a"],
-        ["failed", "route=b"],
-        ["ok", "route=c"],
-    ]
-    sim.faults = SimFaults(http_status=403, http_body="cloudflare")
-    code, output = await _run_probe_command(sim.url)
-    assert code == 2, output
-    assert "failed route=default" in output
-    assert "Cloudflare" in output
 
 
 async def test_trigger_during_a_probe_is_not_lost(make_gateway: GatewayFactory, sim: Simulator) -> None:

@@ -1,10 +1,10 @@
-"""gateway.redact: secrets out of URLs before they are shown."""
+"""gateway.redact: secrets out of URLs, and answer text out of log samples, before they are shown."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.redact import mask_url
+from gateway.redact import mask_url, redact_sample
 
 
 @pytest.mark.parametrize(
@@ -21,3 +21,19 @@ from gateway.redact import mask_url
 def test_user_info_query_values_and_fragments_are_masked(url: str, shown: str) -> None:
     """Whatever could carry a credential is replaced by *** and the rest stays readable."""
     assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("sample", "logged"),
+    [
+        (b'{"event":"text","data":"my secret prompt', b'{"event":"***","data":"***'),
+        (b'{"event":"text","data":"esc\\"aped"}', b'{"event":"***","data":"***"}'),
+        (b'{"event":"text","data":"cut after a backslash\\', b'{"event":"***","data":"***'),
+        (b'{"event":"text","data":5}', b'{"event":"***","data":5}'),
+        (b"<!DOCTYPE html><title>Maintenance</title>", b"<!DOCTYPE html><title>Maintenance</title>"),
+        (b"data: [not-json]", b"data: [not-json]"),
+    ],
+)
+def test_bad_line_samples_are_redacted_for_the_log(sample: bytes, logged: bytes) -> None:
+    """A bad line's sample keeps its shape (keys, punctuation, HTML) but never the text of a JSON string."""
+    assert redact_sample(sample) == logged

@@ -12,10 +12,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app_keys import ROUTES, UPSTREAM
 from gateway.simulator import SimFaults, Simulator
+from monitoring.processes import eventually
 from tests.clock_support import FakeClock
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape, value
-from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 P = {"provider": "flowgpt"}

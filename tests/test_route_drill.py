@@ -23,7 +23,7 @@ BROKEN = {"http_status": 503}
 
 
 async def _route_working(stack: Stack, name: str) -> bool:
-    _, body = await stack.readiness()
+    _, body = await stack.gateway.readiness()
     return bool(next(route["working"] for route in body["routes"] if route["name"] == name))
 
 
@@ -53,7 +53,7 @@ def _fired(stack: Stack, alertname: str) -> list[str]:
 
 
 async def _quiet(stack: Stack) -> bool:
-    active = {alert.alertname for alert in await stack.prometheus_alerts()}
+    active = {alert.alertname for alert in await stack.prometheus.alerts()}
     return not active & {"GatewayRouteNotWorking", "GatewayUpstreamNotWorking"}
 
 
@@ -64,24 +64,24 @@ async def test_one_route_down_is_a_ticket_all_down_pages_and_both_resolve() -> N
     try:
         async with stack, asyncio.timeout(LIMIT):
             started = time.monotonic()
-            await stack.set_faults(BROKEN, route="a")
+            await stack.simulator.set_faults(BROKEN, route="a")
             await _until(lambda: _route_working(stack, "b"), "route b to keep working")
             await _until(_notified(stack, "GatewayRouteNotWorking", "firing", "ticket", started), "the route ticket")
             assert not await _route_working(stack, "a")
-            assert (await stack.chat()).status == 200  # served by b
+            assert (await stack.gateway.chat()).status == 200  # served by b
             assert _fired(stack, "GatewayUpstreamNotWorking") == []
 
             all_down = time.monotonic()
-            await stack.set_faults(BROKEN, route="b")
+            await stack.simulator.set_faults(BROKEN, route="b")
             await _until(_notified(stack, "GatewayUpstreamNotWorking", "firing", "pager", all_down), "the page")
-            refused = await stack.chat()
+            refused = await stack.gateway.chat()
             assert (refused.status, refused.code) == (503, "upstream_not_working")
             # The page replaces the ticket: one alert for one problem.
             await _until(_notified(stack, "GatewayRouteNotWorking", "resolved", "ticket", all_down), "the ticket quiet")
 
             healed = time.monotonic()
-            await stack.heal(route="a")
-            await stack.heal(route="b")
+            await stack.simulator.heal(route="a")
+            await stack.simulator.heal(route="b")
             await _until(_notified(stack, "GatewayUpstreamNotWorking", "resolved", "pager", healed), "the page resolved")
             await _until(lambda: _quiet(stack), "no route alert active in Prometheus")
             assert set(_fired(stack, "GatewayRouteNotWorking")) == {"ticket"}

@@ -5,26 +5,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import signal
-import sys
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
-from bench.procs import free_port
 from gateway.app_keys import ROUTES
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
-from tests.cli_support import gateway_env, run_cli
+from monitoring.processes import eventually
 from tests.clock_support import FakeClock
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape
-from tests.polling import eventually
 
 Client = TestClient[web.Request, web.Application]
 CHAT = "/v1/chat/completions"
@@ -390,46 +385,3 @@ def test_routes_and_the_single_upstream_settings_are_not_mixed() -> None:
     assert "set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_URL, not both" in describe_validation_error(info.value)
 
 
-async def test_probe_tells_bad_settings_from_no_route_working_and_names_routes_in_logs(sim: Simulator) -> None:
-    """Bad settings exit 64 (not 2, which means no route works); a failed probe's log line names its route."""
-    code, output = await run_cli("probe", env={"GATEWAY_UPSTREAMS": '[{"name": "Bad"}]'})
-    assert code == 64, output
-    sim.set_faults(BLOCKED, route="x")
-    code, output = await run_cli(
-        "probe", env={"GATEWAY_UPSTREAMS": json.dumps([{"name": "x", "url": sim.route_url("x")}])}
-    )
-    assert code == 2, output
-    assert "health probe failed route=x" in output
-
-
-async def test_the_demo_always_runs_against_its_simulator() -> None:
-    """A GATEWAY_UPSTREAMS in the environment does not send the demo's traffic elsewhere."""
-    gateway_port, sim_port = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "demo",
-        "--port",
-        str(gateway_port),
-        "--sim-port",
-        str(sim_port),
-        env=gateway_env({"GATEWAY_UPSTREAMS": '[{"name": "x", "url": "http://127.0.0.1:9/x"}]'}),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            while b"stop with Ctrl-C" not in await process.stdout.readline():
-                pass
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-            async with session.post(url, json=chat_body()) as response:
-                assert response.status == 200
-            async with session.get(f"http://127.0.0.1:{gateway_port}/readyz") as response:
-                names = [route["name"] for route in (await response.json())["routes"]]
-        assert names == ["primary", "backup"]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), timeout=20)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,18 +12,12 @@ import aiohttp
 import pytest
 
 from gateway.simulator import SimOptions, Simulator
+from monitoring.processes import clean_env, eventually, free_port
 from tests.gateway_support import chat_body
-from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
 GatewayProcess = tuple[asyncio.subprocess.Process, str]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(name="slow_sim")
@@ -41,14 +33,13 @@ async def start_gateway_fixture(slow_sim: Simulator) -> AsyncIterator[Callable[[
     processes: list[asyncio.subprocess.Process] = []
 
     async def start(shutdown_timeout: float) -> GatewayProcess:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_UPSTREAM_URL": slow_sim.url,
-            "GATEWAY_PROBE_ENABLED": "false",
-            "GATEWAY_SHUTDOWN_TIMEOUT": str(shutdown_timeout),
-        }
+        port = free_port()
+        env = clean_env(
+            GATEWAY_PORT=str(port),
+            GATEWAY_UPSTREAM_URL=slow_sim.url,
+            GATEWAY_PROBE_ENABLED="false",
+            GATEWAY_SHUTDOWN_TIMEOUT=str(shutdown_timeout),
+        )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

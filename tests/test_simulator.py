@@ -35,8 +35,10 @@ from gateway.simulator import (
     expected_answer,
     split_answer,
 )
+from gateway.simulator.answers import LONG_EVENT_CHARS
 from gateway.simulator.cli import add_arguments, options_from_args, run
-from gateway.simulator.faults import LONG_EVENT_CHARS, MAX_ANSWER_BYTES, split_error_body
+from gateway.simulator.faults import MAX_ANSWER_BYTES, split_error_body
+from monitoring.processes import eventually
 
 MODEL = "gpt-4-turbo"
 QUESTION = "What is the capital of France?"
@@ -63,15 +65,6 @@ def parse(raw: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
 def text_of(objects: list[dict[str, Any]]) -> str:
     """The answer text carried by the text events."""
     return "".join(o["data"] for o in objects if o.get("event") == "text")
-
-
-async def eventually(check: Callable[[], bool], within: float = 1.0) -> None:
-    """Wait (bounded) until ``check()`` holds."""
-    for _ in range(int(within / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    assert check()
 
 
 async def read_lines(resp: aiohttp.ClientResponse, into: list[bytes]) -> None:

@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.simulator import Simulator
-from monitoring.processes import free_port, wait_until
-from tests.cli_support import gateway_env, run_cli
+from monitoring.processes import clean_env, free_port, wait_until
 from tests.gateway_support import chat_body
 from tests.metrics_support import parse_samples, value
 from tests.redis_support import RedisServer
@@ -76,7 +75,7 @@ async def fleet_fixture(sim: Simulator, redis_server: RedisServer) -> AsyncItera
         "GATEWAY_SHUTDOWN_TIMEOUT": "2",
         "GATEWAY_UVLOOP": "false",
     }
-    env = gateway_env(settings)
+    env = clean_env(**settings)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--workers", "2", "--port", str(port), env=env
@@ -132,14 +131,6 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_all_with_exit_0(fl
     assert await asyncio.wait_for(fleet.process.wait(), timeout=15) == 0
     with pytest.raises(aiohttp.ClientConnectionError):
         await fleet.get("/healthz")
-
-
-async def test_more_than_one_worker_without_redis_is_refused_in_one_line() -> None:
-    """GATEWAY_WORKERS=2 without GATEWAY_REDIS_URL: exit 2 and a message naming both settings."""
-    code, output = await run_cli("serve", "--workers", "2", env={})
-    assert code == 2
-    assert "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL" in output
-    assert len(output.strip().splitlines()) == 1
 
 
 async def test_workers_exit_when_their_supervisor_is_killed(fleet: Fleet) -> None:

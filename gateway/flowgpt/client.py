@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import orjson
@@ -30,15 +29,13 @@ from gateway.errors import (
 from gateway.flowgpt.ndjson import NdjsonDecoder
 from gateway.flowgpt.protocol import Message, build_body, signed_headers
 from gateway.flowgpt.status import raise_for_status
+from gateway.redact import redact_sample
 from gateway.route_config import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
-
-_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
-
 
 class ClientObserver(Protocol):
     """What the client reports while it works (the metrics module implements it)."""
@@ -136,22 +133,6 @@ class FlowGptClient:
 
         decoder = NdjsonDecoder(max_line_bytes=self._max_line_bytes, on_bad_line=on_bad_line)
         return decoder
-
-
-def redact_sample(sample: bytes) -> bytes:
-    """A bad line's shape without its text, fit for a log: JSON keys stay, other strings become ``"***"``.
-
-    Answer text (which may quote the prompt) travels in JSON string values; a line cut
-    mid-string keeps its missing closing quote, so the truncation still shows.
-    """
-
-    def mask(match: re.Match[bytes]) -> bytes:
-        end = match.group(1)
-        if end.endswith(b":"):
-            return match.group(0)
-        return b'"***' + end
-
-    return _JSON_STRING.sub(mask, sample)
 
 
 class FlowGptStream:

@@ -8,13 +8,18 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, UPSTREAM_PATH
-from gateway.simulator.faults import SimFaults, SimOptions
+from gateway.flowgpt.protocol import UPSTREAM_PATH
+from gateway.simulator.faults import SimFaults
+from gateway.simulator.options import SimOptions
 from gateway.simulator.routes import ROUTE_NAME
 from gateway.simulator.server import Simulator
 
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8090  # also the demo's simulator port
+# The options' defaults come from SimOptions itself, so the flags cannot drift from it.
+_OPTIONS: Final = SimOptions()
 # Fault flags default to None so only the ones given override SimFaults' defaults.
 _FAULT_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--http-status", int, "answer every faulted request with this HTTP status instead of a stream"),
@@ -32,16 +37,24 @@ _FAULT_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options and fault flags to ``parser``."""
     serve = parser.add_argument_group("simulator")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8090, help="port to bind, 0 for any (default: %(default)s)")
-    serve.add_argument("--chunks", type=int, default=8, help="text chunks per answer (default: %(default)s)")
-    serve.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between text chunks; 0 = benchmark mode")
-    serve.add_argument("--seed", type=int, default=None, help="RNG seed for --ratio and --garbage-ratio")
-    serve.add_argument("--token", default=ANONYMOUS_TOKEN, help="expected bearer token (default: the anonymous 'null')")
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any (default: %(default)s)")
+    serve.add_argument(
+        "--chunks", type=int, default=_OPTIONS.chunks, help="text chunks per answer (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--chunk-delay", type=float, default=_OPTIONS.chunk_delay, help="seconds between text chunks; 0: benchmark mode"
+    )
+    serve.add_argument("--seed", type=int, default=_OPTIONS.seed, help="RNG seed for --ratio and --garbage-ratio")
+    serve.add_argument("--token", default=_OPTIONS.token, help="expected bearer token (default: the anonymous 'null')")
     serve.add_argument("--no-check-signature", action="store_true", help="accept unsigned requests")
-    serve.add_argument("--max-clock-skew", type=float, default=300.0, help="allowed x-timestamp skew in seconds")
+    serve.add_argument(
+        "--max-clock-skew", type=float, default=_OPTIONS.max_clock_skew, help="allowed x-timestamp skew in seconds"
+    )
     serve.add_argument("--no-meta-events", action="store_true", help="do not start streams with non-text lines")
-    serve.add_argument("--max-routes", type=int, default=64, help="distinct routes served, default included")
+    serve.add_argument(
+        "--max-routes", type=int, default=_OPTIONS.max_routes, help="distinct routes served, default included"
+    )
     faults = parser.add_argument_group(
         "faults of the default route (all off by default; change at runtime via /_sim/faults[?route=<name>])"
     )

@@ -1,28 +1,20 @@
-"""The simulator's contract: its options and faults, the bytes it sends, what it accepts.
+"""Faults to inject: ``SimFaults``, the error bodies and pages they send, and the garbage lines.
 
-Everything here is pure data and small functions (no I/O), so the HTTP layer, the
-CLI and the tests share one definition of each fault, each canned answer and of a
-valid request.
+Pure data and small functions (no I/O), so the HTTP layer, the CLI and the tests
+share one definition of each fault.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
-from collections.abc import Iterator, Mapping
-from functools import cached_property, lru_cache
-from typing import Any, Final, Literal, TypeVar
+from functools import cached_property
+from typing import Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, MODELS, authorization_value, signature
 from gateway.flowgpt.status import CLOUDFLARE_MARKERS
-
-NDJSON: Final = "application/x-ndjson"
-HTML: Final = "text/html; charset=utf-8"
-JSON: Final = "application/json"
-TEXT: Final = "text/plain; charset=utf-8"
+from gateway.simulator.answers import HTML, JSON, TEXT, even_pieces
 
 # The page carries the markers the gateway's client (like g4f) recognises a Cloudflare block by,
 # taken from the one place they are defined.
@@ -149,33 +141,6 @@ def content_type_of(text: str) -> str:
     return JSON
 
 
-class SimOptions(BaseModel):
-    """How a healthy simulator behaves (answer shape, pacing, request checks)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    chunks: int = Field(default=8, ge=1)
-    chunk_delay: float = Field(default=0.0, ge=0)
-    token: str = ANONYMOUS_TOKEN
-    check_signature: bool = True
-    max_clock_skew: float = Field(default=300.0, ge=0)
-    seed: int | None = None
-    meta_events: bool = True
-    # Distinct routes served, the default one included (see routes.py); capped so
-    # that even a generous setting keeps the per-route state small.
-    max_routes: int = Field(default=64, ge=1, le=1024)
-
-
-def expected_answer(model: str, question: str) -> str:
-    """The answer the simulator streams: it echoes both, proving the request arrived intact."""
-    return f"[{model}] You said: {question}"
-
-
-def split_answer(answer: str, chunks: int) -> list[str]:
-    """Split ``answer`` into at most ``chunks`` non-empty pieces of near-equal length."""
-    return _even_pieces(answer, chunks)
-
-
 def split_error_body(body: bytes, chunks: int) -> list[bytes]:
     """Split an error body into at most ``chunks`` non-empty pieces: its first line alone, then near-equal ones.
 
@@ -184,144 +149,5 @@ def split_error_body(body: bytes, chunks: int) -> list[bytes]:
     """
     first = body.find(b"\n") + 1
     if chunks < 2 or not 0 < first < len(body):
-        return _even_pieces(body, chunks)
-    return [body[:first], *_even_pieces(body[first:], chunks - 1)]
-
-
-_Seq = TypeVar("_Seq", str, bytes)
-
-
-def _even_pieces(data: _Seq, chunks: int) -> list[_Seq]:
-    if chunks < 1:
-        raise ValueError("chunks must be at least 1")
-    count = min(chunks, len(data))
-    if count == 0:
-        return []
-    size, extra = divmod(len(data), count)
-    pieces: list[_Seq] = []
-    start = 0
-    for index in range(count):
-        end = start + size + (1 if index < extra else 0)
-        pieces.append(data[start:end])
-        start = end
-    return pieces
-
-
-def text_line(piece: str) -> bytes:
-    """One NDJSON text event."""
-    return b'{"event":"text","data":' + orjson.dumps(piece) + b"}\n"
-
-
-@lru_cache(maxsize=128)
-def answer_lines(answer: str, chunks: int) -> tuple[bytes, ...]:
-    """The encoded text events for ``answer``; cached because benchmarks repeat one question."""
-    return tuple(text_line(piece) for piece in split_answer(answer, chunks))
-
-
-# Characters of filler per text event of a long answer: many events of a few KiB,
-# like a real model's long answer, each written (and so drained) on its own.
-LONG_EVENT_CHARS: Final = 8192
-_FILLER: Final = (" lorem ipsum dolor sit amet," * LONG_EVENT_CHARS)[:LONG_EVENT_CHARS]
-_FILLER_LINE: Final = text_line(_FILLER)
-
-
-def long_answer_lines(answer: str, total_bytes: int) -> Iterator[bytes]:
-    """Text events for ``answer`` followed by ASCII filler, at least ``total_bytes`` bytes of text in all.
-
-    Made lazily, so even the largest answer costs no more memory than one event.
-    """
-    yield text_line(answer)
-    full, rest = divmod(max(total_bytes - len(answer.encode()), 0), LONG_EVENT_CHARS)
-    for _ in range(full):
-        yield _FILLER_LINE
-    if rest:
-        yield text_line(_FILLER[:rest])
-
-
-# Sent at the start of every non-empty stream: a non-text event and an object
-# without "event", both of which a correct client skips.
-META_LINES: Final = (
-    b'{"event":"info","data":{"source":"flowgpt-simulator","stage":"start"}}\n'
-    b'{"id":"sim-conversation","status":"queued"}\n'
-)
-
-
-# The request contract: what a well-behaved FlowGpt client must send.
-
-_SIGNED_HEADERS: Final = ("Authorization", "x-nonce", "x-timestamp", "x-signature", "x-flow-device-id")
-
-
-class _Turn(BaseModel):
-    model_config = ConfigDict(strict=True)
-
-    # build_body never puts system messages in the history, so one here is a client bug.
-    role: Literal["user", "assistant"]
-    content: str
-
-
-class ChatBody(BaseModel):
-    """The chat request body; strict types catch a client that sends ``"0.7"`` or ``0``."""
-
-    # Unknown extra fields are ignored, as a tolerant production API would.
-    model_config = ConfigDict(strict=True)
-
-    model: str
-    question: str = Field(min_length=1)
-    history: list[_Turn]
-    system: str
-    temperature: float = Field(ge=0, le=2)
-    promptId: str
-    nsfw: bool
-    generateImage: bool
-    generateAudio: bool
-    documentIds: list[Any]
-    chatFileDocumentIds: list[Any]
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown model {value!r}")
-        return value
-
-    @field_validator("promptId")
-    @classmethod
-    def _matches_model(cls, value: str, info: ValidationInfo) -> str:
-        model = info.data.get("model")
-        if model is not None and value != f"model-{model}":
-            raise ValueError(f"must be 'model-{model}'")
-        return value
-
-
-def describe_error(exc: ValidationError) -> tuple[str, str]:
-    """The first problem of ``exc`` as (field path, message naming that field)."""
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    if not where:
-        return "", error["msg"]
-    return where, f"invalid field '{where}': {error['msg']}"
-
-
-def _same(given: str, expected: str) -> bool:
-    # Constant-time; compare_digest refuses non-ASCII str and aiohttp may hand us
-    # undecodable header bytes as surrogates, so compare the raw bytes.
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
-
-
-def auth_problem(headers: Mapping[str, str], options: SimOptions, now: float) -> str | None:
-    """Why a request's signing headers are unacceptable, or None when they are fine."""
-    for name in _SIGNED_HEADERS:
-        if not headers.get(name):
-            return f"missing header {name}"
-    auth, nonce, timestamp = headers["Authorization"], headers["x-nonce"], headers["x-timestamp"]
-    if not _same(auth, authorization_value(options.token)):
-        return "invalid token"
-    if not (timestamp.isascii() and timestamp.isdigit()):
-        return "x-timestamp must be unix seconds"
-    if not nonce.isascii():
-        return "x-nonce must be ASCII"
-    if not _same(headers["x-signature"], signature(timestamp, nonce, auth)):
-        return "invalid signature"
-    if abs(now - int(timestamp)) > options.max_clock_skew:
-        return "stale x-timestamp (outside the allowed clock skew)"
-    return None
+        return even_pieces(body, chunks)
+    return [body[:first], *even_pieces(body[first:], chunks - 1)]

@@ -1,4 +1,4 @@
-"""Assembling the simulator application, its admin API, and running it on a socket.
+"""Assembling the simulator application (chat endpoint and control API) and running it on a socket.
 
 ``Simulator`` keeps one ``SimState`` and builds a fresh application on every start,
 so it can stop (clients get "connection refused") and start again on the same port
@@ -12,105 +12,21 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Final, Self
 
-import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from gateway.flowgpt.protocol import UPSTREAM_PATH
-from gateway.simulator.app import SIM_STATE, SimState, chat
-from gateway.simulator.faults import SimFaults, SimOptions, describe_error
-from gateway.simulator.routes import DEFAULT_ROUTE, ROUTE_PATH, Route, RouteError, route_path
+from gateway.simulator import admin
+from gateway.simulator.chat import chat
+from gateway.simulator.faults import SimFaults
+from gateway.simulator.options import SimOptions
+from gateway.simulator.routes import DEFAULT_ROUTE, ROUTE_PATH, route_path
+from gateway.simulator.state import SIM_STATE, SimState
 from gateway.simulator.stats import SimStats
 
 logger = logging.getLogger(__name__)
 
 # A backstop only: on_shutdown already ends every stream, so handlers finish at once.
 _SHUTDOWN_TIMEOUT: Final = 0.5
-
-
-def _route(request: web.Request) -> Route | web.Response:
-    """The route named by ``?route=`` (default: the default route), or the JSON error for it."""
-    name = request.query.get("route", DEFAULT_ROUTE)
-    try:
-        return request.app[SIM_STATE].routes.get(name)
-    except RouteError as exc:
-        payload = {"message": str(exc)} | ({"field": "route"} if exc.status == 400 else {})
-        return web.json_response(payload, status=exc.status)
-
-
-async def get_faults(request: web.Request) -> web.Response:
-    """GET /_sim/faults[?route=]: the faults now in force on a route."""
-    route = _route(request)
-    if isinstance(route, web.Response):
-        return route
-    return web.json_response(route.faults.model_dump())
-
-
-async def set_faults(request: web.Request) -> web.Response:
-    """POST /_sim/faults[?route=]: replace all of a route's faults (unset fields go back to healthy)."""
-    # The route first, so a bad name is reported whatever the body (which may be bad too).
-    route = _route(request)
-    if isinstance(route, web.Response):
-        return route
-    try:
-        payload = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return web.json_response({"message": "body is not valid JSON"}, status=400)
-    try:
-        faults = SimFaults.model_validate(payload)
-    except ValidationError as exc:
-        field, message = describe_error(exc)
-        return web.json_response({"message": message, "field": field}, status=400)
-    route.faults = faults
-    logger.info("faults set route=%s: %s", route.name, faults.model_dump(exclude_defaults=True))
-    return web.json_response(faults.model_dump())
-
-
-async def heal(request: web.Request) -> web.Response:
-    """DELETE /_sim/faults[?route=]: that route back to a healthy upstream."""
-    route = _route(request)
-    if isinstance(route, web.Response):
-        return route
-    route.faults = SimFaults()
-    logger.info("faults cleared route=%s", route.name)
-    return web.json_response(route.faults.model_dump())
-
-
-async def get_stats(request: web.Request) -> web.Response:
-    """GET /_sim/stats: the global counters; with ?route= that route's own."""
-    state = request.app[SIM_STATE]
-    if "route" not in request.query:
-        return web.json_response(state.stats.to_dict())
-    route = _route(request)
-    if isinstance(route, web.Response):
-        return route
-    return web.json_response(route.stats.to_dict())
-
-
-async def reset_stats(request: web.Request) -> web.Response:
-    """POST /_sim/stats/reset: zero all counters, global and per route (active_streams stays truthful)."""
-    state = request.app[SIM_STATE]
-    state.reset_stats()
-    return web.json_response(state.stats.to_dict())
-
-
-async def get_routes(request: web.Request) -> web.Response:
-    """GET /_sim/routes: every route in use with its path, the faults set on it and its request count."""
-    routes = request.app[SIM_STATE].routes
-    listing = {
-        route.name: {
-            "path": route_path(route.name),
-            "faults": route.faults.model_dump(exclude_defaults=True),
-            "requests_total": route.stats.requests_total,
-        }
-        for route in routes
-    }
-    return web.json_response({"max_routes": routes.limit, "routes": listing})
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """GET /_sim/healthz: liveness of the simulator itself, whatever the faults."""
-    return web.json_response({"status": "ok", "faults_active": request.app[SIM_STATE].faults.active})
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -131,13 +47,13 @@ def build_app(state: SimState) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post(UPSTREAM_PATH, chat)
     app.router.add_post(ROUTE_PATH, chat)
-    app.router.add_get("/_sim/faults", get_faults)
-    app.router.add_post("/_sim/faults", set_faults)
-    app.router.add_delete("/_sim/faults", heal)
-    app.router.add_get("/_sim/stats", get_stats)
-    app.router.add_post("/_sim/stats/reset", reset_stats)
-    app.router.add_get("/_sim/routes", get_routes)
-    app.router.add_get("/_sim/healthz", healthz)
+    app.router.add_get("/_sim/faults", admin.get_faults)
+    app.router.add_post("/_sim/faults", admin.set_faults)
+    app.router.add_delete("/_sim/faults", admin.heal)
+    app.router.add_get("/_sim/stats", admin.get_stats)
+    app.router.add_post("/_sim/stats/reset", admin.reset_stats)
+    app.router.add_get("/_sim/routes", admin.get_routes)
+    app.router.add_get("/_sim/healthz", admin.healthz)
     return app
 
 
