@@ -1,0 +1,105 @@
+"""What the status page shows, read from the live objects: one JSON-ready dict, no secrets, no prompts.
+
+The only strings that reach the page are route names (``[a-z0-9_-]``), masked route
+URLs, breaker and flag states, probe error messages (the same ones /readyz shows) and
+the version. Tokens, proxy URLs, API keys, the admin token and the probe prompt are
+never read here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.app_keys import INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
+from gateway.metrics import ADMISSION_REASONS
+from gateway.redact import mask_url
+from gateway.route_pool import Route
+from gateway.status_page.sampler import RouteWindow, Spark
+
+WINDOW_SECONDS: Final = 300.0  # "last 5 minutes"
+MAX_ERROR_CHARS: Final = 160  # a probe error is a one-line reason, not a body
+
+Overall = Literal["serving", "degraded", "down"]
+Series = dict[str, Sequence[float | None]]  # requests, failures, first_token: one value per sample step
+
+
+def route_up(route: Route) -> bool:
+    """Whether the route takes traffic now or is about to: working, and its breaker not open."""
+    return route.flag.working and route.breaker.state != "open" and route.breaker.mode != "forced_open"
+
+
+def overall(ups: list[bool], *, draining: bool) -> Overall:
+    """Serving when every route is up, down when none is (or the gateway drains), else degraded."""
+    if draining or not any(ups):
+        return "down"
+    return "serving" if all(ups) else "degraded"
+
+
+def _probe(route: Route, now: float) -> dict[str, Any] | None:
+    last = route.flag.last_probe
+    if last is None:
+        return None
+    error = None if last.error is None else last.error[:MAX_ERROR_CHARS]
+    return {"ok": last.ok, "latency": round(last.latency, 4), "age": round(max(0.0, now - last.at), 1), "error": error}
+
+
+def _series(spark: Spark) -> Series:
+    return {"requests": spark.requests, "failures": spark.failures, "first_token": spark.first_token}
+
+
+def _route(route: Route, url: str, window: RouteWindow | None, now: float) -> dict[str, Any]:
+    breaker = route.breaker
+    state = breaker.state
+    open_now = state == "open" or breaker.mode == "forced_open"
+    return {
+        "name": route.name,
+        "url": mask_url(url),
+        "weight": route.weight,
+        "up": route_up(route),
+        "working": route.flag.working,
+        "working_mode": route.flag.mode,
+        "breaker": {
+            "state": state,
+            "mode": breaker.mode,
+            "retry_after": round(breaker.retry_after(), 1) if open_now else None,
+        },
+        "probe": _probe(route, now),
+        "inflight": route.inflight,
+        "requests": None if window is None else window.requests,
+        "failures": None if window is None else window.failures,
+        "first_token_p50": None if window is None or window.p50 is None else round(window.p50, 4),
+        "first_token_p95": None if window is None or window.p95 is None else round(window.p95, 4),
+    }
+
+
+def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
+    """The page's content as JSON-ready data, and each route's sparkline series."""
+    settings = app[SETTINGS]
+    sampler = app[STATUS_SAMPLER]
+    limiter = app[UPSTREAM].limiter
+    draining = app[INFLIGHT].draining
+    now = time.time()
+    window, shared, windows = sampler.window(WINDOW_SECONDS)
+    urls = {spec.name: spec.url for spec in settings.routes()}
+    routes = [_route(r, urls[r.name], windows.get(r.name), now) for r in app[ROUTES]]
+    data = {
+        "state": overall([route["up"] for route in routes], draining=draining),
+        "draining": draining,
+        "version": __version__,
+        "uptime": round(time.monotonic() - app[STARTED_AT], 1),
+        "generated_at": round(now, 3),
+        "refresh": settings.ui_refresh_seconds,
+        "step": sampler.interval,
+        "window": round(window, 1),
+        "inflight": limiter.in_use,
+        "limit": limiter.limit,
+        "rejections": {reason: shared[reason] for reason in ADMISSION_REASONS},
+        "retries": shared["retries"],
+        "routes": routes,
+    }
+    return data, {route.name: _series(sampler.spark(route.name)) for route in app[ROUTES]}
