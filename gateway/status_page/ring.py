@@ -31,7 +31,8 @@ class Ring:
             raise ValueError("a ring needs at least two slots and one column")
         self.slots = slots
         self.width = width
-        self._data = array("d", bytes(slots * width * DOUBLE_BYTES))
+        # Repetition sizes the buffer exactly; array("d", bytes(n)) would over-allocate by a few percent.
+        self._data = array("d", [0.0]) * (slots * width)
         self._head = 0  # the slot the next push writes
         self._size = 0
 
