@@ -16,7 +16,7 @@ from importlib import resources
 from string import Template
 from typing import Any, Final
 
-from gateway.status_page.view import CELLS, SPARK_HEIGHT, SPARK_WIDTH, SPARKS
+from gateway.status_page.view import CELLS, SPARK_HEIGHT, SPARK_LABELS, SPARK_WIDTH, SPARKS
 
 
 def _resource(name: str) -> str:
@@ -66,6 +66,7 @@ _NUMERIC: Final = frozenset({"requests", "failures", "first_token"})
 
 def _spark(key: str, spark: dict[str, str]) -> str:
     return (
+        f"<span>{SPARK_LABELS[key]}</span>"
         f'<svg data-spark="{key}" class="spark-{key}" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" role="img">'
         f"<title>{escape(spark['title'])}</title>"
         f'<path class="base" d="M0 {SPARK_HEIGHT - 0.5}H{SPARK_WIDTH}"/>'
@@ -88,7 +89,7 @@ def _row(route: dict[str, Any]) -> str:
     return (
         f'<tr class="route {escape(route["class"])}" data-route="{name}">'
         f'<td data-label="Route"><div><strong>{name}</strong><small>{escape(route["url"])}</small></div></td>'
-        f'{cells}<td data-label="Trend"><div>{sparks}</div></td></tr>'
+        f'{cells}<td data-label="Trend"><div class="sparks">{sparks}</div></td></tr>'
     )
 
 

@@ -14,8 +14,9 @@ from typing import Any, Final
 from gateway.status_page.sampler import SLOTS
 
 SPARK_WIDTH: Final = 120
-SPARK_HEIGHT: Final = 28
+SPARK_HEIGHT: Final = 20
 SPARKS: Final = (("requests", "requests/s"), ("failures", "failures/s"), ("first_token", "first token p50"))
+SPARK_LABELS: Final = {"requests": "req/s", "failures": "fail/s", "first_token": "p50"}
 CELLS: Final = ("status", "working", "breaker", "probe", "requests", "failures", "first_token")
 STATE_WORDS: Final = {"serving": "Serving", "degraded": "Degraded", "down": "Down"}
 
