@@ -148,6 +148,23 @@ async def test_no_secret_or_prompt_is_shown(make_gateway: GatewayFactory, sim: S
     assert "***@127.0.0.1" not in html
 
 
+async def test_secrets_an_upstream_quotes_are_scrubbed(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A probe error quoting a route token, a proxy password or the probe prompt shows them as ***."""
+    routes = [
+        {"name": "a", "url": sim.route_url("a"), "token": "route-token-Kx93"},
+        {"name": "b", "url": sim.route_url("b"), "proxy": "http://user:proxy-pass-Pw27@127.0.0.1:9"},
+    ]
+    gateway = await make_gateway(upstreams=json.dumps(routes), probe_prompt="probe-prompt-Pp11")
+    quoted = "HTTP 401: token route-token-Kx93 revoked; prompt probe-prompt-Pp11 via proxy-pass-Pw27"
+    for route in gateway.app[ROUTES]:
+        route.flag.record(ProbeResult(ok=False, at=time.time(), latency=0.1, error=quoted))
+    html, data = await page_and_data(gateway)
+    assert data["routes"][0]["probe"]["error"] == "HTTP 401: token *** revoked; prompt *** via ***"
+    for secret in SECRETS:
+        assert secret not in html
+        assert secret not in json.dumps(data)
+
+
 async def test_ui_off_is_an_unknown_route(make_gateway: GatewayFactory) -> None:
     """GATEWAY_UI=off: /, /ui and /ui/data answer 404 JSON like any unknown path."""
     gateway = await make_gateway(ui="off")

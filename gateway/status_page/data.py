@@ -1,9 +1,8 @@
 """What the status page shows, read from the live objects: one JSON-ready dict, no secrets, no prompts.
 
 The only strings that reach the page are route names (``[a-z0-9_-]``), masked route
-URLs, breaker and flag states, probe error messages (the same ones /readyz shows) and
-the version. Tokens, proxy URLs, API keys, the admin token and the probe prompt are
-never read here.
+URLs, breaker and flag states, probe error messages (as /readyz shows them, but with
+any configured secret an upstream may have quoted replaced by ``***``) and the version.
 """
 
 from __future__ import annotations
@@ -13,16 +12,20 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 from aiohttp import web
+from yarl import URL
 
 from gateway import __version__
 from gateway.app_keys import INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
+from gateway.flowgpt.protocol import ANONYMOUS_TOKEN
 from gateway.metrics import ADMISSION_REASONS
-from gateway.redact import mask_url
+from gateway.redact import MASK, mask_url
 from gateway.route_pool import Route
+from gateway.settings import Settings
 from gateway.status_page.sampler import RouteWindow, Spark
 
 WINDOW_SECONDS: Final = 300.0  # "last 5 minutes"
 MAX_ERROR_CHARS: Final = 160  # a probe error is a one-line reason, not a body
+MIN_SECRET_CHARS: Final = 4
 
 Overall = Literal["serving", "degraded", "down"]
 Series = dict[str, Sequence[float | None]]  # requests, failures, first_token: one value per sample step
@@ -40,11 +43,34 @@ def overall(ups: list[bool], *, draining: bool) -> Overall:
     return "serving" if all(ups) else "degraded"
 
 
-def _probe(route: Route, now: float) -> dict[str, Any] | None:
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every configured secret, and the probe prompt: text the page must never show, even quoted by an upstream."""
+    values = [settings.probe_prompt, *(key.get_secret_value() for key in settings.api_keys)]
+    if settings.admin_token is not None:
+        values.append(settings.admin_token.get_secret_value())
+    for spec in settings.routes():
+        values.append(spec.token.get_secret_value())
+        if spec.proxy_url is not None:
+            proxy = URL(spec.proxy_url)
+            values.extend(part for part in (spec.proxy_url, proxy.user, proxy.password) if part)
+    # The anonymous token is public; short strings would blank ordinary words.
+    kept = {value for value in values if len(value) >= MIN_SECRET_CHARS and value != ANONYMOUS_TOKEN}
+    return tuple(sorted(kept, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced by ``***`` (longest first, so a proxy URL goes before its password)."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _probe(route: Route, now: float, secrets: tuple[str, ...]) -> dict[str, Any] | None:
     last = route.flag.last_probe
     if last is None:
         return None
-    error = None if last.error is None else last.error[:MAX_ERROR_CHARS]
+    # An upstream's error body may quote what it was sent (the prompt, a token): scrub before cutting.
+    error = None if last.error is None else scrub(last.error, secrets)[:MAX_ERROR_CHARS]
     return {"ok": last.ok, "latency": round(last.latency, 4), "age": round(max(0.0, now - last.at), 1), "error": error}
 
 
@@ -52,7 +78,7 @@ def _series(spark: Spark) -> Series:
     return {"requests": spark.requests, "failures": spark.failures, "first_token": spark.first_token}
 
 
-def _route(route: Route, url: str, window: RouteWindow | None, now: float) -> dict[str, Any]:
+def _route(route: Route, url: str, window: RouteWindow | None, now: float, secrets: tuple[str, ...]) -> dict[str, Any]:
     breaker = route.breaker
     state = breaker.state
     open_now = state == "open" or breaker.mode == "forced_open"
@@ -68,7 +94,7 @@ def _route(route: Route, url: str, window: RouteWindow | None, now: float) -> di
             "mode": breaker.mode,
             "retry_after": round(breaker.retry_after(), 1) if open_now else None,
         },
-        "probe": _probe(route, now),
+        "probe": _probe(route, now, secrets),
         "inflight": route.inflight,
         "requests": None if window is None else window.requests,
         "failures": None if window is None else window.failures,
@@ -86,7 +112,8 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
     now = time.time()
     window, shared, windows = sampler.window(WINDOW_SECONDS)
     urls = {spec.name: spec.url for spec in settings.routes()}
-    routes = [_route(r, urls[r.name], windows.get(r.name), now) for r in app[ROUTES]]
+    secrets = secret_values(settings)
+    routes = [_route(r, urls[r.name], windows.get(r.name), now, secrets) for r in app[ROUTES]]
     data = {
         "state": overall([route["up"] for route in routes], draining=draining),
         "draining": draining,
