@@ -16,7 +16,7 @@ from importlib import resources
 from string import Template
 from typing import Any, Final
 
-from gateway.status_page.view import CELLS, SPARK_HEIGHT, SPARK_LABELS, SPARK_WIDTH, SPARKS
+from gateway.status_page.view import CELLS, SPARK_LABELS, SPARKS, VIEW_HEIGHT, VIEW_WIDTH
 
 
 def _resource(name: str) -> str:
@@ -67,9 +67,10 @@ _NUMERIC: Final = frozenset({"requests", "failures", "first_token"})
 def _spark(key: str, spark: dict[str, str]) -> str:
     return (
         f"<span>{SPARK_LABELS[key]}</span>"
-        f'<svg data-spark="{key}" class="spark-{key}" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" role="img">'
+        f'<svg data-spark="{key}" class="spark-{key}" viewBox="0 0 {VIEW_WIDTH} {VIEW_HEIGHT}"'
+        ' preserveAspectRatio="none" role="img">'
         f"<title>{escape(spark['title'])}</title>"
-        f'<path class="base" d="M0 {SPARK_HEIGHT - 0.5}H{SPARK_WIDTH}"/>'
+        f'<path class="base" d="M0 {VIEW_HEIGHT - 0.5}H{VIEW_WIDTH}"/>'
         f'<path class="line" d="{escape(spark["d"])}"/></svg>'
     )
 

@@ -13,8 +13,9 @@ from typing import Any, Final
 
 from gateway.status_page.sampler import SLOTS
 
-SPARK_WIDTH: Final = 120
-SPARK_HEIGHT: Final = 20
+X_STEP: Final = 2  # viewBox units between two samples
+VIEW_WIDTH: Final = X_STEP * (SLOTS - 2)  # the oldest of SLOTS - 1 steps at x = 0, the newest at the right edge
+VIEW_HEIGHT: Final = 40
 SPARKS: Final = (("requests", "requests/s"), ("failures", "failures/s"), ("first_token", "first token p50"))
 SPARK_LABELS: Final = {"requests": "req/s", "failures": "fail/s", "first_token": "p50"}
 CELLS: Final = ("status", "working", "breaker", "probe", "requests", "failures", "first_token")
@@ -42,21 +43,23 @@ def count(value: float | None) -> str:
 
 
 def spark_path(values: Sequence[float | None]) -> tuple[str, float]:
-    """An SVG path of ``values`` right-aligned in the full ring's width (gaps where None) and its peak."""
-    present = [v for v in values if v is not None]
-    peak = max(present, default=0.0)
-    scale = (SPARK_HEIGHT - 2) / peak if peak > 0 else 0.0
-    step = SPARK_WIDTH / (SLOTS - 2)
-    offset = SPARK_WIDTH - step * (len(values) - 1)
+    """An SVG path of ``values`` right-aligned in the full ring's width (gaps where None) and its peak.
+
+    Whole-number coordinates in a :data:`VIEW_WIDTH` x :data:`VIEW_HEIGHT` box, and implicit
+    line-tos after each move: 64 routes x 3 series x 180 points are formatted on every refresh.
+    """
+    peak = max((value for value in values if value is not None), default=0.0)
+    scale = (VIEW_HEIGHT - 2) / peak if peak > 0 else 0.0
+    bottom = VIEW_HEIGHT - 1
+    first_x = VIEW_WIDTH - X_STEP * (len(values) - 1)
     parts: list[str] = []
     pen_down = False
     for index, value in enumerate(values):
         if value is None:
             pen_down = False
             continue
-        x = offset + index * step
-        y = SPARK_HEIGHT - 1 - value * scale
-        parts.append(f"{'L' if pen_down else 'M'}{x:.1f} {y:.1f}")
+        point = f"{first_x + X_STEP * index} {round(bottom - value * scale)}"
+        parts.append(point if pen_down else "M" + point)
         pen_down = True
     return " ".join(parts), peak
 
