@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from gateway.app_keys import ROUTES
 from gateway.events import ProbeResult
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
-from gateway.status_page.view import VIEW_WIDTH, seconds, spark_path
+from gateway.status_page.render import render_page
+from gateway.status_page.view import VIEW_WIDTH, page_view, seconds, spark_path
 from tests.cli_support import run_cli
 from tests.gateway_support import GatewayFactory, chat_body
 
@@ -129,6 +131,42 @@ async def test_dynamic_text_is_escaped(gateway: Client) -> None:
     assert "<b>" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;b&gt;" in html
     assert data["routes"][0]["probe"]["error"].startswith("<script>")  # JSON carries it as data, the page as text
+
+
+def test_rendering_escapes_names_and_urls_even_past_validation() -> None:
+    """Were a hostile route name or URL to get past settings validation, the HTML still holds it as text."""
+    hostile = 'x"><script>alert(1)</script>'
+    empty: dict[str, Sequence[float | None]] = {"requests": [], "failures": [], "first_token": []}
+    route = {
+        "name": hostile,
+        "url": "http://h/" + hostile,
+        "up": False,
+        "working": False,
+        "working_mode": "auto",
+        "breaker": {"state": "closed", "mode": "auto", "retry_after": None},
+        "probe": {"ok": False, "latency": 0.1, "age": 1.0, "error": hostile},
+        "requests": 1.0,
+        "failures": 1.0,
+        "first_token_p50": None,
+        "first_token_p95": None,
+    }
+    data = {
+        "state": "down",
+        "draining": False,
+        "version": hostile,
+        "uptime": 1.0,
+        "step": 5.0,
+        "window": 0.0,
+        "inflight": 0,
+        "limit": 1,
+        "rejections": dict.fromkeys(("breaker_open", "half_open_busy", "not_working", "overloaded"), 0.0),
+        "retries": 0.0,
+        "routes": [route],
+    }
+    html = render_page(page_view(data, {hostile: empty}), source='ui/data"><script>', refresh=1)
+    assert "<script>alert" not in html
+    assert html.count("<script") == 1
+    assert 'data-route="x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in html
 
 
 async def test_no_secret_or_prompt_is_shown(make_gateway: GatewayFactory, sim: Simulator) -> None:

@@ -165,3 +165,21 @@ async def test_phone_width_has_no_sideways_scroll(
     assert overflow <= 0
     assert await page.is_hidden("thead")
     assert watch.complaints() == []
+
+
+async def test_sixty_four_routes_render_and_refresh(browser: Browser, make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """With the most routes allowed the page shows every one and keeps refreshing without complaints."""
+    names = [f"route-{index:02d}" for index in range(64)]
+    upstreams = json.dumps([{"name": name, "url": sim.route_url("a")} for name in names])
+    gateway = await make_gateway(upstreams=upstreams, ui_refresh_seconds=REFRESH, ui_sample_seconds=0.05)
+    gateway.app[ROUTES]["route-63"].flag.set_mode("not_working")
+    watch = PageWatch()
+    page = await open_page(browser, gateway, watch)
+    for _ in range(2):
+        async with page.expect_response(lambda r: r.url.endswith("/ui/data")) as refreshed:
+            pass
+        assert (await refreshed.value).status == 200
+    assert await page.locator("tr[data-route]").count() == 64
+    assert await route_class(page, "route-63") == "route down"
+    assert await page.text_content("#state") == "Degraded"
+    assert watch.complaints() == []
