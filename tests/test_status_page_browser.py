@@ -138,6 +138,18 @@ async def test_a_stopped_gateway_leaves_a_stale_page(
     assert all("ui/data" in failure for failure in watch.failed)
 
 
+async def test_a_page_with_other_routes_reloads(browser: Browser, make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """When the data names routes the page has no row for (a restart with new routes), the page reloads itself."""
+    gateway = await routed(make_gateway, sim)
+    watch = PageWatch()
+    page = await open_page(browser, gateway, watch)
+    await page.evaluate("document.querySelector('tr[data-route=\"b\"]').remove()")
+    async with page.expect_navigation(timeout=SEEN_WITHIN_MS):
+        pass
+    assert await page.locator("tr[data-route]").count() == 2
+    assert watch.complaints() == []
+
+
 async def test_admin_mode_works_with_the_browsers_basic_login(
     browser: Browser, make_gateway: GatewayFactory, sim: Simulator
 ) -> None:

@@ -27,9 +27,14 @@
     }
     const rows = new Map();
     for (const row of document.querySelectorAll("tr[data-route]")) rows.set(row.dataset.route, row);
+    const names = view.routes.map((route) => route.name);
+    if (names.length !== rows.size || names.some((name) => !rows.has(name))) {
+      // The gateway restarted with other routes: let the server render the new rows.
+      location.reload();
+      return;
+    }
     for (const route of view.routes) {
       const row = rows.get(route.name);
-      if (!row) continue;  // routes are fixed at start-up; an unknown one cannot appear
       row.className = "route " + route.class;
       for (const [cell, text] of Object.entries(route.cells)) {
         setText(row.querySelector('[data-cell="' + cell + '"]'), text);
