@@ -78,7 +78,9 @@ async def take(out: Path) -> None:
                 await asyncio.sleep(30)
                 await page.goto(f"{base}/")
                 await page.screenshot(path=out / "status-healthy.png", full_page=True)
-                phone = watch.attach(await (await browser.new_context(viewport={"width": 390, "height": 844})).new_page())
+                phone = watch.attach(
+                    await (await browser.new_context(viewport={"width": 390, "height": 844})).new_page()
+                )
                 await phone.goto(f"{base}/")
                 await phone.screenshot(path=out / "status-phone.png")
                 await phone.close()

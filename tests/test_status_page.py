@@ -246,7 +246,14 @@ async def test_serve_refuses_ui_admin_without_a_token_at_start_up() -> None:
 
 def test_durations_read_like_a_person_wrote_them() -> None:
     """Durations: ms under a second, seconds, minutes, hours; a dash when unknown."""
-    assert [seconds(v) for v in (None, 0.0123, 2.55, 42, 900, 7200)] == ["–", "12 ms", "2.5 s", "42 s", "15 min", "2.0 h"]
+    assert [seconds(v) for v in (None, 0.0123, 2.55, 42, 900, 7200)] == [
+        "–",
+        "12 ms",
+        "2.5 s",
+        "42 s",
+        "15 min",
+        "2.0 h",
+    ]
 
 
 def test_sparkline_paths_break_at_gaps() -> None:

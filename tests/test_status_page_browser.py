@@ -179,7 +179,9 @@ async def test_phone_width_has_no_sideways_scroll(
     assert watch.complaints() == []
 
 
-async def test_sixty_four_routes_render_and_refresh(browser: Browser, make_gateway: GatewayFactory, sim: Simulator) -> None:
+async def test_sixty_four_routes_render_and_refresh(
+    browser: Browser, make_gateway: GatewayFactory, sim: Simulator
+) -> None:
     """With the most routes allowed the page shows every one and keeps refreshing without complaints."""
     names = [f"route-{index:02d}" for index in range(64)]
     upstreams = json.dumps([{"name": name, "url": sim.route_url("a")} for name in names])
