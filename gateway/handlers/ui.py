@@ -79,11 +79,12 @@ def _presented(header: str) -> bytes | None:
 def _refusal(request: web.Request) -> web.Response | None:
     """None when the caller may see the page; else the 401 that makes a browser ask for the password."""
     settings = request.app[SETTINGS]
-    if settings.ui != "admin" or settings.admin_token is None:  # settings refuse admin without a token
+    if settings.ui != "admin":
         return None
+    token = settings.admin_token  # settings refuse admin without one; were it missing, nothing opens
+    expected = None if token is None else token.get_secret_value().encode()
     presented = _presented(request.headers.get("Authorization", ""))
-    expected = settings.admin_token.get_secret_value().encode()
-    if presented is not None and hmac.compare_digest(presented, expected):
+    if expected is not None and presented is not None and hmac.compare_digest(presented, expected):
         return None
     response = error_response(
         AuthenticationError(

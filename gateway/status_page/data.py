@@ -59,9 +59,17 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret replaced by ``***`` (longest first, so a proxy URL goes before its password)."""
+    """``text`` with every secret replaced by ``***`` (longest first, so a proxy URL goes before its password).
+
+    Error messages quote upstream bodies cut to a length, so a secret's first characters
+    may end the text: such a tail is masked too.
+    """
     for secret in secrets:
         text = text.replace(secret, MASK)
+        for length in range(len(secret) - 1, MIN_SECRET_CHARS - 1, -1):
+            if text.endswith(secret[:length]):
+                text = text[: len(text) - length] + MASK
+                break
     return text
 
 
