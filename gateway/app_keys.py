@@ -12,6 +12,7 @@ from gateway.inflight import InFlightTracker
 from gateway.metrics import Metrics
 from gateway.route_pool import RoutePool
 from gateway.settings import Settings
+from gateway.status_page.sampler import Sampler
 from gateway.upstream import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,6 +24,7 @@ STARTED_AT = web.AppKey("started_at", float)
 INFLIGHT = web.AppKey("inflight", InFlightTracker)
 # Absent without GATEWAY_REDIS_URL.
 FLEET = web.AppKey("fleet", SharedHealth)
+STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI is not off
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)

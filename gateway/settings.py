@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     probe_model: str = DEFAULT_MODEL
     probe_prompt: str = "ping"
 
+    # Status page at / (issue 14): on, off (404), or admin (needs GATEWAY_ADMIN_TOKEN as its password).
+    ui: Literal["on", "off", "admin"] = "on"
+    ui_refresh_seconds: float = Field(5.0, ge=0.1, le=300)  # how often the open page asks for fresh data
+    ui_sample_seconds: float = Field(5.0, ge=0.01, le=60)  # the sparklines' step; their ring is fixed-size
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -140,6 +145,12 @@ class Settings(BaseSettings):
                 "GATEWAY_PROBE_TIMEOUT must be >= GATEWAY_TIMEOUT_FIRST_TOKEN"
                 " (a probe held to a stricter limit than live traffic declares a slow upstream dead)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ui_needs_token(self) -> Settings:
+        if self.ui == "admin" and self.admin_token is None:
+            raise ValueError("GATEWAY_UI=admin needs GATEWAY_ADMIN_TOKEN (the status page's password)")
         return self
 
     @property

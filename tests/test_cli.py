@@ -174,3 +174,11 @@ async def test_more_than_one_worker_without_redis_is_refused_in_one_line() -> No
     assert code == 2
     assert "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL" in output
     assert len(output.strip().splitlines()) == 1
+
+
+async def test_serve_refuses_ui_admin_without_a_token_at_start_up() -> None:
+    """`serve` exits 2 (a bad setting) with the one-line reason when GATEWAY_UI=admin lacks the token."""
+    code, output = await run_cli("serve", "--port", "0", env={"GATEWAY_UI": "admin"})
+    assert code == 2
+    assert "GATEWAY_UI=admin needs GATEWAY_ADMIN_TOKEN" in output
+    assert len(output.strip().splitlines()) == 1
