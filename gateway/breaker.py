@@ -47,7 +47,15 @@ from typing import Final, TypedDict, TypeVar
 
 from gateway.breaker_counter import FailureCounter
 from gateway.errors import CircuitOpenError, UpstreamError, counts_against_upstream
-from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished, TrialAdmitted
+from gateway.events import (
+    BreakerChanged,
+    BreakerMode,
+    BreakerState,
+    EventBus,
+    ProbeFinished,
+    TrialAdmitted,
+    TrialReleased,
+)
 
 __all__ = [
     "HALF_OPEN_BUSY_RETRY_AFTER",
@@ -236,6 +244,8 @@ class CircuitBreaker:
         ticket.released = True
         if ticket.trial and ticket.generation == self._generation:
             self._trials -= 1
+            # The period did not change: the trial ended neutral (rejected, client gone).
+            self._events.publish(TrialReleased(self.name))
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """Count ``error`` (before or after the first token) if it says something about the upstream."""
@@ -305,11 +315,12 @@ class CircuitBreaker:
 
         Returns whether the breaker changed (a forced mode ignores the fleet's trips).
         """
-        if self._mode != "auto" or open_for <= 0:
-            return False
+        if self._mode != "auto" or not (math.isfinite(open_for) and math.isfinite(duration)) or open_for <= 0:
+            return False  # a peer (or Redis content) must never make a route open forever
+        open_for = min(open_for, self._reset_max)
         if self.state == "open" and self._open_until is not None and self._open_until >= self._clock() + open_for:
             return False  # already open at least as long
-        self._open_duration = duration
+        self._open_duration = min(max(duration, self._reset_timeout), self._reset_max)
         self._counter.open()
         if self._reported == "open":  # extend the period in place; no state change to announce
             self._open_until = self._clock() + open_for
@@ -328,6 +339,11 @@ class CircuitBreaker:
     def permit_trial(self) -> None:
         """This process won the fleet's claim on the current half-open trial."""
         self._trial_permitted = True
+
+    def revoke_trial_permit(self) -> None:
+        """This process's claim lapsed or was given back: its next caller is no longer the trial."""
+        if self.trial_needs_permit:
+            self._trial_permitted = False
 
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""

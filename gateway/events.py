@@ -41,6 +41,13 @@ class TrialAdmitted:
 
 
 @dataclass(frozen=True, slots=True)
+class TrialReleased:
+    """A half-open trial ended without deciding the period (rejected, or its client left)."""
+
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One probe: when (Unix seconds), how long, and why it failed."""
 

@@ -56,7 +56,8 @@ class RouteMetrics:
         self.inflight = families.inflight.labels(*labels)
         self.selected = families.selected.labels(route)
         self.failovers = families.failovers.labels(route)
-        self.breaker_state["closed"].set(1)
+        for state, gauge in self.breaker_state.items():  # every state written: multiprocess files need a value
+            gauge.set(1 if state == "closed" else 0)
         self.working.set(1)  # admitted until the first probe says otherwise
 
     # ClientObserver

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
@@ -120,13 +121,15 @@ class Supervisor:
 
 
 def _fresh_metrics_dir() -> str:
-    """The directory named by PROMETHEUS_MULTIPROC_DIR, emptied, or a new temporary one."""
+    """The directory named by PROMETHEUS_MULTIPROC_DIR without its metric files, or a new temporary one."""
     configured = os.environ.get(MULTIPROC_ENV)
-    if configured:
-        shutil.rmtree(configured, ignore_errors=True)  # files of an earlier run would be summed in
-        os.makedirs(configured, exist_ok=True)
-        return configured
-    return tempfile.mkdtemp(prefix="flowgpt-gateway-metrics-")
+    if not configured:
+        return tempfile.mkdtemp(prefix="flowgpt-gateway-metrics-")
+    os.makedirs(configured, exist_ok=True)
+    # Files of an earlier run would be summed in; anything else there is not ours to delete.
+    for path in Path(configured).glob("*.db"):
+        path.unlink(missing_ok=True)
+    return configured
 
 
 def worker_command(flags: Sequence[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -76,3 +77,65 @@ class RedisServer:
         """Stop whatever state the server is in."""
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+class RedisCutter:
+    """A loopback TCP relay in front of Redis that one gateway uses, so a test can cut only that one off."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.cut_off = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The URL the cut-off-able gateway uses."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Drop every relayed connection and refuse new ones until :meth:`restore`."""
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.close()
+
+    def restore(self) -> None:
+        """Relay again."""
+        self.cut_off = False
+
+    async def stop(self) -> None:
+        """Close everything."""
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            client_writer.close()
+            return
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers |= {client_writer, server_writer}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pump(client_reader, server_writer), pump(server_reader, client_writer))
+        self._writers -= {client_writer, server_writer}

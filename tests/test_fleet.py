@@ -7,61 +7,16 @@ separate process has; only the event loop is shared, which the fleet never relie
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
-
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from gateway.app_keys import FLEET, ROUTES
 from gateway.events import BreakerChanged
 from gateway.simulator import SimFaults, Simulator
 from monitoring.processes import eventually
-from tests.gateway_support import GatewayFactory, chat_body
+from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member
+from tests.gateway_support import GatewayFactory
 from tests.metrics_support import scrape, value
 from tests.redis_support import RedisServer
-
-Client = TestClient[web.Request, web.Application]
-CHAT = "/v1/chat/completions"
-ADMIN = {"Authorization": "Bearer fleet-admin"}
-
-
-def _routes(sim: Simulator) -> str:
-    # Route a takes (nearly) every call while it admits; b is where calls go when it does not.
-    return json.dumps(
-        [
-            {"name": "a", "url": sim.route_url("a"), "weight": 1000},
-            {"name": "b", "url": sim.route_url("b"), "weight": 0.001},
-        ]
-    )
-
-
-async def _member(
-    make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, prefix: str, **extra: Any
-) -> Client:
-    settings: dict[str, Any] = {
-        "upstreams": _routes(sim),
-        "redis_url": redis.url,
-        "redis_prefix": prefix,
-        "retry_max": 1,
-        "breaker_fail_max": 2,
-        "admin_token": "fleet-admin",
-        **extra,
-    }
-    gateway = await make_gateway(**settings)
-    await eventually(lambda: gateway.app[FLEET].up, within=5)
-    return gateway
-
-
-async def _chat(gateway: Client) -> int:
-    response = await gateway.post(CHAT, json=chat_body("fleet"))
-    await response.read()
-    return response.status
-
-
-def _breaker(gateway: Client, route: str = "a") -> Any:
-    return gateway.app[ROUTES][route].breaker
 
 
 async def test_a_trip_on_one_process_opens_the_route_on_the_other_within_a_second(
@@ -69,17 +24,17 @@ async def test_a_trip_on_one_process_opens_the_route_on_the_other_within_a_secon
 ) -> None:
     """Route a fails on A: B refuses a within 1 s and sends it nothing, while both keep serving via b."""
     prefix = redis_server.prefix()
-    first, second = [await _member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
+    first, second = [await fleet_member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
     sim.set_faults(SimFaults(http_status=500), route="a")
-    while _breaker(first).state != "open":
-        assert await _chat(first) == 200  # failed over to b
+    while breaker(first).state != "open":
+        assert await chat(first) == 200  # failed over to b
     tripped = time.monotonic()
-    await eventually(lambda: _breaker(second).state == "open", within=1.0)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
     assert time.monotonic() - tripped < 1.0
     sent_to_a = sim.route_stats("a").requests_total
-    assert [await _chat(second) for _ in range(10)] == [200] * 10
+    assert [await chat(second) for _ in range(10)] == [200] * 10
     assert sim.route_stats("a").requests_total == sent_to_a  # B learnt from A: none of its calls went to a
-    assert _breaker(second).consecutive_failures == 0  # B paid no failures of its own
+    assert breaker(second).consecutive_failures == 0  # B paid no failures of its own
 
 
 async def test_exactly_one_half_open_trial_per_open_period_across_the_fleet(
@@ -87,11 +42,11 @@ async def test_exactly_one_half_open_trial_per_open_period_across_the_fleet(
 ) -> None:
     """While a stays broken and both processes keep sending, each open period lets one trial reach it."""
     prefix = redis_server.prefix()
-    members = [await _member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.4) for _ in range(2)]
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.4) for _ in range(2)]
     sim.set_faults(SimFaults(http_status=500), route="a")
-    while _breaker(members[0]).state != "open":
-        await _chat(members[0])
-    await eventually(lambda: all(_breaker(member).state == "open" for member in members), within=1.0)
+    while breaker(members[0]).state != "open":
+        await chat(members[0])
+    await eventually(lambda: all(breaker(member).state == "open" for member in members), within=1.0)
     transitions = [0]
 
     def count(event: BreakerChanged) -> None:
@@ -102,7 +57,7 @@ async def test_exactly_one_half_open_trial_per_open_period_across_the_fleet(
     deadline = time.monotonic() + 1.5  # three open periods of 0.4 s, give or take the trials
     statuses: list[int] = []
     while time.monotonic() < deadline:
-        statuses += await asyncio.gather(*(_chat(member) for member in members for _ in range(4)))
+        statuses += await asyncio.gather(*(chat(member) for member in members for _ in range(4)))
     trials = sim.route_stats("a").requests_total - before
     assert set(statuses) == {200}
     periods = transitions[0]  # every failed trial re-opens a, once per period
@@ -116,7 +71,7 @@ async def test_one_probe_per_route_per_interval_across_the_fleet(
     """Two processes probing every 0.25 s cost the upstream about four probes a second per route, not eight."""
     prefix = redis_server.prefix()
     probing = {"probe_enabled": True, "probe_interval": 0.25, "probe_unhealthy_interval": 0.25}
-    members = [await _member(make_gateway, sim, redis_server, prefix, **probing) for _ in range(2)]
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix, **probing) for _ in range(2)]
     await eventually(
         lambda: all(len([m for m in members if name in m.app[FLEET].snapshot()["probe_leases"]]) == 1 for name in "ab"),
         within=3,
@@ -139,24 +94,24 @@ async def test_an_override_on_one_process_is_obeyed_by_the_others_and_by_later_o
 ) -> None:
     """Forcing a open and marking b not working on A reaches B at once and C when it starts later."""
     prefix = redis_server.prefix()
-    first, second = [await _member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
+    first, second = [await fleet_member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
     response = await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
     assert response.status == 200
     assert (await response.json())["shared"] is True
     response = await first.post("/admin/working", json={"mode": "not_working", "route": "b"}, headers=ADMIN)
     assert (await response.json())["shared"] is True
-    await eventually(lambda: _breaker(second).mode == "forced_open", within=1.0)
+    await eventually(lambda: breaker(second).mode == "forced_open", within=1.0)
     await eventually(lambda: not second.app[ROUTES]["b"].flag.working, within=1.0)
-    assert await _chat(second) == 503  # a forced open, b not working: nowhere to go
+    assert await chat(second) == 503  # a forced open, b not working: nowhere to go
 
-    late = await _member(make_gateway, sim, redis_server, prefix)
-    await eventually(lambda: _breaker(late).mode == "forced_open" and not late.app[ROUTES]["b"].flag.working)
+    late = await fleet_member(make_gateway, sim, redis_server, prefix)
+    await eventually(lambda: breaker(late).mode == "forced_open" and not late.app[ROUTES]["b"].flag.working)
 
     await second.post("/admin/breaker", json={"mode": "auto"}, headers=ADMIN)
     await second.post("/admin/working", json={"mode": "auto"}, headers=ADMIN)
     for member in (first, late):
-        await eventually(lambda m=member: _breaker(m).mode == "auto" and m.app[ROUTES]["b"].flag.working)  # type: ignore[misc]
-    assert await _chat(late) == 200
+        await eventually(lambda m=member: breaker(m).mode == "auto" and m.app[ROUTES]["b"].flag.working)  # type: ignore[misc]
+    assert await chat(late) == 200
 
 
 async def _load(gateways: list[Client], *, seconds: float, concurrency: int) -> list[tuple[int, float]]:
@@ -167,7 +122,7 @@ async def _load(gateways: list[Client], *, seconds: float, concurrency: int) -> 
     async def worker(gateway: Client) -> None:
         while time.monotonic() < deadline:
             started = time.monotonic()
-            status = await _chat(gateway)
+            status = await chat(gateway)
             results.append((status, time.monotonic() - started))
 
     await asyncio.gather(*(worker(gateway) for gateway in gateways for _ in range(concurrency)))
@@ -180,7 +135,7 @@ async def test_redis_killed_under_load_fails_nothing_and_sharing_resumes_after_r
     """SIGKILL Redis during load: 0 failed requests, shared_state_up 1 -> 0 -> 1, trips shared again after."""
     prefix = redis_server.prefix()
     probing = {"probe_enabled": True, "probe_interval": 0.3, "probe_unhealthy_interval": 0.3}
-    members = [await _member(make_gateway, sim, redis_server, prefix, **probing) for _ in range(2)]
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix, **probing) for _ in range(2)]
     assert [value(await scrape(m), "gateway_shared_state_up") for m in members] == [1.0, 1.0]
 
     async def outage() -> list[float]:
@@ -202,9 +157,9 @@ async def test_redis_killed_under_load_fails_nothing_and_sharing_resumes_after_r
     assert [value(await scrape(m), "gateway_shared_state_up") for m in members] == [1.0, 1.0]
 
     sim.set_faults(SimFaults(http_status=500), route="a")  # the restarted Redis carries trips again
-    while _breaker(members[0]).state != "open":
-        await _chat(members[0])
-    await eventually(lambda: _breaker(members[1]).state == "open", within=1.0)
+    while breaker(members[0]).state != "open":
+        await chat(members[0])
+    await eventually(lambda: breaker(members[1]).state == "open", within=1.0)
 
 
 async def test_a_paused_redis_costs_requests_nothing_and_admin_calls_only_the_timeout(
@@ -212,7 +167,7 @@ async def test_a_paused_redis_costs_requests_nothing_and_admin_calls_only_the_ti
 ) -> None:
     """SIGSTOP Redis: chats at concurrency 16 never wait on it; an admin change returns shared=false in ~0.1 s."""
     prefix = redis_server.prefix()
-    members = [await _member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
     redis_server.pause()
     results = await _load(members, seconds=1.5, concurrency=8)
     assert {status for status, _ in results} == {200}
@@ -223,10 +178,10 @@ async def test_a_paused_redis_costs_requests_nothing_and_admin_calls_only_the_ti
     response = await members[0].post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
     assert (await response.json())["shared"] is False  # applied here, pushed on reconnection
     assert time.monotonic() - started < 1.0
-    assert _breaker(members[0]).mode == "forced_open"
+    assert breaker(members[0]).mode == "forced_open"
     redis_server.resume()
     await eventually(lambda: all(m.app[FLEET].up for m in members), within=10.0)
-    await eventually(lambda: _breaker(members[1]).mode == "forced_open", within=2.0)  # the pending change arrived
+    await eventually(lambda: breaker(members[1]).mode == "forced_open", within=2.0)  # the pending change arrived
 
 
 async def test_a_trial_winner_without_traffic_holds_up_recovery_for_about_a_second_only(
@@ -235,17 +190,17 @@ async def test_a_trial_winner_without_traffic_holds_up_recovery_for_about_a_seco
     """Only B gets traffic after a heals; whoever won the trial claim, B's calls close a within ~2 s."""
     prefix = redis_server.prefix()
     first, second = [
-        await _member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)
+        await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)
     ]
     sim.set_faults(SimFaults(http_status=500), route="a")
-    while _breaker(first).state != "open":  # A trips first, so its period ends first and it usually wins
-        await _chat(first)
-    await eventually(lambda: _breaker(second).state == "open", within=1.0)
+    while breaker(first).state != "open":  # A trips first, so its period ends first and it usually wins
+        await chat(first)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
     sim.set_faults(SimFaults(), route="a")
-    await eventually(lambda: _breaker(second).state == "half_open", within=1.0)
+    await eventually(lambda: breaker(second).state == "half_open", within=1.0)
     half_open = time.monotonic()
-    while _breaker(second).state != "closed":
-        assert await _chat(second) == 200
+    while breaker(second).state != "closed":
+        assert await chat(second) == 200
         assert time.monotonic() - half_open < 2.5, "recovery waited on a claim nobody used"
         await asyncio.sleep(0.05)
-    await eventually(lambda: _breaker(first).state == "closed", within=1.0)  # B's success closes A too
+    await eventually(lambda: breaker(first).state == "closed", within=1.0)  # B's success closes A too

@@ -52,12 +52,16 @@ class RedisLink:
         self._client: redis.Redis | None = None
         self._lost = asyncio.Event()
         self.up = False
+        self._told = False  # an outage was logged; the next one is logged after a successful sync
         self._task: asyncio.Task[None] | None = None
 
     async def call(self, fn: Callable[[redis.Redis], Awaitable[T]]) -> T | None:
-        """Run one bounded call; ``None`` (and the link marked down) if Redis is down, slow or fails."""
+        """Run one bounded call; ``None`` (and the link marked down) if Redis is down, slow or fails.
+
+        Works while connected, including during ``on_up`` (the re-sync), before ``up`` is set.
+        """
         client = self._client
-        if not self.up or client is None:
+        if client is None or self._lost.is_set():
             return None
         try:
             async with asyncio.timeout(self.timeout):
@@ -80,18 +84,23 @@ class RedisLink:
         self.up = False
 
     def _mark_down(self, why: str) -> None:
+        """Once per outage: log, tell the owner; every call fails fast until the next session."""
+        self._lost.set()
         if self.up:
             self.up = False
+            self._told = True
             log.warning("shared state lost, deciding locally until Redis is back reason=%r", why[:200])
             self._on_down()
-        self._lost.set()
+        elif not self._told:  # never connected (or never re-synced) since the last warning
+            self._told = True
+            log.warning("shared state unavailable, deciding locally until Redis answers reason=%r", why[:200])
 
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
             try:
-                await self._session()
-                backoff = BACKOFF_FIRST  # it worked for a while: the next outage starts over
+                if await self._session():
+                    backoff = BACKOFF_FIRST  # it worked for a while: the next outage starts over
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
@@ -102,8 +111,8 @@ class RedisLink:
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _session(self) -> None:
-        """Connect, subscribe, re-sync, then relay messages until a call fails."""
+    async def _session(self) -> bool:
+        """Connect, subscribe, re-sync, then relay messages until a call fails; whether it synced."""
         client = redis.Redis.from_url(
             self._url,
             socket_timeout=self.timeout,
@@ -115,20 +124,24 @@ class RedisLink:
             async with asyncio.timeout(self.timeout * 3):
                 await client.ping()
                 await pubsub.subscribe(self._channel)
-            self._client = client
             self._lost.clear()
-            self.up = True
+            self._client = client
             await self._on_up()
-            if not self.up:
-                return
+            if self._lost.is_set():
+                return False  # the re-sync failed: back off as from any failed connection
+            self.up, self._told = True, False
             log.info("shared state connected channel=%s", self._channel)
             await self._relay(client, pubsub)
+            return True
         finally:
             self._client = None  # ``up`` stays until _mark_down, which logs and tells the owner once
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            # Closing must finish even when stop() cancels us meanwhile, or sockets leak.
+            closing = asyncio.ensure_future(_close(client, pubsub))
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                await closing
+                raise
 
     async def _relay(self, client: redis.Redis, pubsub: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -144,3 +157,13 @@ class RedisLink:
                 next_ping = loop.time() + HEARTBEAT_SECONDS
                 async with asyncio.timeout(self.timeout):
                     await client.ping()
+
+
+async def _close(client: redis.Redis, pubsub: Any) -> None:
+    """Close the subscription and every pooled socket (also one a cancelled call left checked out)."""
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+    with contextlib.suppress(Exception):
+        await client.aclose()
+    with contextlib.suppress(Exception):
+        await client.connection_pool.disconnect(inuse_connections=True)

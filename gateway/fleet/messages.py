@@ -1,20 +1,33 @@
-"""What processes tell each other, and where it lives in Redis.
+"""What processes tell each other, and where it lives in Redis: one place that writes and checks it.
 
-Messages are small JSON objects on one channel per prefix; keys carry what a process that
-starts later (or missed a message) must still learn. Every key has a TTL except operator
+Messages are small JSON objects on one channel per prefix. Redis delivers a channel's
+messages to every subscriber in the same order, so arrival order is the fleet's order
+(no wall clock decides anything between processes). Keys carry what a process that
+starts later (or missed a message) must still learn; every key has a TTL except operator
 overrides, which must survive restarts.
+
+Everything read from Redis or a peer is checked before use: a malformed message or
+stored value is dropped (``None``), never raised into the loop that reads it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
+from gateway.events import ProbeResult
+
 VERSION: Final = 1
-Kind = Literal["trip", "closed", "probe", "override"]
 OverrideTarget = Literal["breaker", "working"]
+OVERRIDE_MODES: Final[dict[str, tuple[str, ...]]] = {
+    "breaker": ("open", "closed", "auto"),
+    "working": ("working", "not_working", "auto"),
+}
+_MAX_ID = 200
+_MAX_ERROR = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +43,7 @@ class Keys:
 
     @property
     def overrides(self) -> str:
-        """Hash ``<route>:<target>`` -> mode; an absent field means ``auto``. No TTL."""
+        """Hash ``<route>:<target>`` -> ``{"mode", "at_ms"}``. No TTL."""
         return f"{self.prefix}:overrides"
 
     def trip(self, route: str) -> str:
@@ -42,7 +55,7 @@ class Keys:
         return f"{self.prefix}:route:{route}:trial:{trip_id}"
 
     def probe_lease(self, route: str) -> str:
-        """Which process probes ``route`` (``SET NX PX``, renewed by its holder)."""
+        """Which process probes ``route`` (taken and renewed by script)."""
         return f"{self.prefix}:route:{route}:probe-lease"
 
     def working(self, route: str) -> str:
@@ -51,33 +64,191 @@ class Keys:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    """One announcement; ``fields`` depend on ``kind`` (see :class:`gateway.fleet.shared.SharedHealth`)."""
+class Trip:
+    """A breaker opened by live traffic; ``open_for`` is what is left of its period."""
 
-    kind: Kind
     route: str
     origin: str
-    fields: dict[str, Any]
+    trip_id: str
+    open_for: float
+    duration: float
+    from_closed: bool
 
-    def encode(self) -> bytes:
-        """The wire form."""
-        return orjson.dumps(
-            {"v": VERSION, "kind": self.kind, "route": self.route, "origin": self.origin, **self.fields}
-        )
 
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Message | None:
-        """The message, or None for anything this version does not understand (never raises)."""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(data, dict) or data.get("v") != VERSION:
-            return None
-        kind, route, origin = data.pop("kind", None), data.pop("route", None), data.pop("origin", None)
-        if kind not in ("trip", "closed", "probe", "override") or not isinstance(route, str):
-            return None
-        if not isinstance(origin, str):
-            return None
-        data.pop("v")
-        return cls(kind, route, origin, data)
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The trial after trip ``trip_id`` succeeded."""
+
+    route: str
+    origin: str
+    trip_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The probe lease holder's result; it started ``started_ago`` seconds before it was sent."""
+
+    route: str
+    origin: str
+    result: ProbeResult
+    started_ago: float
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's mode for one target of one route."""
+
+    route: str
+    origin: str
+    target: OverrideTarget
+    mode: str
+
+
+Message = Trip | Closed | Probe | Override
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWorking:
+    """The working flag as the lease holder left it after its latest probe."""
+
+    working: bool
+    failures: int
+    successes: int
+    last_probe: ProbeResult
+
+
+def encode(message: Message) -> bytes:
+    """The wire form."""
+    head = {"v": VERSION, "route": message.route, "origin": message.origin}
+    if isinstance(message, Trip):
+        body: dict[str, Any] = {
+            "kind": "trip",
+            "trip_id": message.trip_id,
+            "open_for": message.open_for,
+            "duration": message.duration,
+            "from_closed": message.from_closed,
+        }
+    elif isinstance(message, Closed):
+        body = {"kind": "closed", "trip_id": message.trip_id}
+    elif isinstance(message, Probe):
+        body = {"kind": "probe", **probe_fields(message.result), "started_ago": message.started_ago}
+    else:
+        body = {"kind": "override", "target": message.target, "mode": message.mode}
+    return orjson.dumps({**head, **body})
+
+
+def decode(raw: bytes | str) -> Message | None:
+    """The message, or None for anything malformed or of another version."""
+    data = _object(raw)
+    if data is None or data.get("v") != VERSION:
+        return None
+    route, origin, kind = data.get("route"), data.get("origin"), data.get("kind")
+    if not (_short_str(route) and _short_str(origin)):
+        return None
+    if kind == "trip":
+        trip_id, open_for, duration = data.get("trip_id"), data.get("open_for"), data.get("duration")
+        if _short_str(trip_id) and _positive(open_for) and _positive(duration):
+            return Trip(route, origin, trip_id, float(open_for), float(duration), data.get("from_closed") is True)
+    elif kind == "closed":
+        trip_id = data.get("trip_id")
+        if _short_str(trip_id):
+            return Closed(route, origin, trip_id)
+    elif kind == "probe":
+        result, started_ago = parse_probe(data), data.get("started_ago")
+        if result is not None and _non_negative(started_ago):
+            return Probe(route, origin, result, float(started_ago))
+    elif kind == "override":
+        target, mode = data.get("target"), data.get("mode")
+        if _target(target) and mode in OVERRIDE_MODES[target]:
+            return Override(route, origin, target, str(mode))
+    return None
+
+
+def stored_trip(raw: bytes | None) -> tuple[str, float] | None:
+    """``(trip_id, duration)`` from a trip key's value."""
+    data = _object(raw) if raw is not None else None
+    if data is None:
+        return None
+    trip_id, duration = data.get("trip_id"), data.get("duration")
+    if not _short_str(trip_id) or not _positive(duration):
+        return None
+    return trip_id, float(duration)
+
+
+def stored_working(raw: bytes | None) -> StoredWorking | None:
+    """The working flag from a working key's value."""
+    data = _object(raw) if raw is not None else None
+    if data is None:
+        return None
+    working, failures, successes = data.get("working"), data.get("failures"), data.get("successes")
+    probe = data.get("probe")
+    result = parse_probe(probe) if isinstance(probe, dict) else None
+    if not isinstance(working, bool) or result is None:
+        return None
+    if not (_count(failures) and _count(successes)):
+        return None
+    return StoredWorking(working, failures, successes, result)
+
+
+def stored_override(field: bytes | str, value: bytes | str) -> tuple[str, OverrideTarget, str, int] | None:
+    """``(route, target, mode, at_ms)`` from one field of the overrides hash."""
+    try:
+        name = field.decode() if isinstance(field, bytes) else field
+    except UnicodeDecodeError:
+        return None
+    route, _, target = name.rpartition(":")
+    data = _object(value)
+    if data is None or not _short_str(route):
+        return None
+    mode, at_ms = data.get("mode"), data.get("at_ms")
+    if not (_target(target) and mode in OVERRIDE_MODES[target] and _count(at_ms)):
+        return None
+    return route, target, str(mode), at_ms
+
+
+def probe_fields(result: ProbeResult) -> dict[str, Any]:
+    """A probe result as JSON fields."""
+    return {"ok": result.ok, "at": result.at, "latency": result.latency, "error": result.error}
+
+
+def parse_probe(data: dict[str, Any]) -> ProbeResult | None:
+    """A probe result from JSON fields, or None."""
+    ok, at, latency, error = data.get("ok"), data.get("at"), data.get("latency"), data.get("error")
+    if not isinstance(ok, bool) or not _non_negative(at) or not _non_negative(latency):
+        return None
+    if error is not None and not isinstance(error, str):
+        return None
+    return ProbeResult(ok=ok, at=float(at), latency=float(latency), error=None if error is None else error[:_MAX_ERROR])
+
+
+def _target(value: object) -> TypeGuard[OverrideTarget]:
+    return value in ("breaker", "working")
+
+
+def _object(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _short_str(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    # bool is an int subclass; JSON true is not a number here
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: object) -> TypeGuard[int | float]:
+    return _number(value) and value > 0
+
+
+def _non_negative(value: object) -> TypeGuard[int | float]:
+    return _number(value) and value >= 0
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,152 @@
+"""One prober per route for the whole fleet: the probe lease, and its results applied everywhere.
+
+The lease is taken or renewed by one script every third of a probe interval and expires
+after two thirds, so a holder that dies is replaced within one interval; a holder that
+reconnects keeps its own lease, and stopping releases only a lease this process holds.
+The holder publishes each :class:`Probe` and stores the working flag it reached, which
+processes that (re)join adopt instead of starting from "working".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis.asyncio as redis
+
+from gateway.events import ProbeFinished
+from gateway.fleet import scripts
+from gateway.fleet.messages import Keys, Probe, encode, probe_fields, stored_working
+
+if TYPE_CHECKING:
+    from gateway.fleet.link import RedisLink
+    from gateway.fleet.shared import RouteShare
+
+log = logging.getLogger(__name__)
+
+
+class ProbeSharing:
+    """Keeps the probe leases, publishes our probes, applies the holders' results."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        keys: Keys,
+        origin: str,
+        *,
+        probe_interval: float,
+        clock: Callable[[], float],
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+    ) -> None:
+        self._link = link
+        self._keys = keys
+        self._origin = origin
+        self._period = max(probe_interval / 3, 0.05)
+        self._lease_ttl_ms = max(math.ceil(self._period * 2000), 100)
+        self._working_ttl_ms = math.ceil(probe_interval * 3000)
+        self._clock = clock
+        self._spawn = spawn
+        self.wake = asyncio.Event()  # set on (re)connection: take free leases now, not a period later
+
+    @staticmethod
+    def may_probe(link: RedisLink, share: RouteShare) -> bool:
+        """Probe when this process holds the lease, or when there is no fleet to rely on."""
+        return not link.up or share.lease_held
+
+    def probe_finished(self, share: RouteShare, event: ProbeFinished) -> None:
+        """Subscriber: publish a probe this process ran, and store the flag it led to."""
+        if event.remote or not self._link.up:
+            return
+        flag = share.route.flag
+        started_ago = max(self._clock() - event.started, 0.0)
+        message = encode(Probe(share.route.name, self._origin, event.result, started_ago))
+        working = orjson.dumps(
+            {
+                "working": flag.probed_working,
+                "failures": flag.consecutive_failures,
+                "successes": flag.consecutive_successes,
+                "probe": probe_fields(event.result),
+            }
+        )
+
+        async def publish(client: redis.Redis) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(self._keys.working(share.route.name), working, px=self._working_ttl_ms)
+                pipe.publish(self._keys.channel, message)
+                await pipe.execute()
+
+        self._spawn(self._link.call(publish))
+
+    def apply_probe(self, share: RouteShare, probe: Probe) -> None:
+        """Another process's probe: through our own event bus, as if we had run it (but not counted)."""
+        route = share.route
+        started = self._clock() - probe.started_ago
+        route.events.publish(ProbeFinished(route.name, probe.result, started=started, remote=True))
+
+    async def resync(self, shares: list[RouteShare]) -> bool:
+        """Adopt the stored working flags. False: Redis failed."""
+
+        async def read(client: redis.Redis) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for share in shares:
+                    pipe.get(self._keys.working(share.route.name))
+                return list(await pipe.execute())
+
+        replies = await self._link.call(read)
+        if replies is None:
+            return False
+        for share, raw in zip(shares, replies, strict=True):
+            state = stored_working(raw)
+            if state is not None:
+                share.route.flag.restore(
+                    working=state.working,
+                    failures=state.failures,
+                    successes=state.successes,
+                    last_probe=state.last_probe,
+                )
+            elif raw is not None:
+                log.warning("ignoring a malformed working key route=%s", share.route.name)
+        return True
+
+    async def keep_leases(self, shares: list[RouteShare]) -> None:
+        """Hold or take each route's lease; runs until cancelled, survives every error."""
+        while True:
+            if self._link.up:
+                try:
+                    for share in shares:
+                        await self._refresh(share)
+                except Exception:
+                    log.exception("probe lease loop error")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._period):
+                    await self.wake.wait()
+
+    async def release(self, shares: list[RouteShare]) -> None:
+        """Give back the leases this process holds (and only those), so a peer takes over at once."""
+        for share in shares:
+            if share.lease_held:
+                await self._link.call(
+                    functools.partial(_delete_if_mine, self._keys.probe_lease(share.route.name), self._origin)
+                )
+                share.lease_held = False
+
+    async def _refresh(self, share: RouteShare) -> None:
+        key = self._keys.probe_lease(share.route.name)
+        held = await self._link.call(
+            lambda client: client.eval(scripts.ACQUIRE_OR_RENEW, 1, key, self._origin, self._lease_ttl_ms)
+        )
+        now_held = bool(held) and self._link.up
+        if now_held != share.lease_held:
+            log.info("probe lease %s route=%s", "taken" if now_held else "lost", share.route.name)
+        share.lease_held = now_held
+
+
+async def _delete_if_mine(key: str, origin: str, client: redis.Redis) -> Any:
+    return await client.eval(scripts.DELETE_IF_VALUE, 1, key, origin)

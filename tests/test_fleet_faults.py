@@ -1,0 +1,279 @@
+"""The fleet against what goes wrong around it: odd peers, bad stored values, one process cut off.
+
+Each test reproduces a defect a review found (a real redis-server, the simulator, full
+gateway apps); the fleet must keep every promise of tests/test_fleet.py through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as redis
+
+from gateway.app_keys import FLEET, ROUTES
+from gateway.fleet.messages import Keys
+from gateway.simulator import SimFaults, Simulator
+from gateway.workers import _fresh_metrics_dir
+from monitoring.processes import eventually
+from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes
+from tests.gateway_support import GatewayFactory, chat_body
+from tests.redis_support import RedisCutter, RedisServer
+
+
+@pytest.fixture(name="raw_redis")
+async def raw_redis_fixture(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A plain client to the test's Redis, to write what a broken peer or operator would."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(name="cutter")
+async def cutter_fixture(redis_server: RedisServer) -> AsyncIterator[RedisCutter]:
+    """A relay in front of Redis for one member, which the test can cut."""
+    relay = RedisCutter(redis_server.port)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+async def _trip(member: Client) -> None:
+    while breaker(member).state != "open":
+        await chat(member)
+
+
+async def test_a_recovered_route_stays_closed_for_a_member_that_starts_later(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """The trial's success deletes the period's trip key, so a new member does not re-open a healed route."""
+    prefix = redis_server.prefix()
+    probing = {"probe_enabled": True, "probe_interval": 0.2, "probe_unhealthy_interval": 0.2}
+    members = [
+        await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=30, **probing)
+        for _ in range(2)
+    ]
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(members[0])
+    await eventually(lambda: breaker(members[1]).state == "open", within=1.0)
+    sim.set_faults(SimFaults(), route="a")
+    # A probe ends the 30 s period at once; a live trial (whoever holds it) closes it everywhere.
+    deadline = time.monotonic() + 5
+    while any(breaker(m).state != "closed" for m in members):
+        assert time.monotonic() < deadline, [breaker(m).state for m in members]
+        await asyncio.gather(*(chat(m) for m in members))
+        await asyncio.sleep(0.05)
+    late = await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
+    await asyncio.sleep(0.3)  # messages and the re-sync have landed
+    assert breaker(late).state == "closed"
+    assert await chat(late) == 200
+
+
+async def test_trips_are_ordered_by_arrival_not_by_a_peers_clock(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """A peer's trip with an id that sorts after everything does not hide later trips."""
+    prefix = redis_server.prefix()
+    first, second = [
+        await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)
+    ]
+    odd = {"v": 1, "kind": "trip", "route": "a", "origin": "skewed-peer", "trip_id": "ffffffffffffffff-far-future"}
+    await raw_redis.publish(Keys(prefix).channel, orjson.dumps({**odd, "open_for": 0.2, "duration": 0.3}))
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+    await eventually(lambda: breaker(second).state != "open", within=2.0)  # its short period ends
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"open_for": "nan", "duration": 30},
+        {"open_for": "inf", "duration": 30},
+        {"open_for": -5, "duration": 30},
+        {"open_for": 10, "duration": "nan"},
+        {"open_for": True, "duration": 30},
+        {"open_for": 10},
+    ],
+    ids=["nan", "inf", "negative", "nan-duration", "bool", "missing"],
+)
+async def test_a_malformed_trip_message_is_dropped(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis, fields: Any
+) -> None:
+    """Non-numbers, non-finite or negative values from a peer change nothing; sharing goes on."""
+    prefix = redis_server.prefix()
+    member = await fleet_member(make_gateway, sim, redis_server, prefix)
+    message = {"v": 1, "kind": "trip", "route": "a", "origin": "broken-peer", "trip_id": "t1", **fields}
+    await raw_redis.publish(Keys(prefix).channel, orjson.dumps(message))
+    await asyncio.sleep(0.3)
+    assert breaker(member).state == "closed"
+    assert member.app[FLEET].up
+
+
+async def test_a_huge_open_period_from_a_peer_is_capped_at_the_reset_maximum(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """open_for 1e308 opens the route for at most GATEWAY_BREAKER_RESET_MAX_SECONDS, not forever."""
+    prefix = redis_server.prefix()
+    member = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_max_seconds=60)
+    message = {
+        "v": 1,
+        "kind": "trip",
+        "route": "a",
+        "origin": "p",
+        "trip_id": "t1",
+        "open_for": 1e308,
+        "duration": 1e308,
+    }
+    await raw_redis.publish(Keys(prefix).channel, orjson.dumps(message))
+    await eventually(lambda: breaker(member).state == "open", within=1.0)
+    assert 0 < breaker(member).retry_after() <= 60
+    assert breaker(member).current_open_duration == 60
+
+
+async def test_malformed_stored_values_are_skipped_and_sharing_starts(
+    make_gateway: GatewayFactory,
+    sim: Simulator,
+    redis_server: RedisServer,
+    raw_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Garbage in the trip, working and override keys: each is skipped with a warning; the member shares."""
+    prefix = redis_server.prefix()
+    keys = Keys(prefix)
+    await raw_redis.set(keys.trip("a"), b"not json", px=60_000)
+    await raw_redis.set(keys.working("b"), b'{"working": "yes"}', px=60_000)
+    await raw_redis.hset(keys.overrides, mapping={b"\xff\xfe:breaker": b"{}", b"a:breaker": b'{"mode": "sideways"}'})
+    member = await fleet_member(make_gateway, sim, redis_server, prefix)
+    assert breaker(member).state == "closed"
+    assert breaker(member).mode == "auto"
+    assert member.app[ROUTES]["b"].flag.working
+    assert sum("malformed" in record.message for record in caplog.records) >= 3
+
+
+async def test_an_unusable_overrides_key_is_logged_once_not_reconnected_in_a_storm(
+    make_gateway: GatewayFactory,
+    sim: Simulator,
+    redis_server: RedisServer,
+    raw_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A string where the overrides hash belongs: the member decides alone, says so once, backs off."""
+    prefix = redis_server.prefix()
+    await raw_redis.set(Keys(prefix).overrides, b"x")
+    caplog.set_level(logging.INFO, logger="gateway.fleet.link")
+    gateway = await make_gateway(upstreams=fleet_routes(sim), redis_url=redis_server.url, redis_prefix=prefix)
+    clients_before = (await raw_redis.info("stats"))["total_connections_received"]
+    await asyncio.sleep(2.0)
+    connections = (await raw_redis.info("stats"))["total_connections_received"] - clients_before
+    assert not gateway.app[FLEET].up
+    assert await chat(gateway) == 200
+    warnings = [r for r in caplog.records if r.name == "gateway.fleet.link" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.message for r in warnings]
+    assert connections <= 2 * 5, f"{connections} connections in 2 s"  # backoff 0.2, 0.4, 0.8 ... (two per attempt)
+
+
+async def test_an_override_made_while_cut_off_does_not_undo_a_later_one(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """A forces a open while cut off; B later sets auto; when A reconnects, auto stands everywhere."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    response = await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
+    assert (await response.json())["shared"] is False
+    await asyncio.sleep(0.01)  # a later command, by the same clock
+    response = await second.post("/admin/breaker", json={"mode": "auto", "route": "a"}, headers=ADMIN)
+    assert (await response.json())["shared"] is True
+    cutter.restore()
+    await eventually(lambda: first.app[FLEET].up, within=10.0)
+    await asyncio.sleep(0.3)
+    assert (breaker(first).mode, breaker(second).mode) == ("auto", "auto")
+
+
+async def test_an_override_made_while_cut_off_reaches_the_fleet_on_reconnection(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """Nothing is lost: with no later command, A's change made while cut off is pushed when it is back."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    await first.post("/admin/working", json={"mode": "not_working", "route": "b"}, headers=ADMIN)
+    cutter.restore()
+    await eventually(lambda: not second.app[ROUTES]["b"].flag.working, within=10.0)
+
+
+async def test_a_trip_made_while_cut_off_is_shared_on_reconnection(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """A trips a alone while cut off; once A is back, B refuses a too."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    sim.set_faults(SimFaults(), route="a")  # B must learn it from A, not from failures of its own
+    cutter.restore()
+    await eventually(lambda: first.app[FLEET].up, within=10.0)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+
+
+async def test_a_neutral_trial_gives_the_claim_back_at_once(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """The trial holder's call is rejected (400, neutral): the other member's next call is the trial."""
+    prefix = redis_server.prefix()
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)]
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(members[0])
+    await eventually(lambda: breaker(members[1]).state == "open", within=1.0)
+    sim.set_faults(SimFaults(reject_marker="REJECT-ME"), route="a")
+    await eventually(lambda: all(breaker(m).state == "half_open" for m in members), within=2.0)
+    await asyncio.sleep(0.2)  # the claim race has a winner
+    holder = next(m for m in members if breaker(m).admits())
+    other = members[1] if holder is members[0] else members[0]
+    response = await holder.post("/v1/chat/completions", json=chat_body("REJECT-ME"))
+    assert response.status == 400  # the neutral trial
+    released = time.monotonic()
+    while breaker(other).state != "closed":
+        assert await chat(other) == 200
+        assert time.monotonic() - released < 3.0, "the claim of a finished trial was held on"
+        await asyncio.sleep(0.05)
+
+
+async def test_stop_releases_only_a_lease_this_process_still_holds(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """A holder whose lease was taken over while it stalled does not delete its successor's lease."""
+    prefix = redis_server.prefix()
+    probing = {"probe_enabled": True, "probe_interval": 30.0}
+    member = await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
+    await eventually(lambda: member.app[FLEET].snapshot()["probe_leases"] == ["a", "b"], within=3.0)
+    lease = Keys(prefix).probe_lease("a")
+    await raw_redis.set(lease, b"successor", px=60_000)
+    await member.close()
+    assert await raw_redis.get(lease) == b"successor"
+
+
+def test_the_supervisor_empties_only_metric_files_of_a_configured_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR may hold other things: only *.db files of an earlier run go."""
+    (tmp_path / "keep.txt").write_text("precious")
+    (tmp_path / "counter_123.db").write_bytes(b"old samples")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert _fresh_metrics_dir() == str(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]
