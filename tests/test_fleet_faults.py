@@ -44,6 +44,18 @@ async def cutter_fixture(redis_server: RedisServer) -> AsyncIterator[RedisCutter
     await relay.stop()
 
 
+async def _pair_with_first_cut_off(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> tuple[Client, Client]:
+    """Two members; the first reaches Redis through ``cutter``, which is then cut."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    return first, second
+
+
 async def _trip(member: Client) -> None:
     while breaker(member).state != "open":
         await chat(member)
@@ -184,11 +196,7 @@ async def test_an_override_made_while_cut_off_does_not_undo_a_later_one(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
 ) -> None:
     """A forces a open while cut off; B later sets auto; when A reconnects, auto stands everywhere."""
-    prefix = redis_server.prefix()
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix)
-    cutter.cut()
-    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
     response = await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
     assert (await response.json())["shared"] is False
     await asyncio.sleep(0.01)  # a later command, by the same clock
@@ -204,11 +212,7 @@ async def test_an_override_made_while_cut_off_reaches_the_fleet_on_reconnection(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
 ) -> None:
     """Nothing is lost: with no later command, A's change made while cut off is pushed when it is back."""
-    prefix = redis_server.prefix()
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix)
-    cutter.cut()
-    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
     await first.post("/admin/working", json={"mode": "not_working", "route": "b"}, headers=ADMIN)
     cutter.restore()
     await eventually(lambda: not second.app[ROUTES]["b"].flag.working, within=10.0)
@@ -218,11 +222,7 @@ async def test_a_trip_made_while_cut_off_is_shared_on_reconnection(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
 ) -> None:
     """A trips a alone while cut off; once A is back, B refuses a too."""
-    prefix = redis_server.prefix()
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix)
-    cutter.cut()
-    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
     sim.set_faults(SimFaults(http_status=500), route="a")
     await _trip(first)
     sim.set_faults(SimFaults(), route="a")  # B must learn it from A, not from failures of its own
