@@ -35,8 +35,6 @@ automatic machinery (closed, no failures, no growth).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -56,6 +54,7 @@ from gateway.events import (
     TrialAdmitted,
     TrialReleased,
 )
+from gateway.open_period import OpenPeriod
 
 __all__ = [
     "HALF_OPEN_BUSY_RETRY_AFTER",
@@ -115,21 +114,21 @@ class CircuitBreaker:
         if reset_timeout < 0 or reset_multiplier < 1 or reset_max < reset_timeout:
             raise ValueError("need 0 <= reset_timeout <= reset_max and reset_multiplier >= 1")
         self.name = name
-        self._reset_timeout = float(reset_timeout)
-        self._reset_multiplier = float(reset_multiplier)
-        self._reset_max = float(reset_max)
         self._half_open_calls = half_open_calls
         self._clock = clock
         self._events = events or EventBus()
         self._counter = FailureCounter(name=name, fail_max=fail_max)
         self._mode: BreakerMode = "auto"
         self._reported: BreakerState = "closed"
-        self._open_until: float | None = None
-        self._open_duration = self._reset_timeout
+        self._period = OpenPeriod(
+            reset_timeout=float(reset_timeout),
+            multiplier=float(reset_multiplier),
+            reset_max=float(reset_max),
+            clock=clock,
+            on_end=self._period_over,
+        )
         self._trials = 0  # trial slots taken in the current half-open period
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
-        self._opened_at: float | None = None  # clock reading of the last automatic opening
-        self._timer: asyncio.TimerHandle | None = None
         self.trial_needs_permit = False  # set by the fleet while shared state is up
         self._trial_permitted = True
 
@@ -138,7 +137,7 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """The effective state (a forced mode decides it); an open period that has ended reads half-open."""
-        if self._mode == "auto" and self._open_until is not None and self._clock() >= self._open_until:
+        if self._mode == "auto" and self._period.over():
             self._end_open_period()
         return self._raw_state()
 
@@ -150,7 +149,7 @@ class CircuitBreaker:
     @property
     def open_until(self) -> float | None:
         """Clock reading at which an automatically opened breaker turns half-open; None otherwise."""
-        return self._open_until
+        return self._period.until
 
     @property
     def consecutive_failures(self) -> int:
@@ -160,15 +159,15 @@ class CircuitBreaker:
     @property
     def current_open_duration(self) -> float:
         """Length of the current (or, while half-open, the last) open period; reset_timeout after a close."""
-        return self._open_duration
+        return self._period.duration
 
     def retry_after(self) -> float:
         """Seconds until the breaker would admit a trial call; 0 when it admits now."""
         if self._mode == "forced_open":
-            return self._open_duration
+            return self._period.duration
         state = self.state
-        if state == "open" and self._open_until is not None:
-            return max(0.0, self._open_until - self._clock())
+        if state == "open" and self._period.until is not None:
+            return self._period.remaining()
         if state == "half_open" and (not self._trial_permitted or self._trials >= self._half_open_calls):
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
@@ -181,7 +180,7 @@ class CircuitBreaker:
             "mode": self._mode,
             "consecutive_failures": self.consecutive_failures,
             "retry_after": self.retry_after(),
-            "open_duration": self._open_duration,
+            "open_duration": self._period.duration,
         }
 
     def admits(self) -> bool:
@@ -304,7 +303,8 @@ class CircuitBreaker:
         """
         if self._mode != "auto" or self.state != "open":
             return
-        if probe_started is not None and self._opened_at is not None and probe_started < self._opened_at:
+        started = self._period.started_at
+        if probe_started is not None and started is not None and probe_started < started:
             return
         self._end_open_period()
 
@@ -317,17 +317,12 @@ class CircuitBreaker:
         """
         if self._mode != "auto" or not (math.isfinite(open_for) and math.isfinite(duration)) or open_for <= 0:
             return False  # a peer (or Redis content) must never make a route open forever
-        open_for = min(open_for, self._reset_max)
-        if self.state == "open" and self._open_until is not None and self._open_until >= self._clock() + open_for:
+        open_for = min(open_for, self._period.reset_max)
+        if self.state == "open" and self._period.remaining() >= open_for:
             return False  # already open at least as long
-        self._open_duration = min(max(duration, self._reset_timeout), self._reset_max)
+        self._period.adopt(remaining=open_for, duration=duration)  # extends a running period in place
         self._counter.open()
-        if self._reported == "open":  # extend the period in place; no state change to announce
-            self._open_until = self._clock() + open_for
-            self._cancel_timer()
-            self._arm_timer(open_for)
-        else:
-            self._sync(traffic=False, open_for=open_for)
+        self._sync(traffic=False, open_for=open_for)  # announces a change from closed or half-open
         return True
 
     def close_from_fleet(self) -> None:
@@ -347,7 +342,7 @@ class CircuitBreaker:
 
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""
-        self._cancel_timer()
+        self._period.stop()
 
     def probe_finished(self, event: ProbeFinished) -> None:
         """Subscriber: a successful probe shortens the open period (a failed one changes nothing)."""
@@ -375,8 +370,7 @@ class CircuitBreaker:
             return
         self._mode = mode
         self._counter.close()  # closed aiobreaker, zero failures
-        self._open_duration = self._reset_timeout
-        self._open_until = None
+        self._period.reset()
         self._generation += 1
         self._sync(traffic=False)
 
@@ -390,21 +384,14 @@ class CircuitBreaker:
             return
         self._reported = new
         self._generation += 1
-        self._cancel_timer()
         if new == "closed":
-            self._open_duration = self._reset_timeout
-            self._open_until = None
+            self._period.reset()
         elif new == "half_open":
-            self._open_until = None
+            self._period.end()
             self._trials = 0  # slots of an earlier period are released into that period, not this one
             self._trial_permitted = not self.trial_needs_permit
         elif self._mode == "auto":
-            if old == "half_open" and open_for is None:
-                self._open_duration = min(self._open_duration * self._reset_multiplier, self._reset_max)
-            self._opened_at = self._clock()
-            remaining = self._open_duration if open_for is None else open_for
-            self._open_until = self._opened_at + remaining
-            self._arm_timer(remaining)
+            self._period.start(grow=old == "half_open", length=open_for)
         log_level = logging.WARNING if new == "open" else logging.INFO
         log.log(log_level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, self._mode)
         self._events.publish(BreakerChanged(self.name, old, new, self._mode, by_traffic=traffic))
@@ -417,22 +404,6 @@ class CircuitBreaker:
             return "closed"
         return self._counter.state
 
-    def _arm_timer(self, delay: float) -> None:
-        """End the open period on time even with no traffic (outside a loop, reads do it)."""
-        with contextlib.suppress(RuntimeError):
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._open_until is None:
-            return
-        remaining = self._open_until - self._clock()
-        if remaining > 0:  # an injected clock runs behind the loop's: check again later
-            self._arm_timer(remaining)
-        else:
-            _ = self.state  # the read ends the period and announces it
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _period_over(self) -> None:
+        """The open period's timer fired: the read ends the period and announces it."""
+        _ = self.state
