@@ -182,6 +182,7 @@ def make_route(
         model=settings.probe_model,
         prompt=settings.probe_prompt,
         clock=clock,
+        scrub=settings.scrubber(),
     )
     events.subscribe(ProbeFinished, flag.probe_finished)
     events.subscribe(ProbeFinished, breaker.probe_finished)

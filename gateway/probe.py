@@ -44,6 +44,7 @@ class Prober:
         clock: Callable[[], float] = time.monotonic,
         jitter: float = 0.1,
         may_probe: Callable[[], bool] = lambda: True,
+        scrub: Callable[[str], str] = lambda text: text,
     ) -> None:
         self._client = client
         self._flag = flag
@@ -56,6 +57,9 @@ class Prober:
         self._jitter = jitter
         # With a fleet, one process holds the route's probe lease; the others skip their ticks.
         self.may_probe = may_probe
+        # An upstream's error may quote what it was sent (a token, the prompt): scrubbed once, here,
+        # so /readyz, /status, the logs, the status page and the fleet never see it.
+        self._scrub = scrub
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -96,6 +100,7 @@ class Prober:
             log.exception("probe failed unexpectedly route=%s", self._flag.route)
             error = f"unexpected {type(exc).__name__}"
         latency = self._clock() - started
+        error = None if error is None else self._scrub(error)
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
         if not result.ok:
             log.warning("health probe failed route=%s error=%s", self._flag.route, result.error)

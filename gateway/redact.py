@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import Iterable
 from typing import Final
+from urllib.parse import quote
 
 from yarl import URL
 
 MASK: Final = "***"
+MIN_SECRET_CHARS: Final = 4  # shorter strings would blank ordinary words
 _JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*("\s*:|"|\Z)', re.DOTALL)
 
 
@@ -45,3 +49,27 @@ def redact_sample(sample: bytes) -> bytes:
         return b'"***' + end
 
     return _JSON_STRING.sub(mask, sample)
+
+
+class Scrubber:
+    """Replaces configured secrets in free text (an upstream's error may quote what it was sent) by ``***``.
+
+    Each secret is also looked for percent-encoded and base64-encoded (a proxy echoing its
+    ``Proxy-Authorization``), longest first, so a proxy URL goes before its password.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        variants: set[str] = set()
+        for secret in secrets:
+            variants |= {secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
+        self._secrets = tuple(sorted((v for v in variants if len(v) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        """``text`` without the secrets; a secret cut short at the very end (a truncated quote) is masked too."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+            for length in range(len(secret) - 1, MIN_SECRET_CHARS - 1, -1):
+                if text.endswith(secret[:length]):
+                    text = text[: len(text) - length] + MASK
+                    break
+        return text

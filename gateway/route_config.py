@@ -32,6 +32,7 @@ class RouteSpec(BaseModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         check_http_url(value)
+        check_no_user_info(value)
         return value
 
     @field_validator("proxy")
@@ -55,6 +56,13 @@ def check_http_url(value: str) -> None:
         raise ValueError("must be an http:// or https:// URL") from None
     if url.scheme not in ("http", "https") or not url.host or " " in value:
         raise ValueError("must be an http:// or https:// URL with a host")
+
+
+def check_no_user_info(value: str) -> None:
+    """Raise ``ValueError`` for ``user:password@`` in an upstream URL (the client sends its own Authorization)."""
+    url = URL(value)
+    if url.user is not None or url.password is not None:
+        raise ValueError("must not carry user:password@ (the token goes in 'token', proxy credentials in 'proxy')")
 
 
 def parse_routes(value: Any) -> tuple[RouteSpec, ...]:

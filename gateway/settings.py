@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
-from gateway.redact import mask_url
-from gateway.route_config import DEFAULT_ROUTE, RouteSpec, check_http_url, parse_routes
+from gateway.redact import Scrubber, mask_url
+from gateway.route_config import DEFAULT_ROUTE, RouteSpec, check_http_url, check_no_user_info, parse_routes
 
 ENV_PREFIX: Final = "GATEWAY_"
 
@@ -107,9 +108,11 @@ class Settings(BaseSettings):
 
     @field_validator("upstream_url", "upstream_proxy")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             check_http_url(value)  # the message never repeats the value: a proxy URL carries credentials
+            if info.field_name == "upstream_url":
+                check_no_user_info(value)
         return value
 
     @field_validator("redis_url")
@@ -164,6 +167,28 @@ class Settings(BaseSettings):
             return self.upstreams
         proxy = None if self.upstream_proxy is None else SecretStr(self.upstream_proxy)
         return (RouteSpec(name=DEFAULT_ROUTE, url=self.upstream_url, token=self.upstream_token, proxy=proxy),)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret value (keys, tokens, credentials in URLs), for scrubbing free text."""
+        values = [key.get_secret_value() for key in self.api_keys]
+        if self.admin_token is not None:
+            values.append(self.admin_token.get_secret_value())
+        urls = [spec.url for spec in self.routes()] + [spec.proxy_url for spec in self.routes() if spec.proxy_url]
+        if self.redis_url is not None:
+            urls.append(self.redis_url.get_secret_value())
+        for spec in self.routes():
+            if spec.token.get_secret_value() != ANONYMOUS_TOKEN:  # public: everyone sends "null"
+                values.append(spec.token.get_secret_value())
+        for raw in urls:
+            url = URL(raw)
+            if url.user or url.password or url.query_string:
+                values.append(raw)
+            values.extend(part for part in (url.user, url.password, *url.query.values()) if part)
+        return tuple(values)
+
+    def scrubber(self) -> Scrubber:
+        """What must never be shown, even quoted by an upstream: every secret above and the probe prompt."""
+        return Scrubber([*self.secrets(), self.probe_prompt])
 
     def masked(self) -> dict[str, Any]:
         """Settings for display: secrets shown only as set or unset."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import pytest
 from aiohttp import web
@@ -213,3 +215,44 @@ async def test_trigger_during_a_probe_is_not_lost(make_gateway: GatewayFactory, 
     await eventually(lambda: sim.stats.active_streams == 1)  # the start-up probe is in flight
     gateway.app[ROUTES]["default"].prober.trigger()
     await eventually(lambda: gateway.app[ROUTES]["default"].flag.probes_total == 2, within=3.0)
+
+
+async def test_a_probe_error_quoting_secrets_is_scrubbed_where_it_is_recorded(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """An upstream echoing tokens, URL credentials, the Redis password (plain, %-encoded, base64): /readyz shows ***."""
+    routes = [
+        {"name": "a", "url": sim.route_url("a") + "?key=query-secret-Q1"},
+        {"name": "b", "url": sim.route_url("b"), "proxy": "http://proxy-user:proxy%20pass%2FP1@127.0.0.1:9"},
+        {"name": "c", "url": sim.route_url("c"), "token": "route-token-T1"},
+    ]
+    redis_url = "redis://:redis-pass-R1@127.0.0.1:1/0"
+    echoed = " ".join(
+        [
+            "route-token-T1",
+            "query-secret-Q1",
+            "redis-pass-R1",
+            "proxy%20pass%2FP1",
+            base64.b64encode(b"proxy pass/P1").decode(),
+            "probe-prompt-S1",
+        ]
+    )
+    sim.set_faults(SimFaults(http_status=500, http_body=f"bad request: {echoed}"), route="a")
+    gateway = await make_gateway(
+        upstreams=json.dumps(routes), redis_url=redis_url, redis_timeout=0.05, probe_prompt="probe-prompt-S1"
+    )
+    route = gateway.app[ROUTES]["a"]
+    await route.prober.probe_once()
+    assert route.flag.last_probe is not None
+    error = route.flag.last_probe.error or ""
+    assert "bad request" in error
+    status = await (await gateway.get("/status")).json()
+    shown = [
+        error,
+        await (await gateway.get("/readyz")).text(),  # the whole answer
+        *(str(route["last_probe"]) for route in status["readiness"]["routes"]),  # /status also lists settings
+    ]
+    for text in shown:
+        for secret in ("route-token-T1", "query-secret-Q1", "redis-pass-R1", "proxy%20pass", "probe-prompt-S1"):
+            assert secret not in text
+        assert base64.b64encode(b"proxy pass/P1").decode() not in text

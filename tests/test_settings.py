@@ -55,3 +55,20 @@ def test_masked_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     shown = repr(Settings().masked())
     for secret in ("tok-secret", "key-secret", "adm-secret"):
         assert secret not in shown
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"upstream_url": "https://user:pass@flowgpt.example/v3/chat-anonymous"},
+        {"upstreams": '[{"name": "a", "url": "https://user:pass@flowgpt.example/v3/chat-anonymous"}]'},
+    ],
+    ids=["upstream_url", "route_url"],
+)
+def test_user_info_in_an_upstream_url_is_refused_without_echoing_it(settings: dict[str, str]) -> None:
+    """aiohttp refuses user:pass@ next to the bearer header on every call: refused at start-up, secret unshown."""
+    with pytest.raises(ValidationError) as caught:
+        Settings(**settings)
+    line = describe_validation_error(caught.value)
+    assert "must not carry user:password@" in line
+    assert "pass@" not in line

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from gateway.app_keys import ROUTES
 from gateway.events import ProbeResult
+from gateway.redact import Scrubber
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
-from gateway.status_page.data import scrub
 from gateway.status_page.render import render_page
 from gateway.status_page.view import VIEW_WIDTH, page_view, seconds, spark_path
 from tests.gateway_support import GatewayFactory, chat_body
@@ -205,9 +205,9 @@ async def test_secrets_an_upstream_quotes_are_scrubbed(make_gateway: GatewayFact
 
 def test_a_secret_cut_short_at_the_end_is_masked() -> None:
     """A message cut inside a quoted token loses the token's first characters too, not just whole tokens."""
-    secrets = ("route-token-Kx93", "probe-prompt-Pp11")
-    assert scrub("bad token route-token-Kx93 and route-tok", secrets) == "bad token *** and ***"
-    assert scrub("ping rou", secrets) == "ping rou"  # under four characters: ordinary text
+    scrub = Scrubber(["route-token-Kx93", "probe-prompt-Pp11"])
+    assert scrub("bad token route-token-Kx93 and route-tok") == "bad token *** and ***"
+    assert scrub("ping rou") == "ping rou"  # under four characters: ordinary text
 
 
 async def test_ui_off_is_an_unknown_route(make_gateway: GatewayFactory) -> None:

@@ -12,20 +12,16 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 from aiohttp import web
-from yarl import URL
 
 from gateway import __version__
 from gateway.app_keys import INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
-from gateway.flowgpt.protocol import ANONYMOUS_TOKEN
 from gateway.metrics import ADMISSION_REASONS
-from gateway.redact import MASK, mask_url
+from gateway.redact import Scrubber, mask_url
 from gateway.route_pool import Route
-from gateway.settings import Settings
 from gateway.status_page.sampler import RouteWindow, Spark
 
 WINDOW_SECONDS: Final = 300.0  # "last 5 minutes"
 MAX_ERROR_CHARS: Final = 160  # a probe error is a one-line reason, not a body
-MIN_SECRET_CHARS: Final = 4
 
 Overall = Literal["serving", "degraded", "down"]
 Series = dict[str, Sequence[float | None]]  # requests, failures, first_token: one value per sample step
@@ -43,42 +39,12 @@ def overall(ups: list[bool], *, draining: bool) -> Overall:
     return "serving" if all(ups) else "degraded"
 
 
-def secret_values(settings: Settings) -> tuple[str, ...]:
-    """Every configured secret, and the probe prompt: text the page must never show, even quoted by an upstream."""
-    values = [settings.probe_prompt, *(key.get_secret_value() for key in settings.api_keys)]
-    if settings.admin_token is not None:
-        values.append(settings.admin_token.get_secret_value())
-    for spec in settings.routes():
-        values.append(spec.token.get_secret_value())
-        if spec.proxy_url is not None:
-            proxy = URL(spec.proxy_url)
-            values.extend(part for part in (spec.proxy_url, proxy.user, proxy.password) if part)
-    # The anonymous token is public; short strings would blank ordinary words.
-    kept = {value for value in values if len(value) >= MIN_SECRET_CHARS and value != ANONYMOUS_TOKEN}
-    return tuple(sorted(kept, key=len, reverse=True))
-
-
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret replaced by ``***`` (longest first, so a proxy URL goes before its password).
-
-    Error messages quote upstream bodies cut to a length, so a secret's first characters
-    may end the text: such a tail is masked too.
-    """
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-        for length in range(len(secret) - 1, MIN_SECRET_CHARS - 1, -1):
-            if text.endswith(secret[:length]):
-                text = text[: len(text) - length] + MASK
-                break
-    return text
-
-
-def _probe(route: Route, now: float, secrets: tuple[str, ...]) -> dict[str, Any] | None:
+def _probe(route: Route, now: float, scrub: Scrubber) -> dict[str, Any] | None:
     last = route.flag.last_probe
     if last is None:
         return None
-    # An upstream's error body may quote what it was sent (the prompt, a token): scrub before cutting.
-    error = None if last.error is None else scrub(last.error, secrets)[:MAX_ERROR_CHARS]
+    # The prober scrubbed it already; again here for results relayed by other processes.
+    error = None if last.error is None else scrub(last.error)[:MAX_ERROR_CHARS]
     return {"ok": last.ok, "latency": round(last.latency, 4), "age": round(max(0.0, now - last.at), 1), "error": error}
 
 
@@ -86,7 +52,7 @@ def _series(spark: Spark) -> Series:
     return {"requests": spark.requests, "failures": spark.failures, "first_token": spark.first_token}
 
 
-def _route(route: Route, url: str, window: RouteWindow | None, now: float, secrets: tuple[str, ...]) -> dict[str, Any]:
+def _route(route: Route, url: str, window: RouteWindow | None, now: float, scrub: Scrubber) -> dict[str, Any]:
     breaker = route.breaker
     state = breaker.state
     open_now = state == "open" or breaker.mode == "forced_open"
@@ -102,7 +68,7 @@ def _route(route: Route, url: str, window: RouteWindow | None, now: float, secre
             "mode": breaker.mode,
             "retry_after": round(breaker.retry_after(), 1) if open_now else None,
         },
-        "probe": _probe(route, now, secrets),
+        "probe": _probe(route, now, scrub),
         "inflight": route.inflight,
         "requests": None if window is None else window.requests,
         "failures": None if window is None else window.failures,
@@ -120,8 +86,8 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
     now = time.time()
     window, shared, windows = sampler.window(WINDOW_SECONDS)
     urls = {spec.name: spec.url for spec in settings.routes()}
-    secrets = secret_values(settings)
-    routes = [_route(r, urls[r.name], windows.get(r.name), now, secrets) for r in app[ROUTES]]
+    scrub = settings.scrubber()
+    routes = [_route(r, urls[r.name], windows.get(r.name), now, scrub) for r in app[ROUTES]]
     data = {
         "state": overall([route["up"] for route in routes], draining=draining),
         "draining": draining,
