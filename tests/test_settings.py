@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -65,7 +67,7 @@ def test_masked_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
     ids=["upstream_url", "route_url"],
 )
-def test_user_info_in_an_upstream_url_is_refused_without_echoing_it(settings: dict[str, str]) -> None:
+def test_user_info_in_an_upstream_url_is_refused_without_echoing_it(settings: dict[str, Any]) -> None:
     """aiohttp refuses user:pass@ next to the bearer header on every call: refused at start-up, secret unshown."""
     with pytest.raises(ValidationError) as caught:
         Settings(**settings)
