@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -12,6 +13,7 @@ from gateway.inflight import InFlightTracker
 from gateway.metrics import Metrics
 from gateway.route_pool import RoutePool
 from gateway.settings import Settings
+from gateway.status_page.cache import Reused
 from gateway.status_page.sampler import Sampler
 from gateway.upstream import UpstreamService
 
@@ -25,6 +27,8 @@ INFLIGHT = web.AppKey("inflight", InFlightTracker)
 # Absent without GATEWAY_REDIS_URL.
 FLEET = web.AppKey("fleet", SharedHealth)
 STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI is not off
+# The page's JSON body and view, built at most once a second (only while GATEWAY_UI is not off).
+STATUS_SNAPSHOT: web.AppKey[Reused[tuple[bytes, dict[str, Any]]]] = web.AppKey("status_snapshot")
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -89,7 +90,8 @@ async def test_the_data_says_serving_degraded_and_down(make_gateway: GatewayFact
     _, data = await page_and_data(gateway)
     assert data["state"] == "down"
     assert data["view"]["state_text"] == "Down"
-    assert data["view"]["routes"][0]["cells"]["breaker"].startswith("open, ")
+    # A forced breaker has no countdown: it stays open until released (it used to show a frozen "30 s left").
+    assert data["view"]["routes"][0]["cells"]["breaker"] == "open (forced until an operator releases it)"
 
 
 async def test_an_open_breaker_shows_its_time_left(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -261,3 +263,52 @@ def test_sparkline_paths_break_at_gaps() -> None:
     assert peak == 2.0
     right = VIEW_WIDTH
     assert path == f"M{right - 6} 20 M{right - 2} 1 {right} 39"
+
+
+async def test_headers_state_the_window_the_rings_really_hold(make_gateway: GatewayFactory) -> None:
+    """At a 0.25 s sample step the rings hold 45 s, and the headers say 45 s, not 5 minutes."""
+    short = await make_gateway(ui_sample_seconds=0.25)
+    html, _ = await page_and_data(short)
+    assert "Requests, 45\u00a0s" in html
+    assert "5 min" not in html
+    default = await make_gateway()
+    html, _ = await page_and_data(default)
+    assert "Requests, 5\u00a0min" in html
+
+
+async def test_with_workers_the_page_names_the_worker_that_answered(gateway: Client) -> None:
+    """Under serve --workers each worker shows its own counts, and the page says whose."""
+    _, data = await page_and_data(gateway)
+    assert data["pid"] == os.getpid()
+    assert "worker" not in data["view"]["meta"]  # one process: nothing to say
+    empty: dict[str, Sequence[float | None]] = {"requests": [], "failures": [], "first_token": []}
+    view = page_view({**data, "workers": 2}, {r["name"]: empty for r in data["routes"]})
+    assert f"worker pid {os.getpid()} of 2" in view["meta"]
+
+
+async def test_a_storm_of_data_requests_builds_the_data_about_once_a_second(gateway: Client) -> None:
+    """Fifty /ui/data requests in a burst get one build (the same generated_at); a state change shows at once."""
+    stamps = set()
+    started = time.monotonic()
+    for _ in range(50):
+        response = await gateway.get("/ui/data")
+        stamps.add((await response.json())["generated_at"])
+    assert len(stamps) <= 1 + int(time.monotonic() - started)  # at most one build per second
+    gateway.app[ROUTES]["default"].flag.set_mode("not_working")
+    _, data = await page_and_data(gateway)
+    assert data["state"] == "down"
+    assert data["generated_at"] not in stamps
+
+
+async def test_an_open_page_next_to_closed_api_keys_is_warned_about(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GATEWAY_API_KEYS set and GATEWAY_UI=on: one start-up warning names both ways to close the page."""
+    await make_gateway(api_keys="k-123456")
+    warnings = [r.message for r in caplog.records if r.name == "gateway.handlers.ui"]
+    assert len(warnings) == 1
+    assert "GATEWAY_UI=admin" in warnings[0]
+    assert "GATEWAY_UI=off" in warnings[0]
+    caplog.clear()
+    await make_gateway(api_keys="k-123456", ui="off")
+    assert not [r for r in caplog.records if r.name == "gateway.handlers.ui"]

@@ -16,24 +16,29 @@ import base64
 import binascii
 import contextlib
 import hmac
+import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from gateway.app_keys import METRICS, SETTINGS, STATUS_SAMPLER
+from gateway.app_keys import INFLIGHT, METRICS, ROUTES, SETTINGS, STATUS_SAMPLER, STATUS_SNAPSHOT
 from gateway.errors import AuthenticationError
 from gateway.middlewares import error_response
+from gateway.status_page.cache import Reused
 from gateway.status_page.data import page_data
 from gateway.status_page.render import SECURITY_HEADERS, render_page
 from gateway.status_page.sampler import Sampler
 from gateway.status_page.view import page_view
 
+log = logging.getLogger(__name__)
+
 PAGE_PATHS: Final = ("/", "/ui")
 DATA_PATH: Final = "/ui/data"
 # Relative, so the page still finds its data behind a reverse proxy that adds a path prefix.
 _DATA_SOURCE: Final = DATA_PATH.lstrip("/")
+SNAPSHOT_MAX_AGE: Final = 1.0  # seconds; well under any refresh interval worth having
 _CHALLENGE: Final = 'Basic realm="flowgpt-gateway status", charset="UTF-8"'
 
 
@@ -42,8 +47,15 @@ def setup(app: web.Application) -> None:
     settings = app[SETTINGS]
     if settings.ui == "off":
         return
+    if settings.ui == "on" and settings.api_keys:
+        # The API is closed but the page (route URLs masked, probe errors, traffic) is not: say so once.
+        log.warning(
+            "status page open to anyone who reaches the gateway while GATEWAY_API_KEYS is set; "
+            "set GATEWAY_UI=admin (with GATEWAY_ADMIN_TOKEN) or GATEWAY_UI=off to close it"
+        )
     # The sampler's time is wall-clock spacing of samples, not a decision: the real monotonic clock.
     app[STATUS_SAMPLER] = Sampler(app[METRICS], interval=settings.ui_sample_seconds)
+    app[STATUS_SNAPSHOT] = Reused(SNAPSHOT_MAX_AGE)
     app.cleanup_ctx.append(_sampler_context)
     for path in PAGE_PATHS:
         app.router.add_get(path, page)
@@ -101,7 +113,7 @@ async def page(request: web.Request) -> web.Response:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    view = page_view(*page_data(request.app))
+    _, view = _snapshot(request.app)
     html = render_page(view, source=_DATA_SOURCE, refresh=request.app[SETTINGS].ui_refresh_seconds)
     return web.Response(text=html, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
 
@@ -111,6 +123,17 @@ async def data(request: web.Request) -> web.Response:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    body, series = page_data(request.app)
-    body["view"] = page_view(body, series)
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=SECURITY_HEADERS)
+    body, _ = _snapshot(request.app)
+    return web.Response(body=body, content_type="application/json", headers=SECURITY_HEADERS)
+
+
+def _snapshot(app: web.Application) -> tuple[bytes, dict[str, Any]]:
+    """The data endpoint's body and the page's view, built at most once per SNAPSHOT_MAX_AGE."""
+
+    def build() -> tuple[bytes, dict[str, Any]]:
+        data, series = page_data(app)
+        data["view"] = page_view(data, series)
+        return orjson.dumps(data), data["view"]
+
+    states = tuple((r.flag.working, r.breaker.state, r.breaker.mode) for r in app[ROUTES])
+    return app[STATUS_SNAPSHOT].get(build, key=(app[INFLIGHT].draining, states))

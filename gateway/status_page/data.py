@@ -7,6 +7,7 @@ any configured secret an upstream may have quoted replaced by ``***``) and the v
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, Final, Literal
@@ -18,9 +19,8 @@ from gateway.app_keys import INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMP
 from gateway.metrics import ADMISSION_REASONS
 from gateway.redact import Scrubber, mask_url
 from gateway.route_pool import Route
-from gateway.status_page.sampler import RouteWindow, Spark
+from gateway.status_page.sampler import WINDOW_SECONDS, RouteWindow, Spark
 
-WINDOW_SECONDS: Final = 300.0  # "last 5 minutes"
 MAX_ERROR_CHARS: Final = 160  # a probe error is a one-line reason, not a body
 
 Overall = Literal["serving", "degraded", "down"]
@@ -92,6 +92,9 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
         "state": overall([route["up"] for route in routes], draining=draining),
         "draining": draining,
         "version": __version__,
+        # Under serve --workers each worker answers with its own view; the page names which.
+        "pid": os.getpid(),
+        "workers": settings.workers,
         "uptime": round(time.monotonic() - app[STARTED_AT], 1),
         "generated_at": round(now, 3),
         "refresh": settings.ui_refresh_seconds,

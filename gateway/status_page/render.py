@@ -114,5 +114,6 @@ def render_page(view: dict[str, Any], *, source: str, refresh: float) -> str:
         rejections=rejections,
         rows="\n".join(_row(route) for route in view["routes"]),
         window=escape(view["window"]),
+        span=escape(view["span"]),
         history=escape(view["history"]),
     )

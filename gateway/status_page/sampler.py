@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOTS: Final = 181  # 180 steps: 15 minutes at the default 5 s interval
+WINDOW_SECONDS: Final = 300.0  # "last 5 minutes", or what the rings hold at a shorter step
 BUCKETS: Final = (*FIRST_TOKEN_BUCKETS, float("inf"))
 # A route row: requests, failures, the cumulative first-token bucket counts (+Inf last), then
 # the step since the previous row: requests/s, failures/s, first-token p50 (NaN when unknown).

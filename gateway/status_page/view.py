@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from gateway.status_page.sampler import SLOTS
+from gateway.status_page.sampler import SLOTS, WINDOW_SECONDS
 
 X_STEP: Final = 2  # viewBox units between two samples
 VIEW_WIDTH: Final = X_STEP * (SLOTS - 2)  # the oldest of SLOTS - 1 steps at x = 0, the newest at the right edge
@@ -73,9 +73,17 @@ def _probe(probe: dict[str, Any] | None) -> str:
 
 def _breaker(breaker: dict[str, Any]) -> str:
     words = str(breaker["state"]).replace("_", "-")
+    if breaker["mode"] != "auto":
+        return words + " (forced until an operator releases it)"
     if breaker["retry_after"] is not None:
         words += f", {seconds(breaker['retry_after'])} left"
-    return words + (" (forced)" if breaker["mode"] != "auto" else "")
+    return words
+
+
+def _worker(data: dict[str, Any]) -> str:
+    if data.get("workers", 1) <= 1:
+        return ""
+    return f"; worker pid {data['pid']} of {data['workers']}: counts, trends and in-flight are this worker's"
 
 
 def route_view(route: dict[str, Any], spark: dict[str, Sequence[float | None]], *, history: str) -> dict[str, Any]:
@@ -107,6 +115,8 @@ def route_view(route: dict[str, Any], spark: dict[str, Sequence[float | None]], 
 def page_view(data: dict[str, Any], sparks: dict[str, dict[str, Sequence[float | None]]]) -> dict[str, Any]:
     """The whole page's text from :func:`gateway.status_page.data.page_data` and each route's series."""
     history = seconds(data["step"] * (SLOTS - 1))
+    # The rings hold SLOTS samples: at a short step the "5 minutes" windows are shorter, and say so.
+    span = seconds(min(WINDOW_SECONDS, data["step"] * (SLOTS - 1)))
     window = seconds(data["window"]) if data["window"] else "no samples yet"
     state = data["state"]
     rejections = [
@@ -116,7 +126,8 @@ def page_view(data: dict[str, Any], sparks: dict[str, dict[str, Sequence[float |
     return {
         "state": state,
         "state_text": STATE_WORDS[state] + (" (shutting down)" if data["draining"] else ""),
-        "meta": f"version {data['version']}, up {seconds(data['uptime'])}",
+        "meta": f"version {data['version']}, up {seconds(data['uptime'])}" + _worker(data),
+        "span": span.replace(" ", "\u00a0"),
         "inflight": f"{data['inflight']} / {data['limit']}",
         "retries": count(data["retries"]),
         "rejections": rejections,
