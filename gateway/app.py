@@ -126,6 +126,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
             trial_timeout=settings.timeout_connect + settings.timeout_first_token,
             clock=clock,
             on_state=metrics.shared_state_changed,
+            probing=settings.probe_enabled,
         )
         fleet.start()
     if settings.probe_enabled:

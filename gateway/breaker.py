@@ -131,6 +131,7 @@ class CircuitBreaker:
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
         self.trial_needs_permit = False  # set by the fleet while shared state is up
         self._trial_permitted = True
+        self._trial_permit_until: float | None = None  # a fleet claim's local deadline
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -168,7 +169,7 @@ class CircuitBreaker:
         state = self.state
         if state == "open" and self._period.until is not None:
             return self._period.remaining()
-        if state == "half_open" and (not self._trial_permitted or self._trials >= self._half_open_calls):
+        if state == "half_open" and (not self._trial_allowed() or self._trials >= self._half_open_calls):
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
 
@@ -189,7 +190,7 @@ class CircuitBreaker:
             return self._mode == "forced_closed"
         state = self.state
         return state == "closed" or (
-            state == "half_open" and self._trial_permitted and self._trials < self._half_open_calls
+            state == "half_open" and self._trial_allowed() and self._trials < self._half_open_calls
         )
 
     def refusal(self) -> CircuitOpenError | None:
@@ -207,7 +208,7 @@ class CircuitBreaker:
             return CircuitOpenError(
                 f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s", retry_after=remaining
             )
-        if state == "half_open" and not self._trial_permitted:
+        if state == "half_open" and not self._trial_allowed():
             return CircuitOpenError(
                 f"circuit breaker {self.name!r} is half-open and another gateway process holds its trial call",
                 retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
@@ -331,14 +332,14 @@ class CircuitBreaker:
             self._counter.close()
             self._sync(traffic=False)
 
-    def permit_trial(self) -> None:
-        """This process won the fleet's claim on the current half-open trial."""
-        self._trial_permitted = True
+    def permit_trial(self, *, until: float | None = None) -> None:
+        """This process won the fleet's claim on the current half-open trial (until a clock reading, if given)."""
+        self._trial_permitted, self._trial_permit_until = True, until
 
     def revoke_trial_permit(self) -> None:
         """This process's claim lapsed or was given back: its next caller is no longer the trial."""
         if self.trial_needs_permit:
-            self._trial_permitted = False
+            self._trial_permitted, self._trial_permit_until = False, None
 
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""
@@ -350,6 +351,11 @@ class CircuitBreaker:
             self.probe_recovered(probe_started=event.started)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _trial_allowed(self) -> bool:
+        """A fleet claim lapses in Redis after its TTL; the local permit must not outlive it."""
+        until = self._trial_permit_until
+        return self._trial_permitted and (until is None or self._clock() < until)
 
     def _current(self, ticket: Ticket) -> bool:
         return ticket.counted and self._mode == "auto" and ticket.generation == self._generation
@@ -389,7 +395,7 @@ class CircuitBreaker:
         elif new == "half_open":
             self._period.end()
             self._trials = 0  # slots of an earlier period are released into that period, not this one
-            self._trial_permitted = not self.trial_needs_permit
+            self._trial_permitted, self._trial_permit_until = not self.trial_needs_permit, None
         elif self._mode == "auto":
             self._period.start(grow=old == "half_open", length=open_for)
         log_level = logging.WARNING if new == "open" else logging.INFO

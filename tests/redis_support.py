@@ -82,8 +82,9 @@ class RedisServer:
 class RedisCutter:
     """A loopback TCP relay in front of Redis that one gateway uses, so a test can cut only that one off."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, delay: float = 0.0) -> None:
         self._target_port = target_port
+        self._delay = delay  # added to every chunk relayed: a slow network (or a slow Redis)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.cut_off = False
@@ -130,6 +131,8 @@ class RedisCutter:
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while data := await reader.read(65536):
+                    if self._delay:
+                        await asyncio.sleep(self._delay)
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):

@@ -277,3 +277,116 @@ def test_the_supervisor_empties_only_metric_files_of_a_configured_directory(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert _fresh_metrics_dir() == str(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]
+
+
+# Found by the second review: each failed on the code before its fix.
+
+
+async def test_a_member_that_does_not_probe_takes_no_lease(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A member with probes off holds no lease, so the member that probes keeps probing every route."""
+    prefix = redis_server.prefix()
+    quiet = await fleet_member(make_gateway, sim, redis_server, prefix, probe_enabled=False, probe_interval=0.3)
+    await asyncio.sleep(0.5)
+    assert quiet.app[FLEET].snapshot()["probe_leases"] == []
+    probing = {"probe_enabled": True, "probe_interval": 0.3, "probe_unhealthy_interval": 0.3}
+    await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
+    await asyncio.sleep(0.5)
+    before = sim.route_stats("a").requests_total
+    await asyncio.sleep(3.0)
+    assert sim.route_stats("a").requests_total - before >= 5
+
+
+async def test_reconnecting_while_half_open_does_not_make_a_second_trial_holder(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """A member that went half-open while cut off races the fleet for the trial when it is back."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url, breaker_reset_seconds=0.5)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(second)
+    await eventually(lambda: breaker(first).state == "open", within=1.0)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=3.0)
+    await eventually(lambda: all(breaker(m).state == "half_open" for m in (first, second)), within=2.0)
+    cutter.restore()
+    await eventually(lambda: first.app[FLEET].up, within=10.0)
+    await asyncio.sleep(0.3)  # the claim race settles
+    assert sum(breaker(m).admits() for m in (first, second)) <= 1
+
+
+async def test_an_override_given_during_a_resync_stands_and_reaches_the_fleet(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A command given while a member re-syncs (over a slow link) is neither undone there nor lost."""
+    slow = RedisCutter(redis_server.port, delay=0.04)
+    await slow.start()
+    try:
+        prefix = redis_server.prefix()
+        first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=slow.url, redis_timeout=0.5)
+        second = await fleet_member(make_gateway, sim, redis_server, prefix)
+        slow.cut()
+        await eventually(lambda: not first.app[FLEET].up, within=5.0)
+        slow.restore()
+        link = first.app[FLEET].link
+        await eventually(lambda: link._client is not None and not link.up, within=10.0, step=0.002)
+        await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
+        await eventually(lambda: link.up, within=5.0)
+        await asyncio.sleep(0.5)
+        assert (breaker(first).mode, breaker(second).mode) == ("forced_open", "forced_open")
+    finally:
+        await slow.stop()
+
+
+async def test_a_redis_restart_does_not_drop_operator_overrides(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Redis restarts empty: the members write back the modes in force instead of falling back to auto."""
+    prefix = redis_server.prefix()
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
+    response = await members[0].post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
+    assert (await response.json())["shared"] is True
+    await eventually(lambda: all(breaker(m).mode == "forced_open" for m in members), within=1.0)
+    redis_server.kill()
+    await eventually(lambda: not any(m.app[FLEET].up for m in members), within=3.0)
+    redis_server.start()
+    await eventually(lambda: all(m.app[FLEET].up for m in members), within=10.0)
+    await asyncio.sleep(0.3)
+    assert [breaker(m).mode for m in members] == ["forced_open", "forced_open"]
+    late = await fleet_member(make_gateway, sim, redis_server, prefix)
+    await eventually(lambda: breaker(late).mode == "forced_open", within=2.0)
+
+
+async def test_a_member_joining_during_the_trial_window_starts_half_open_not_closed(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """After the open period ends but before its trial decides, a new member sends at most one call to a."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
+    late = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
+    before = sim.route_stats("a").requests_total
+    statuses = await asyncio.gather(*(chat(late) for _ in range(6)))
+    assert set(statuses) == {200}
+    assert sim.route_stats("a").requests_total - before <= 1
+
+
+async def test_a_trial_permit_never_outlives_its_claim(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Once the 1 s claim may have lapsed in Redis, this member no longer admits a trial on it."""
+    prefix = redis_server.prefix()
+    member = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(member)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(member).state == "half_open" and breaker(member).admits(), within=2.0, step=0.001)
+    won_at = time.monotonic()
+    await asyncio.sleep(0.9)
+    while time.monotonic() - won_at < 1.0:
+        time.sleep(0.001)  # noqa: ASYNC251 - a stalled event loop is the point
+    assert not breaker(member).admits()

@@ -28,7 +28,7 @@ RESULT = ProbeResult(ok=False, at=1_700_000_000.5, latency=0.25, error="upstream
         Trip("a", "host:1:abc", "t1", 12.5, 30.0, True),
         Closed("a", "host:1:abc", "t1"),
         Probe("b", "host:2:def", RESULT, 0.3),
-        Override("b", "host:2:def", "working", "not_working"),
+        Override("b", "host:2:def", "working", "not_working", 1_764_650_000_000),
     ],
     ids=["trip", "closed", "probe", "override"],
 )
@@ -50,7 +50,8 @@ def test_every_message_survives_the_round_trip(message: Trip | Closed | Probe | 
         b'{"v": 1, "kind": "trip", "route": "a", "origin": "o", "trip_id": "t", "open_for": 0, "duration": 1}',
         b'{"v": 1, "kind": "probe", "route": "a", "origin": "o", "ok": 1, "at": 1, "latency": 0, "started_ago": 0}',
         b'{"v": 1, "kind": "probe", "route": "a", "origin": "o", "ok": true, "at": 1, "latency": -1, "started_ago": 0}',
-        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "not_working"}',
+        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "not_working", "at_ms": 1}',
+        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open"}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "flag", "mode": "auto"}',
     ],
 )
@@ -70,7 +71,7 @@ def test_a_long_probe_error_is_cut() -> None:
 
 def test_stored_values_are_checked() -> None:
     """Trip, working and override keys parse when well-formed and give None otherwise."""
-    assert stored_trip(orjson.dumps({"trip_id": "t1", "duration": 30})) == ("t1", 30.0)
+    assert stored_trip(orjson.dumps({"trip_id": "t1", "duration": 30, "trial_ms": 5})) == ("t1", 30.0, 5)
     assert stored_trip(b'{"trip_id": "t1"}') is None
     assert stored_trip(None) is None
     good = {

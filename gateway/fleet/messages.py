@@ -102,6 +102,7 @@ class Override:
     origin: str
     target: OverrideTarget
     mode: str
+    at_ms: int  # when the operator gave it (wall clock): the later command wins
 
 
 Message = Trip | Closed | Probe | Override
@@ -133,7 +134,7 @@ def encode(message: Message) -> bytes:
     elif isinstance(message, Probe):
         body = {"kind": "probe", **probe_fields(message.result), "started_ago": message.started_ago}
     else:
-        body = {"kind": "override", "target": message.target, "mode": message.mode}
+        body = {"kind": "override", "target": message.target, "mode": message.mode, "at_ms": message.at_ms}
     return orjson.dumps({**head, **body})
 
 
@@ -158,21 +159,21 @@ def decode(raw: bytes | str) -> Message | None:
         if result is not None and _non_negative(started_ago):
             return Probe(route, origin, result, float(started_ago))
     elif kind == "override":
-        target, mode = data.get("target"), data.get("mode")
-        if _target(target) and mode in OVERRIDE_MODES[target]:
-            return Override(route, origin, target, str(mode))
+        target, mode, at_ms = data.get("target"), data.get("mode"), data.get("at_ms")
+        if _target(target) and mode in OVERRIDE_MODES[target] and _count(at_ms):
+            return Override(route, origin, target, str(mode), at_ms)
     return None
 
 
-def stored_trip(raw: bytes | None) -> tuple[str, float] | None:
-    """``(trip_id, duration)`` from a trip key's value."""
+def stored_trip(raw: bytes | None) -> tuple[str, float, int] | None:
+    """``(trip_id, duration, trial_ms)`` from a trip key's value (its TTL covers the period, then the trial)."""
     data = _object(raw) if raw is not None else None
     if data is None:
         return None
-    trip_id, duration = data.get("trip_id"), data.get("duration")
-    if not _short_str(trip_id) or not _positive(duration):
+    trip_id, duration, trial_ms = data.get("trip_id"), data.get("duration"), data.get("trial_ms", 0)
+    if not _short_str(trip_id) or not _positive(duration) or not _count(trial_ms):
         return None
-    return trip_id, float(duration)
+    return trip_id, float(duration), trial_ms
 
 
 def stored_working(raw: bytes | None) -> StoredWorking | None:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ class ProbeSharing:
         self._link = link
         self._keys = keys
         self._origin = origin
+        self._interval = probe_interval
         self._period = max(probe_interval / 3, 0.05)
         self._lease_ttl_ms = max(math.ceil(self._period * 2000), 100)
         self._working_ttl_ms = math.ceil(probe_interval * 3000)
@@ -145,6 +147,10 @@ class ProbeSharing:
         now_held = bool(held) and self._link.up
         if now_held != share.lease_held:
             log.info("probe lease %s route=%s", "taken" if now_held else "lost", share.route.name)
+        if now_held and not share.lease_held:
+            last = share.route.flag.last_probe
+            if last is None or time.time() - last.at > self._interval:
+                share.route.prober.trigger()  # taken over from a holder that stopped probing: look now
         share.lease_held = now_held
 
 

@@ -21,6 +21,12 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS[1] key, ARGV[1] expected value, ARGV[2] ttl ms -> 1 if the key is still mine and now lasts ttl.
+EXTEND_IF_VALUE: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS[1] key, ARGV[1] expected value -> 1 if deleted.
 DELETE_IF_VALUE: Final = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end

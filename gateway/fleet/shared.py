@@ -59,6 +59,7 @@ class SharedHealth:
         trial_timeout: float,
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[bool], None] = lambda up: None,
+        probing: bool = True,
     ) -> None:
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         keys = Keys(prefix)
@@ -66,6 +67,7 @@ class SharedHealth:
         self._on_state = on_state
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._probing = probing  # a process that does not probe must not hold a lease others wait on
         self.link = RedisLink(
             url, channel=keys.channel, timeout=timeout, on_message=self._receive, on_up=self._resync, on_down=self._down
         )
@@ -98,8 +100,9 @@ class SharedHealth:
         """Connect and keep the probe leases, in the background."""
         self._on_state(False)
         self.link.start()
-        loop = asyncio.get_running_loop()
-        self._lease_task = loop.create_task(self.probes.keep_leases(list(self._shares.values())), name="probe-leases")
+        if self._probing:
+            shares = list(self._shares.values())
+            self._lease_task = asyncio.get_running_loop().create_task(self.probes.keep_leases(shares), name="leases")
 
     async def stop(self) -> None:
         """Release our probe leases (a peer takes over at once), finish background calls, disconnect."""
@@ -145,7 +148,12 @@ class SharedHealth:
         if not (await self.overrides.resync() and await self.trips.resync(shares) and await self.probes.resync(shares)):
             return  # the link is marked down; it will retry with backoff
         for share in shares:
-            share.route.breaker.trial_needs_permit = True
+            breaker = share.route.breaker
+            breaker.trial_needs_permit = True
+            if breaker.mode == "auto" and breaker.state == "half_open":
+                # Went half-open while away (and took a local permit): race the fleet for it now.
+                breaker.revoke_trial_permit()
+                self._spawn(self.trips.claim_trial(share))
         self._on_state(True)
         self.probes.wake.set()
 

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # A won claim lapses this soon unless its trial call starts; losers retry at the same pace.
 CLAIM_SECONDS: Final = 1.0
+# The local permit ends this much before the claim's TTL (counted from before the SET was sent),
+# so a stalled event loop cannot admit a trial on a claim that already lapsed in Redis.
+_CLAIM_MARGIN: Final = 0.25
 # A started trial lasts until the first token; its claim outlives that by this margin.
 _TRIAL_MARGIN: Final = 2.0
 
@@ -79,15 +82,20 @@ class TripSharing:
         elif event.new == "closed" and event.by_traffic and event.old == "half_open" and share.trip_id:
             self._spawn(self._publish_closed(share.route.name, share.trip_id))
         elif event.new == "half_open" and breaker.trial_needs_permit:
-            self._spawn(self._claim_trial(share))
+            self._spawn(self.claim_trial(share))
 
     def trial_admitted(self, share: RouteShare, event: TrialAdmitted) -> None:
-        """Subscriber: our trial call is under way; hold the claim for as long as it may take."""
+        """Subscriber: our trial call is under way; hold the claim (still ours) for as long as it may take."""
         key, share.claim_key = share.claim_key, None
         if key is not None and self._link.up:
-            ttl = self._trial_ttl_ms
-            self._spawn(self._link.call(lambda client: client.set(key, self._origin, xx=True, px=ttl)))
+            self._spawn(self._hold_claim(share.route.name, key))
             share.held_claim = key
+
+    async def _hold_claim(self, route: str, key: str) -> None:
+        args = (key, self._origin, self._trial_ttl_ms)
+        held = await self._link.call(lambda client: client.eval(scripts.EXTEND_IF_VALUE, 1, *args))
+        if held == 0:
+            log.warning("trial claim lapsed before its call started; a peer may run a trial too route=%s", route)
 
     def trial_released(self, share: RouteShare, event: TrialReleased) -> None:
         """Subscriber: our trial ended neutral; give the claim back so the fleet's next caller tries."""
@@ -107,11 +115,14 @@ class TripSharing:
         open_for = max(breaker.open_until - self._clock(), 0.001)
         duration = breaker.current_open_duration
         message = encode(Trip(share.route.name, self._origin, trip_id, open_for, duration, from_closed))
-        stored = orjson.dumps({"trip_id": trip_id, "duration": duration})
+        # Kept through the trial that follows the period, so a member joining then starts half-open,
+        # not closed; the trial's success deletes it, a failure replaces it.
+        stored = orjson.dumps({"trip_id": trip_id, "duration": duration, "trial_ms": self._trial_ttl_ms})
+        ttl_ms = max(math.ceil(open_for * 1000), 1) + self._trial_ttl_ms
 
         async def publish(client: redis.Redis) -> bool:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.set(self._keys.trip(share.route.name), stored, px=max(math.ceil(open_for * 1000), 1))
+                pipe.set(self._keys.trip(share.route.name), stored, px=ttl_ms)
                 pipe.publish(self._keys.channel, message)
                 await pipe.execute()
             return True
@@ -124,19 +135,20 @@ class TripSharing:
         keys = [self._keys.trip(route), self._keys.channel]
         await self._link.call(lambda client: client.eval(scripts.CLOSE_PERIOD, 2, *keys, trip_id, message))
 
-    async def _claim_trial(self, share: RouteShare) -> None:
+    async def claim_trial(self, share: RouteShare) -> None:
         """Race for this period's trial until we win it, or the period ends, or Redis goes."""
         breaker, trip_id = share.route.breaker, share.trip_id
         key = self._keys.trial(share.route.name, trip_id or f"local-{self._origin}")
         claim_ms = math.ceil(CLAIM_SECONDS * 1000)
         while breaker.state == "half_open" and share.trip_id == trip_id:
+            sent_at = self._clock()
             won = await self._link.call(lambda client: client.set(key, self._origin, nx=True, px=claim_ms))
             if won is None and not self._link.up:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
             if won:
                 share.claim_key = key
-                breaker.permit_trial()
+                breaker.permit_trial(until=sent_at + CLAIM_SECONDS - _CLAIM_MARGIN)
                 await asyncio.sleep(CLAIM_SECONDS)
                 if share.claim_key != key:
                     return  # the trial started (or Redis went and we decide alone)
@@ -147,7 +159,7 @@ class TripSharing:
 
     async def _give_back_and_claim(self, share: RouteShare, key: str) -> None:
         await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
-        await self._claim_trial(share)
+        await self.claim_trial(share)
 
     # -- from the fleet ------------------------------------------------------------------------
 
@@ -179,8 +191,11 @@ class TripSharing:
             raw, pttl = replies[2 * index], replies[2 * index + 1]
             stored = stored_trip(raw)
             if stored is not None and isinstance(pttl, int) and pttl > 0:
-                share.trip_id, share.trip_shared = stored[0], True
-                share.route.breaker.trip(pttl / 1000, stored[1])
+                trip_id, duration, trial_ms = stored
+                share.trip_id, share.trip_shared = trip_id, True
+                # Past the open period, in its trial window: open for a moment, so the timer
+                # moves us to half-open and we race for the trial like everyone else.
+                share.route.breaker.trip(max(pttl - trial_ms, 1) / 1000, duration)
             elif raw is not None and stored is None:
                 log.warning("ignoring a malformed trip key route=%s", share.route.name)
             elif not share.trip_shared and share.route.breaker.state == "open" and share.route.breaker.mode == "auto":

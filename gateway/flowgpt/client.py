@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class ClientObserver(Protocol):
     """What the client reports while it works (the metrics module implements it)."""
 
