@@ -22,6 +22,7 @@ from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
 from monitoring.processes import eventually
+from tests.clock_support import FakeClock
 from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.redis_support import RedisCutter, RedisServer
@@ -378,15 +379,15 @@ async def test_a_member_joining_during_the_trial_window_starts_half_open_not_clo
 async def test_a_trial_permit_never_outlives_its_claim(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
 ) -> None:
-    """Once the 1 s claim may have lapsed in Redis, this member no longer admits a trial on it."""
+    """Once the 1 s claim may have lapsed in Redis (a stalled loop, say), this member no longer admits a trial on it."""
+    clock = FakeClock()
     prefix = redis_server.prefix()
-    member = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3)
+    member = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=30, clock=clock)
     sim.set_faults(SimFaults(http_status=500), route="a")
     await _trip(member)
     sim.set_faults(SimFaults(), route="a")
-    await eventually(lambda: breaker(member).state == "half_open" and breaker(member).admits(), within=2.0, step=0.001)
-    won_at = time.monotonic()
-    await asyncio.sleep(0.9)
-    while time.monotonic() - won_at < 1.0:
-        time.sleep(0.001)  # noqa: ASYNC251 - a stalled event loop is the point
+    clock.advance(30)  # the open period ends; the member wins the claim for its trial
+    await eventually(lambda: breaker(member).state == "half_open" and breaker(member).admits(), within=2.0)
+    clock.advance(0.8)  # still within the claim's 1 s in Redis, but no longer safely
+    assert breaker(member).state == "half_open"
     assert not breaker(member).admits()

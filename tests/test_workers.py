@@ -109,6 +109,9 @@ async def test_every_scrape_counts_the_requests_of_all_workers(fleet: Fleet) -> 
         samples = parse_samples(text)
         assert value(samples, "gateway_http_requests_total", route=CHAT, method="POST", code="200") == chats
         assert value(samples, "gateway_shared_state_up") == 1.0
+        # Every state's series exists at 0 from start-up, also from multiprocess files (it was missing).
+        for state, expected in (("closed", 1.0), ("open", 0.0), ("half_open", 0.0)):
+            assert value(samples, "gateway_breaker_state", provider="flowgpt", route="default", state=state) == expected
 
 
 async def test_a_killed_worker_is_replaced_and_sigterm_drains_all_with_exit_0(fleet: Fleet) -> None:
