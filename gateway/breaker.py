@@ -11,8 +11,9 @@ decides trips; this module adds what aiobreaker gets wrong or lacks:
 * Probe: :meth:`CircuitBreaker.probe_recovered` moves an open breaker to half-open at once, when
   the probe started after the breaker opened (an older probe saw an older upstream). It never
   closes it: only a live trial's success does.
-* Half-open admits at most ``half_open_calls`` concurrent trials; further callers get
-  ``CircuitOpenError(half_open=True)`` (code ``half_open_busy``) instead of reaching the upstream.
+* Half-open admits at most ``half_open_calls`` concurrent trials (:class:`gateway.trial_gate.TrialGate`);
+  further callers get ``CircuitOpenError(half_open=True)`` (code ``half_open_busy``) instead of
+  reaching the upstream.
 * Outcomes: a call is admitted with a :class:`Ticket` that remembers the state period (generation)
   it was admitted in; an outcome whose period has ended is dropped, so requests admitted before a
   trip (or before a close) never decide a later period.
@@ -55,6 +56,7 @@ from gateway.events import (
     TrialReleased,
 )
 from gateway.open_period import OpenPeriod
+from gateway.trial_gate import TrialGate
 
 __all__ = [
     "HALF_OPEN_BUSY_RETRY_AFTER",
@@ -109,13 +111,11 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         events: EventBus | None = None,
     ) -> None:
-        if fail_max < 1 or half_open_calls < 1:
-            raise ValueError("fail_max and half_open_calls must be at least 1")
+        if fail_max < 1:
+            raise ValueError("fail_max must be at least 1")
         if reset_timeout < 0 or reset_multiplier < 1 or reset_max < reset_timeout:
             raise ValueError("need 0 <= reset_timeout <= reset_max and reset_multiplier >= 1")
         self.name = name
-        self._half_open_calls = half_open_calls
-        self._clock = clock
         self._events = events or EventBus()
         self._counter = FailureCounter(name=name, fail_max=fail_max)
         self._mode: BreakerMode = "auto"
@@ -127,11 +127,8 @@ class CircuitBreaker:
             clock=clock,
             on_end=self._period_over,
         )
-        self._trials = 0  # trial slots taken in the current half-open period
+        self._trial_gate = TrialGate(slots=half_open_calls, clock=clock)
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
-        self.trial_needs_permit = False  # set by the fleet while shared state is up
-        self._trial_permitted = True
-        self._trial_permit_until: float | None = None  # a fleet claim's local deadline
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -158,6 +155,15 @@ class CircuitBreaker:
         return self._counter.failures
 
     @property
+    def trial_needs_permit(self) -> bool:
+        """Whether a half-open trial needs the fleet's permit (set by the fleet while shared state is up)."""
+        return self._trial_gate.needs_permit
+
+    @trial_needs_permit.setter
+    def trial_needs_permit(self, needed: bool) -> None:
+        self._trial_gate.needs_permit = needed
+
+    @property
     def current_open_duration(self) -> float:
         """Length of the current (or, while half-open, the last) open period; reset_timeout after a close."""
         return self._period.duration
@@ -169,7 +175,7 @@ class CircuitBreaker:
         state = self.state
         if state == "open" and self._period.until is not None:
             return self._period.remaining()
-        if state == "half_open" and (not self._trial_allowed() or self._trials >= self._half_open_calls):
+        if state == "half_open" and self._trial_gate.refusal() is not None:
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
 
@@ -189,9 +195,7 @@ class CircuitBreaker:
         if self._mode != "auto":
             return self._mode == "forced_closed"
         state = self.state
-        return state == "closed" or (
-            state == "half_open" and self._trial_allowed() and self._trials < self._half_open_calls
-        )
+        return state == "closed" or (state == "half_open" and self._trial_gate.refusal() is None)
 
     def refusal(self) -> CircuitOpenError | None:
         """The error a call would be refused with right now, or None; admits nothing.
@@ -208,19 +212,15 @@ class CircuitBreaker:
             return CircuitOpenError(
                 f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s", retry_after=remaining
             )
-        if state == "half_open" and not self._trial_allowed():
-            return CircuitOpenError(
-                f"circuit breaker {self.name!r} is half-open and another gateway process holds its trial call",
-                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
-                half_open=True,
-            )
-        if state == "half_open" and self._trials >= self._half_open_calls:
-            return CircuitOpenError(
-                f"circuit breaker {self.name!r} is half-open and its trial call is in progress",
-                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
-                half_open=True,
-            )
-        return None
+        gate = self._trial_gate.refusal() if state == "half_open" else None
+        if gate is None:
+            return None
+        why = "another gateway process holds its trial call" if gate == "no_permit" else "its trial call is in progress"
+        return CircuitOpenError(
+            f"circuit breaker {self.name!r} is half-open and {why}",
+            retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+            half_open=True,
+        )
 
     # -- admitted calls ----------------------------------------------------------------------
 
@@ -233,7 +233,7 @@ class CircuitBreaker:
             raise refusal
         trial = self._counter.state == "half_open"
         if trial:
-            self._trials += 1
+            self._trial_gate.take()
             self._events.publish(TrialAdmitted(self.name))
         return Ticket(self._generation, trial=trial)
 
@@ -243,7 +243,7 @@ class CircuitBreaker:
             return
         ticket.released = True
         if ticket.trial and ticket.generation == self._generation:
-            self._trials -= 1
+            self._trial_gate.give_back()
             # The period did not change: the trial ended neutral (rejected, client gone).
             self._events.publish(TrialReleased(self.name))
 
@@ -334,12 +334,11 @@ class CircuitBreaker:
 
     def permit_trial(self, *, until: float | None = None) -> None:
         """This process won the fleet's claim on the current half-open trial (until a clock reading, if given)."""
-        self._trial_permitted, self._trial_permit_until = True, until
+        self._trial_gate.permit(until=until)
 
     def revoke_trial_permit(self) -> None:
         """This process's claim lapsed or was given back: its next caller is no longer the trial."""
-        if self.trial_needs_permit:
-            self._trial_permitted, self._trial_permit_until = False, None
+        self._trial_gate.revoke()
 
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""
@@ -351,11 +350,6 @@ class CircuitBreaker:
             self.probe_recovered(probe_started=event.started)
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _trial_allowed(self) -> bool:
-        """A fleet claim lapses in Redis after its TTL; the local permit must not outlive it."""
-        until = self._trial_permit_until
-        return self._trial_permitted and (until is None or self._clock() < until)
 
     def _current(self, ticket: Ticket) -> bool:
         return ticket.counted and self._mode == "auto" and ticket.generation == self._generation
@@ -394,8 +388,7 @@ class CircuitBreaker:
             self._period.reset()
         elif new == "half_open":
             self._period.end()
-            self._trials = 0  # slots of an earlier period are released into that period, not this one
-            self._trial_permitted, self._trial_permit_until = not self.trial_needs_permit, None
+            self._trial_gate.reset()
         elif self._mode == "auto":
             self._period.start(grow=old == "half_open", length=open_for)
         log_level = logging.WARNING if new == "open" else logging.INFO
