@@ -37,11 +37,11 @@ from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
 from gateway.probe import Prober
-from gateway.retry import RetryBudget
+from gateway.retry import RetryBudget, RetryPolicy
 from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
 from gateway.settings import Settings
-from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
+from gateway.upstream import Timeouts, UpstreamService
 from gateway.working import WorkingFlag
 
 

@@ -1,12 +1,22 @@
-"""Retry policy: full-jitter exponential backoff and an Envoy-style retry budget."""
+"""Retry policy: how many and how far apart, full-jitter exponential backoff, an Envoy-style retry budget."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 WINDOW_SECONDS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many retries and how far apart."""
+
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.answer import Answer
 from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
@@ -35,10 +36,9 @@ from gateway.errors import (
     counts_against_upstream,
     is_retryable,
 )
-from gateway.retry import RetryBudget, backoff_delay
+from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 
 if TYPE_CHECKING:
-    from gateway.breaker import Ticket
     from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
@@ -57,15 +57,6 @@ class Timeouts:
     idle: float
     total: float
     client_write: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How many retries and how far apart."""
-
-    max_retries: int
-    backoff_base: float
-    backoff_max: float
 
 
 class UpstreamService:
@@ -257,44 +248,3 @@ class UpstreamService:
             raise
         metrics.first_token.observe(self._clock() - started)
         return stream, first, started
-
-
-class Answer:
-    """An answer in progress: iterate it for text fragments inside its ``answer()`` scope.
-
-    It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
-    """
-
-    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket")
-
-    def __init__(
-        self, route: Route, ticket: Ticket, stream: FlowGptStream, first: str, started: float, deadline: float
-    ) -> None:
-        self.route = route
-        self.ticket = ticket
-        self.started = started
-        self.stream = stream
-        self._first: str | None = first
-        self.deadline = deadline  # a reading of the service's clock
-        self.completed = False
-        self.error: UpstreamError | None = None
-
-    def __aiter__(self) -> Answer:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        try:
-            return await anext(self.stream)
-        except StopAsyncIteration:
-            self.completed = True
-            raise
-        except UpstreamError as exc:
-            self.error = exc
-            raise
-
-    async def read_all(self) -> str:
-        """The whole answer as one string."""
-        return "".join([fragment async for fragment in self])

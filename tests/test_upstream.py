@@ -29,10 +29,10 @@ from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
 from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
-from gateway.retry import RetryBudget
+from gateway.retry import RetryBudget, RetryPolicy
 from gateway.route_pool import RoutePool
 from gateway.simulator import SimFaults, Simulator, expected_answer
-from gateway.upstream import RetryPolicy, Timeouts, UpstreamService
+from gateway.upstream import Timeouts, UpstreamService
 from tests.gateway_support import make_settings
 
 PROMPT = ChatPrompt(model=DEFAULT_MODEL, messages=[Message("user", "Hello")])

@@ -9,6 +9,7 @@ import logging
 import orjson
 from aiohttp import web
 
+from gateway.answer import Answer
 from gateway.app_keys import CLOCK, INFLIGHT, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
 from gateway.client_writes import ClientStalledError, ClientWriteGuard
 from gateway.errors import (
@@ -22,7 +23,6 @@ from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
-from gateway.upstream import Answer
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,58 @@
+"""An answer in progress: the text fragments of one admitted upstream call, and how it ended.
+
+:meth:`gateway.upstream.UpstreamService.answer` yields one once the first fragment has
+arrived; the handler iterates it, and the scope reads ``completed`` and ``error`` to settle
+the call with the route's breaker and metrics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.breaker import Ticket
+    from gateway.flowgpt.client import FlowGptStream
+    from gateway.route_pool import Route
+
+
+class Answer:
+    """An answer in progress: iterate it for text fragments inside its ``answer()`` scope.
+
+    It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
+    """
+
+    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket")
+
+    def __init__(
+        self, route: Route, ticket: Ticket, stream: FlowGptStream, first: str, started: float, deadline: float
+    ) -> None:
+        self.route = route
+        self.ticket = ticket
+        self.started = started
+        self.stream = stream
+        self._first: str | None = first
+        self.deadline = deadline  # a reading of the service's clock
+        self.completed = False
+        self.error: UpstreamError | None = None
+
+    def __aiter__(self) -> Answer:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        try:
+            return await anext(self.stream)
+        except StopAsyncIteration:
+            self.completed = True
+            raise
+        except UpstreamError as exc:
+            self.error = exc
+            raise
+
+    async def read_all(self) -> str:
+        """The whole answer as one string."""
+        return "".join([fragment async for fragment in self])
