@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from gateway.breaker import CircuitBreaker
     from gateway.events import EventBus
     from gateway.flowgpt.client import FlowGptClient
-    from gateway.metrics import RouteMetrics
     from gateway.probe import Prober
+    from gateway.route_metrics import RouteMetrics
     from gateway.working import WorkingFlag
 
 

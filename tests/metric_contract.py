@@ -1,4 +1,7 @@
-"""The metric contract rules, dashboards and live tests are checked against, read from gateway/metrics.py.
+"""The metric contract rules, dashboards and live tests are checked against, read from the gateway.
+
+The families are those gateway/metrics.py registers (the per-route ones defined in
+gateway/route_metrics.py).
 
 Names, types and label names come from the families a fresh ``Metrics`` registers
 (every label set is pre-created, so each family shows its labels at start-up); the
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.metrics import ADMISSION_REASONS, BREAKER_STATES, PROBE_RESULTS, PROVIDER, Metrics
+from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
+from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS
 
 MetricType = Literal["counter", "gauge", "histogram"]
 # Labels Prometheus attaches to every scraped series.

@@ -28,13 +28,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.metrics import ADMISSION_REASONS, FIRST_TOKEN_BUCKETS
+from gateway.metrics import ADMISSION_REASONS
+from gateway.route_metrics import FIRST_TOKEN_BUCKETS
 from gateway.status_page.ring import Ring, ring_bytes
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
 
-    from gateway.metrics import Metrics, RouteMetrics
+    from gateway.metrics import Metrics
+    from gateway.route_metrics import RouteMetrics
 
 log = logging.getLogger(__name__)
 
