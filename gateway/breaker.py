@@ -54,6 +54,7 @@ from gateway.events import (
     ProbeFinished,
     TrialAdmitted,
     TrialReleased,
+    TrialWanted,
 )
 from gateway.open_period import OpenPeriod
 from gateway.trial_gate import TrialGate
@@ -200,7 +201,8 @@ class CircuitBreaker:
     def refusal(self) -> CircuitOpenError | None:
         """The error a call would be refused with right now, or None; admits nothing.
 
-        Lets callers refuse before doing any work of their own (reading a body, say).
+        Lets callers refuse before doing any work of their own (reading a body, say). A refusal for
+        want of the fleet's trial permit is announced (:class:`TrialWanted`): it is the demand for one.
         """
         if self._mode == "forced_open":
             return CircuitOpenError(
@@ -215,6 +217,8 @@ class CircuitBreaker:
         gate = self._trial_gate.refusal() if state == "half_open" else None
         if gate is None:
             return None
+        if gate == "no_permit":
+            self._events.publish(TrialWanted(self.name))  # the fleet races for the claim now, not next round
         why = "another gateway process holds its trial call" if gate == "no_permit" else "its trial call is in progress"
         return CircuitOpenError(
             f"circuit breaker {self.name!r} is half-open and {why}",

@@ -41,6 +41,13 @@ class TrialAdmitted:
 
 
 @dataclass(frozen=True, slots=True)
+class TrialWanted:
+    """A caller was refused by a half-open breaker because this process holds no trial permit."""
+
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
 class TrialReleased:
     """A half-open trial ended without deciding the period (rejected, or its client left)."""
 

@@ -7,6 +7,7 @@ separate process has; only the event loop is shared, which the fleet never relie
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from gateway.app_keys import FLEET, ROUTES
@@ -204,3 +205,43 @@ async def test_a_trial_winner_without_traffic_holds_up_recovery_for_about_a_seco
         assert time.monotonic() - half_open < 2.5, "recovery waited on a claim nobody used"
         await asyncio.sleep(0.05)
     await eventually(lambda: breaker(first).state == "closed", within=1.0)  # B's success closes A too
+
+
+def _only_route_a(sim: Simulator) -> str:
+    return json.dumps([{"name": "a", "url": sim.route_url("a")}])
+
+
+async def _half_open_claim_given_back(make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer) -> Client:
+    """A one-route member whose half-open trial claim it won, held unused, and gave back."""
+    member = await fleet_member(
+        make_gateway, sim, redis, redis.prefix(), upstreams=_only_route_a(sim), breaker_reset_seconds=0.3
+    )
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    while breaker(member).state != "open":
+        await chat(member)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, and the claim is ours
+    await eventually(lambda: not breaker(member).admits(), within=2.0)  # no caller came: given back
+    return member
+
+
+async def test_a_claim_won_without_callers_is_not_raced_for_again_at_once(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A member with no use for the trial sits out the next round, so a peer with callers wins it."""
+    member = await _half_open_claim_given_back(make_gateway, sim, redis_server)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert not breaker(member).admits(), "won the claim again although nobody here wanted a trial"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_caller_refused_for_want_of_the_claim_makes_its_member_race_for_it_at_once(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """The refusal is the demand: the member claims the free trial within a moment, not at its next round."""
+    member = await _half_open_claim_given_back(make_gateway, sim, redis_server)
+    assert await chat(member) == 503  # half-open, and this process holds no claim
+    await asyncio.sleep(0.4)
+    assert await chat(member) == 200  # the trial
+    assert breaker(member).state == "closed"

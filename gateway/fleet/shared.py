@@ -19,10 +19,10 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.events import BreakerChanged, ProbeFinished, TrialAdmitted, TrialReleased
+from gateway.events import BreakerChanged, ProbeFinished, TrialAdmitted, TrialReleased, TrialWanted
 from gateway.fleet.link import RedisLink
 from gateway.fleet.messages import Closed, Keys, Override, OverrideTarget, Probe, Trip, decode
 from gateway.fleet.overrides import OverrideSharing
@@ -43,6 +43,7 @@ class RouteShare:
     lease_held: bool = False
     claim_key: str | None = None  # a trial claim we won, until our trial call starts
     held_claim: str | None = None  # a claim held for our running trial call
+    trial_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # a caller here was refused for want of it
 
 
 class SharedHealth:
@@ -83,6 +84,7 @@ class SharedHealth:
             events.subscribe(BreakerChanged, functools.partial(self.trips.breaker_changed, share))
             events.subscribe(TrialAdmitted, functools.partial(self.trips.trial_admitted, share))
             events.subscribe(TrialReleased, functools.partial(self.trips.trial_released, share))
+            events.subscribe(TrialWanted, functools.partial(self.trips.trial_wanted, share))
             events.subscribe(ProbeFinished, functools.partial(self.probes.probe_finished, share))
             share.route.prober.may_probe = functools.partial(ProbeSharing.may_probe, self.link, share)
 

@@ -6,9 +6,12 @@
   which period it is in without comparing clocks.
 * When the period ends, processes race ``SET NX PX`` on that period's trial key. The
   winner's claim lasts :data:`CLAIM_SECONDS` unless its trial call starts (then it is held
-  for the call); a claim that lapses unused, or a trial that ends neutral, is given back and
-  raced for again. Losers refuse (half-open busy) until the outcome arrives: :class:`Closed`
-  closes everyone and deletes the trip key; a failure is a new :class:`Trip`.
+  for the call); a trial that ends neutral is given back and raced for again. A claim that no
+  caller used is given back too, and its winner sits out the next round, so the claim goes
+  to a process that has callers. Losers refuse (half-open busy) until the outcome arrives:
+  :class:`Closed` closes everyone and deletes the trip key; a failure is a new :class:`Trip`.
+  They race again every :data:`CLAIM_SECONDS`, or sooner when one of their callers is
+  refused for want of the claim (:class:`TrialWanted`): the claim follows the demand.
 * A trip made while Redis was away is published on reconnection, unless the fleet already
   has an open period.
 """
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import redis.asyncio as redis
 
-from gateway.events import BreakerChanged, TrialAdmitted, TrialReleased
+from gateway.events import BreakerChanged, TrialAdmitted, TrialReleased, TrialWanted
 from gateway.fleet import scripts
 from gateway.fleet.messages import Closed, Keys, Trip, encode, stored_trip
 
@@ -42,6 +46,8 @@ CLAIM_SECONDS: Final = 1.0
 _CLAIM_MARGIN: Final = 0.25
 # A started trial lasts until the first token; its claim outlives that by this margin.
 _TRIAL_MARGIN: Final = 2.0
+# Refused callers wake the race, at most this often: a peer's trial may run for many seconds.
+_WANTED_RETRY_SECONDS: Final = 0.1
 
 
 class TripSharing:
@@ -97,6 +103,11 @@ class TripSharing:
         if held == 0:
             log.warning("trial claim lapsed before its call started; a peer may run a trial too route=%s", route)
 
+    @staticmethod
+    def trial_wanted(share: RouteShare, event: TrialWanted) -> None:
+        """Subscriber: a caller here was refused for want of the claim; race for it now."""
+        share.trial_wanted.set()
+
     def trial_released(self, share: RouteShare, event: TrialReleased) -> None:
         """Subscriber: our trial ended neutral; give the claim back so the fleet's next caller tries."""
         key, share.held_claim = share.held_claim, None
@@ -141,21 +152,34 @@ class TripSharing:
         key = self._keys.trial(share.route.name, trip_id or f"local-{self._origin}")
         claim_ms = math.ceil(CLAIM_SECONDS * 1000)
         while breaker.state == "half_open" and share.trip_id == trip_id:
+            share.trial_wanted.clear()  # refusals from here on are demand for this round
             sent_at = self._clock()
             won = await self._link.call(lambda client: client.set(key, self._origin, nx=True, px=claim_ms))
             if won is None and not self._link.up:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
+            pause = CLAIM_SECONDS
             if won:
                 share.claim_key = key
                 breaker.permit_trial(until=sent_at + CLAIM_SECONDS - _CLAIM_MARGIN)
                 await asyncio.sleep(CLAIM_SECONDS)
                 if share.claim_key != key:
                     return  # the trial started (or Redis went and we decide alone)
-                # Won but no call came: let the claim lapse, and stop acting as the trial.
+                # Won but no call came: stop acting as the trial, hand the claim back, and sit out
+                # a round (unless a caller turns up here) so a peer with callers wins it.
                 share.claim_key = None
                 breaker.revoke_trial_permit()
-            await asyncio.sleep(CLAIM_SECONDS)
+                await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
+                pause = 2 * CLAIM_SECONDS
+            await self._until_wanted(share, pause)
+
+    @staticmethod
+    async def _until_wanted(share: RouteShare, seconds: float) -> None:
+        """Wait ``seconds``, or less once a caller here has been refused for want of the claim."""
+        await asyncio.sleep(_WANTED_RETRY_SECONDS)  # a burst of refusals is one race, not one per caller
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(seconds - _WANTED_RETRY_SECONDS, 0.0)):
+                await share.trial_wanted.wait()
 
     async def _give_back_and_claim(self, share: RouteShare, key: str) -> None:
         await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
