@@ -130,8 +130,10 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         )
         fleet.start()
     if settings.probe_enabled:
+        # A process joining a fleet adopts its recent probe results (or takes a lease and probes
+        # then) instead of adding a probe per process and route to every restart.
         for route in routes:
-            route.prober.start()
+            route.prober.start(after=fleet.joined if fleet is not None else None)
     try:
         yield
     finally:

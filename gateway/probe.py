@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
@@ -107,8 +107,10 @@ class Prober:
         self._events.publish(ProbeFinished(self._flag.route, result, started=started))
         return result
 
-    async def run(self) -> None:
-        """Probe forever; survives every exception; ends only by cancellation."""
+    async def run(self, after: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Probe forever, once ``after`` returns; survives every exception; ends only by cancellation."""
+        if after is not None:
+            await after()
         while True:
             # Cleared before probing, so a trigger that arrives during the probe is kept.
             self._wake.clear()
@@ -123,9 +125,9 @@ class Prober:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
-    def start(self) -> None:
-        """Start the background task."""
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"health-probe-{self._flag.route}")
+    def start(self, after: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start the background task; the first probe waits for ``after`` (joining the fleet, say)."""
+        self._task = asyncio.get_running_loop().create_task(self.run(after), name=f"health-probe-{self._flag.route}")
 
     async def stop(self) -> None:
         """Cancel the task and wait for it."""

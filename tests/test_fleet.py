@@ -13,7 +13,7 @@ import time
 from gateway.app_keys import FLEET, ROUTES
 from gateway.events import BreakerChanged
 from gateway.simulator import SimFaults, Simulator
-from monitoring.processes import eventually
+from monitoring.processes import eventually, free_port
 from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member
 from tests.gateway_support import GatewayFactory
 from tests.metrics_support import scrape, value
@@ -245,3 +245,29 @@ async def test_a_caller_refused_for_want_of_the_claim_makes_its_member_race_for_
     await asyncio.sleep(0.4)
     assert await chat(member) == 200  # the trial
     assert breaker(member).state == "closed"
+
+
+async def test_a_member_joining_a_fleet_that_probed_recently_does_not_probe_at_start(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Restarting N workers costs the upstream no burst of N probes: the fleet's last results are adopted."""
+    prefix = redis_server.prefix()
+    probing = {"probe_enabled": True, "probe_interval": 30.0, "probe_unhealthy_interval": 30.0}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
+    await eventually(lambda: all(first.app[ROUTES][name].flag.last_probe is not None for name in "ab"), within=3.0)
+    before = {name: sim.route_stats(name).requests_total for name in "ab"}
+    late = await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
+    await asyncio.sleep(0.5)
+    assert {name: sim.route_stats(name).requests_total - before[name] for name in "ab"} == {"a": 0, "b": 0}
+    assert all(late.app[ROUTES][name].flag.last_probe is not None for name in "ab")  # adopted, not sent
+
+
+async def test_a_member_that_cannot_reach_redis_at_start_probes_at_once(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Waiting to join the fleet ends when Redis refuses: the process probes alone, not an interval later."""
+    gateway = await make_gateway(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", probe_enabled=True, probe_interval=30.0
+    )
+    await eventually(lambda: gateway.app[ROUTES]["default"].flag.last_probe is not None, within=3.0)
+    assert not gateway.app[FLEET].up

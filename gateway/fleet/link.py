@@ -52,6 +52,7 @@ class RedisLink:
         self._client: redis.Redis | None = None
         self._lost = asyncio.Event()
         self.up = False
+        self.settled = asyncio.Event()  # the first attempt synced or failed: sharing, or deciding alone
         self._told = False  # an outage was logged; the next one is logged after a successful sync
         self._task: asyncio.Task[None] | None = None
 
@@ -86,6 +87,7 @@ class RedisLink:
     def _mark_down(self, why: str) -> None:
         """Once per outage: log, tell the owner; every call fails fast until the next session."""
         self._lost.set()
+        self.settled.set()
         if self.up:
             self.up = False
             self._told = True
@@ -130,6 +132,7 @@ class RedisLink:
             if self._lost.is_set():
                 return False  # the re-sync failed: back off as from any failed connection
             self.up, self._told = True, False
+            self.settled.set()
             log.info("shared state connected channel=%s", self._channel)
             await self._relay(client, pubsub)
             return True

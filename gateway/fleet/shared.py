@@ -32,6 +32,10 @@ from gateway.route_pool import Route, RoutePool
 
 log = logging.getLogger(__name__)
 
+# A process waits at most this long to join the fleet before its first probe (each Redis
+# call is bounded far below it; this only guards against a bug keeping the link unsettled).
+JOIN_WAIT_MAX_SECONDS = 5.0
+
 
 @dataclass(eq=False)
 class RouteShare:
@@ -97,6 +101,12 @@ class SharedHealth:
         """For /status: whether sharing works, who we are, which probe leases we hold."""
         held = sorted(name for name, share in self._shares.items() if share.lease_held and self.up)
         return {"up": self.up, "origin": self.origin, "probe_leases": held}
+
+    async def joined(self) -> None:
+        """Until the first connection attempt has synced (the fleet's probe results adopted) or failed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(JOIN_WAIT_MAX_SECONDS):
+                await self.link.settled.wait()
 
     def start(self) -> None:
         """Connect and keep the probe leases, in the background."""
