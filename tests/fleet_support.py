@@ -31,6 +31,11 @@ def fleet_routes(sim: Simulator) -> str:
     )
 
 
+def only_route_a(sim: Simulator) -> str:
+    """GATEWAY_UPSTREAMS for route a alone: with it refusing, callers are refused, not failed over."""
+    return json.dumps([{"name": "a", "url": sim.route_url("a")}])
+
+
 async def fleet_member(
     make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, prefix: str, **extra: Any
 ) -> Client:

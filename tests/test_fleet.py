@@ -7,15 +7,14 @@ separate process has; only the event loop is shared, which the fleet never relie
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from gateway.app_keys import FLEET, ROUTES
 from gateway.events import BreakerChanged
 from gateway.simulator import SimFaults, Simulator
 from monitoring.processes import eventually, free_port
-from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member
-from tests.gateway_support import GatewayFactory
+from tests.fleet_support import ADMIN, CHAT, Client, breaker, chat, fleet_member, only_route_a
+from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import scrape, value
 from tests.redis_support import RedisServer
 
@@ -207,21 +206,17 @@ async def test_a_trial_winner_without_traffic_holds_up_recovery_for_about_a_seco
     await eventually(lambda: breaker(first).state == "closed", within=1.0)  # B's success closes A too
 
 
-def _only_route_a(sim: Simulator) -> str:
-    return json.dumps([{"name": "a", "url": sim.route_url("a")}])
-
-
 async def _half_open_claim_given_back(make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer) -> Client:
     """A one-route member whose half-open trial claim it won, held unused, and gave back."""
     member = await fleet_member(
-        make_gateway, sim, redis, redis.prefix(), upstreams=_only_route_a(sim), breaker_reset_seconds=0.3
+        make_gateway, sim, redis, redis.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3
     )
     sim.set_faults(SimFaults(http_status=500), route="a")
     while breaker(member).state != "open":
         await chat(member)
     sim.set_faults(SimFaults(), route="a")
     await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, and the claim is ours
-    await eventually(lambda: not breaker(member).admits(), within=2.0)  # no caller came: given back
+    await eventually(lambda: not breaker(member).admits(), within=2.0)  # no caller came: the permit ended
     return member
 
 
@@ -242,9 +237,26 @@ async def test_a_caller_refused_for_want_of_the_claim_makes_its_member_race_for_
     """The refusal is the demand: the member claims the free trial within a moment, not at its next round."""
     member = await _half_open_claim_given_back(make_gateway, sim, redis_server)
     assert await chat(member) == 503  # half-open, and this process holds no claim
-    await asyncio.sleep(0.4)
+    # Its next round would be 2 s away (it sits out after an unused claim); the demand cuts that short.
+    await eventually(lambda: breaker(member).admits(), within=0.9)
     assert await chat(member) == 200  # the trial
     assert breaker(member).state == "closed"
+
+
+async def test_a_lone_client_that_comes_back_after_its_retry_after_finds_the_claim_won_for_it(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A claim won on a refused caller's demand lasts past the Retry-After that caller was given."""
+    member = await _half_open_claim_given_back(make_gateway, sim, redis_server)
+    statuses = []
+    for _ in range(3):
+        response = await member.post(CHAT, json=chat_body("fleet"))
+        await response.read()
+        statuses.append(response.status)
+        if response.status != 503:
+            break
+        await asyncio.sleep(float(response.headers["Retry-After"]) + 0.2)  # a client a little late
+    assert statuses == [503, 200]
 
 
 async def test_a_member_joining_a_fleet_that_probed_recently_does_not_probe_at_start(

@@ -23,7 +23,7 @@ from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
 from monitoring.processes import eventually
 from tests.clock_support import FakeClock
-from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes
+from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes, only_route_a
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.redis_support import RedisCutter, RedisServer
 
@@ -393,3 +393,23 @@ async def test_a_trial_permit_never_outlives_its_claim(
     clock.advance(0.8)  # still within the claim's 1 s in Redis, but no longer safely
     assert breaker(member).state == "half_open"
     assert not breaker(member).admits()
+
+
+async def test_one_claim_race_per_period_however_often_the_link_re_syncs(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A re-sync while half-open does not start a second race next to one still running (they fought over the claim)."""
+    member = await fleet_member(
+        make_gateway, sim, redis_server, redis_server.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3
+    )
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(member)
+    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
+    for _ in range(3):  # what a blip of the link does when it comes back (on_up), while the race sleeps
+        await member.app[FLEET]._resync()
+
+    def claim_races() -> int:
+        running = [task for task in asyncio.all_tasks() if not task.done()]
+        return sum(getattr(task.get_coro(), "__qualname__", "") == "TripSharing.claim_trial" for task in running)
+
+    assert claim_races() == 1

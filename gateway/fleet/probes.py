@@ -43,7 +43,7 @@ class ProbeSharing:
         *,
         probe_interval: float,
         clock: Callable[[], float],
-        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
     ) -> None:
         self._link = link
         self._keys = keys

@@ -21,6 +21,12 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if won now, else {0, ms until the holder's claim lapses}.
+CLAIM_OR_WAIT: Final = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
+return {0, redis.call('pttl', KEYS[1])}
+"""
+
 # KEYS[1] key, ARGV[1] expected value, ARGV[2] ttl ms -> 1 if the key is still mine and now lasts ttl.
 EXTEND_IF_VALUE: Final = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end

@@ -48,6 +48,8 @@ class RouteShare:
     claim_key: str | None = None  # a trial claim we won, until our trial call starts
     held_claim: str | None = None  # a claim held for our running trial call
     trial_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # a caller here was refused for want of it
+    claimer: asyncio.Task[None] | None = None  # the one race for the trial claim this process runs
+    claimer_trip: str | None = None  # the period that race is for
 
 
 class SharedHealth:
@@ -165,7 +167,7 @@ class SharedHealth:
             if breaker.mode == "auto" and breaker.state == "half_open":
                 # Went half-open while away (and took a local permit): race the fleet for it now.
                 breaker.revoke_trial_permit()
-                self._spawn(self.trips.claim_trial(share))
+                self.trips.start_claiming(share)
         self._on_state(True)
         self.probes.wake.set()
 
@@ -175,7 +177,8 @@ class SharedHealth:
             TripSharing.went_down(share)
         self._on_state(False)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

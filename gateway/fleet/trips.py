@@ -4,14 +4,17 @@
   period, its length) and stores it in a key that expires with the period. Every process,
   the sender included, adopts the id of each trip in arrival order, so the fleet agrees on
   which period it is in without comparing clocks.
-* When the period ends, processes race ``SET NX PX`` on that period's trial key. The
-  winner's claim lasts :data:`CLAIM_SECONDS` unless its trial call starts (then it is held
-  for the call); a trial that ends neutral is given back and raced for again. A claim that no
-  caller used is given back too, and its winner sits out the next round, so the claim goes
-  to a process that has callers. Losers refuse (half-open busy) until the outcome arrives:
-  :class:`Closed` closes everyone and deletes the trip key; a failure is a new :class:`Trip`.
-  They race again every :data:`CLAIM_SECONDS`, or sooner when one of their callers is
-  refused for want of the claim (:class:`TrialWanted`): the claim follows the demand.
+* When the period ends, each process runs one race for that period's trial key (``SET NX
+  PX``). The winner's claim lasts :data:`CLAIM_SECONDS` unless its trial call starts (then
+  it is held for the call); a trial that ends neutral is given back and raced for again.
+  Losers refuse (half-open busy) until the outcome arrives: :class:`Closed` closes everyone
+  and deletes the trip key; a failure is a new :class:`Trip`.
+* The claim follows the demand. A process races again every :data:`CLAIM_SECONDS`, or as
+  soon as the holder's claim can lapse once one of its own callers has been refused for want
+  of it (:class:`TrialWanted`). A claim won on such demand lasts until the refused caller's
+  Retry-After has passed, so that caller finds it. A claim that no caller used is given back
+  when its permit ends, and its winner sits out a round unless its own callers are refused,
+  so the claim goes to a process that has callers.
 * A trip made while Redis was away is published on reconnection, unless the fleet already
   has an open period.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import uuid
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import redis.asyncio as redis
 
+from gateway.breaker import HALF_OPEN_BUSY_RETRY_AFTER
 from gateway.events import BreakerChanged, TrialAdmitted, TrialReleased, TrialWanted
 from gateway.fleet import scripts
 from gateway.fleet.messages import Closed, Keys, Trip, encode, stored_trip
@@ -46,7 +51,7 @@ CLAIM_SECONDS: Final = 1.0
 _CLAIM_MARGIN: Final = 0.25
 # A started trial lasts until the first token; its claim outlives that by this margin.
 _TRIAL_MARGIN: Final = 2.0
-# Refused callers wake the race, at most this often: a peer's trial may run for many seconds.
+# Refused callers wake the race no sooner than this after the last attempt (a burst is one race).
 _WANTED_RETRY_SECONDS: Final = 0.1
 
 
@@ -61,7 +66,7 @@ class TripSharing:
         *,
         trial_timeout: float,
         clock: Callable[[], float],
-        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
     ) -> None:
         self._link = link
         self._keys = keys
@@ -88,7 +93,7 @@ class TripSharing:
         elif event.new == "closed" and event.by_traffic and event.old == "half_open" and share.trip_id:
             self._spawn(self._publish_closed(share.route.name, share.trip_id))
         elif event.new == "half_open" and breaker.trial_needs_permit:
-            self._spawn(self.claim_trial(share))
+            self.start_claiming(share)
 
     def trial_admitted(self, share: RouteShare, event: TrialAdmitted) -> None:
         """Subscriber: our trial call is under way; hold the claim (still ours) for as long as it may take."""
@@ -146,44 +151,60 @@ class TripSharing:
         keys = [self._keys.trip(route), self._keys.channel]
         await self._link.call(lambda client: client.eval(scripts.CLOSE_PERIOD, 2, *keys, trip_id, message))
 
+    def start_claiming(self, share: RouteShare) -> None:
+        """Race for the current period's trial, unless this process already does."""
+        running = share.claimer
+        if running is not None and not running.done() and share.claimer_trip == share.trip_id:
+            return  # two races of one process would wake, revoke and give back each other's claims
+        share.trial_wanted.clear()  # callers refused in an earlier period are no demand for this one
+        share.claimer_trip = share.trip_id
+        share.claimer = self._spawn(self.claim_trial(share))
+
     async def claim_trial(self, share: RouteShare) -> None:
         """Race for this period's trial until we win it, or the period ends, or Redis goes."""
         breaker, trip_id = share.route.breaker, share.trip_id
         key = self._keys.trial(share.route.name, trip_id or f"local-{self._origin}")
-        claim_ms = math.ceil(CLAIM_SECONDS * 1000)
         while breaker.state == "half_open" and share.trip_id == trip_id:
-            share.trial_wanted.clear()  # refusals from here on are demand for this round
+            wanted = share.trial_wanted.is_set()
+            share.trial_wanted.clear()  # refusals from here on are demand for the next attempt
+            # Won on demand, the claim outlasts the Retry-After the refused caller was given.
+            hold = CLAIM_SECONDS + (HALF_OPEN_BUSY_RETRY_AFTER if wanted else 0.0)
             sent_at = self._clock()
-            won = await self._link.call(lambda client: client.set(key, self._origin, nx=True, px=claim_ms))
-            if won is None and not self._link.up:
+            claim = functools.partial(_claim_or_wait, key, self._origin, math.ceil(hold * 1000))
+            reply = await self._link.call(claim)
+            if reply is None and not self._link.up:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
+            won, holder_ms = (int(reply[0]), int(reply[1])) if isinstance(reply, list) else (0, 0)
+            # Lost: racing again before the holder's claim can lapse would be futile.
+            soonest = min(max(holder_ms / 1000, _WANTED_RETRY_SECONDS), CLAIM_SECONDS)
             pause = CLAIM_SECONDS
             if won:
                 share.claim_key = key
-                breaker.permit_trial(until=sent_at + CLAIM_SECONDS - _CLAIM_MARGIN)
-                await asyncio.sleep(CLAIM_SECONDS)
+                permit_until = sent_at + hold - _CLAIM_MARGIN
+                breaker.permit_trial(until=permit_until)
+                await asyncio.sleep(max(permit_until - self._clock(), 0.0))
                 if share.claim_key != key:
                     return  # the trial started (or Redis went and we decide alone)
-                # Won but no call came: stop acting as the trial, hand the claim back, and sit out
-                # a round (unless a caller turns up here) so a peer with callers wins it.
+                # No call came: stop acting as the trial and hand the claim back now; unless
+                # callers here want it, sit out a round so a peer with callers wins it.
                 share.claim_key = None
                 breaker.revoke_trial_permit()
                 await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
-                pause = 2 * CLAIM_SECONDS
-            await self._until_wanted(share, pause)
+                soonest, pause = _WANTED_RETRY_SECONDS, 2 * CLAIM_SECONDS
+            await self._until_wanted(share, pause, soonest=soonest)
 
     @staticmethod
-    async def _until_wanted(share: RouteShare, seconds: float) -> None:
-        """Wait ``seconds``, or less once a caller here has been refused for want of the claim."""
-        await asyncio.sleep(_WANTED_RETRY_SECONDS)  # a burst of refusals is one race, not one per caller
+    async def _until_wanted(share: RouteShare, seconds: float, *, soonest: float) -> None:
+        """Wait ``seconds``, or only ``soonest`` if a caller here has been refused for want of the claim."""
+        await asyncio.sleep(soonest)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(seconds - _WANTED_RETRY_SECONDS, 0.0)):
+            async with asyncio.timeout(max(seconds - soonest, 0.0)):
                 await share.trial_wanted.wait()
 
     async def _give_back_and_claim(self, share: RouteShare, key: str) -> None:
         await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
-        await self.claim_trial(share)
+        self.start_claiming(share)
 
     # -- from the fleet ------------------------------------------------------------------------
 
@@ -232,3 +253,7 @@ class TripSharing:
         share.claim_key = share.held_claim = None
         share.route.breaker.trial_needs_permit = False
         share.route.breaker.permit_trial()
+
+
+async def _claim_or_wait(key: str, origin: str, ttl_ms: int, client: redis.Redis) -> Any:
+    return await client.eval(scripts.CLAIM_OR_WAIT, 1, key, origin, ttl_ms)
