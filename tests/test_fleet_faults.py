@@ -413,3 +413,52 @@ async def test_one_claim_race_per_period_however_often_the_link_re_syncs(
         return sum(getattr(task.get_coro(), "__qualname__", "") == "TripSharing.claim_trial" for task in running)
 
     assert claim_races() == 1
+
+
+async def _one_route_member_tripped(
+    make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, **extra: Any
+) -> Client:
+    member = await fleet_member(
+        make_gateway, sim, redis, redis.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3, **extra
+    )
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(member)
+    return member
+
+
+async def _until_served(member: Client, seconds: float) -> list[int]:
+    """Chat every 0.2 s until one is answered (or ``seconds`` pass); the statuses."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and 200 not in statuses:
+        statuses.append(await chat(member))
+        await asyncio.sleep(0.2)
+    return statuses
+
+
+async def test_a_neutral_trial_while_the_won_claim_waits_leaves_the_race_running(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """The trial is rejected (neutral) inside the claim's window: the process races again, the route recovers."""
+    member = await _one_route_member_tripped(make_gateway, sim, redis_server)
+    sim.set_faults(SimFaults(http_status=400), route="a")
+    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, the claim is ours
+    assert await chat(member) == 400  # the trial, rejected: it decides nothing
+    sim.set_faults(SimFaults(), route="a")
+    statuses = await _until_served(member, 5.0)
+    assert statuses[-1] == 200, statuses
+
+
+async def test_a_link_blip_while_the_won_claim_waits_leaves_the_race_running(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """Redis is cut and back within the claim's window: the process races again, the route recovers."""
+    member = await _one_route_member_tripped(make_gateway, sim, redis_server, redis_url=cutter.url)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, the claim is ours
+    cutter.cut()
+    await eventually(lambda: not member.app[FLEET].up, within=1.0)
+    cutter.restore()
+    await eventually(lambda: member.app[FLEET].up, within=3.0)
+    statuses = await _until_served(member, 5.0)
+    assert statuses[-1] == 200, statuses

@@ -21,9 +21,14 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if won now, else {0, ms until the holder's claim lapses}.
+# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if mine now (free, or already mine:
+# a race restarted after a blip), else {0, ms until the holder's claim lapses}.
 CLAIM_OR_WAIT: Final = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
+local holder = redis.call('get', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, 0}
+end
 return {0, redis.call('pttl', KEYS[1])}
 """
 

@@ -156,7 +156,8 @@ class TripSharing:
         running = share.claimer
         if running is not None and not running.done() and share.claimer_trip == share.trip_id:
             return  # two races of one process would wake, revoke and give back each other's claims
-        share.trial_wanted.clear()  # callers refused in an earlier period are no demand for this one
+        if share.claimer_trip != share.trip_id:
+            share.trial_wanted.clear()  # callers refused in an earlier period are no demand for this one
         share.claimer_trip = share.trip_id
         share.claimer = self._spawn(self.claim_trial(share))
 
@@ -185,7 +186,9 @@ class TripSharing:
                 breaker.permit_trial(until=permit_until)
                 await asyncio.sleep(max(permit_until - self._clock(), 0.0))
                 if share.claim_key != key:
-                    return  # the trial started (or Redis went and we decide alone)
+                    if share.held_claim == key:
+                        return  # our trial runs on it; its end decides the period or restarts the race
+                    continue  # it ended neutral, or Redis blipped: the restart found us still running
                 # No call came: stop acting as the trial and hand the claim back now; unless
                 # callers here want it, sit out a round so a peer with callers wins it.
                 share.claim_key = None
