@@ -153,8 +153,7 @@ class TripSharing:
 
     def start_claiming(self, share: RouteShare) -> None:
         """Race for the current period's trial, unless this process already does."""
-        running = share.claimer
-        if running is not None and not running.done() and share.claimer_trip == share.trip_id:
+        if self._racing(share):
             return  # two races of one process would wake, revoke and give back each other's claims
         if share.claimer_trip != share.trip_id:
             share.trial_wanted.clear()  # callers refused in an earlier period are no demand for this one
@@ -206,8 +205,18 @@ class TripSharing:
                 await share.trial_wanted.wait()
 
     async def _give_back_and_claim(self, share: RouteShare, key: str) -> None:
+        if self._racing(share):
+            # Our race wakes when its permit ends and takes the claim again; deleting it now could
+            # land after that and leave us a permit without a claim.
+            return
         await self._link.call(lambda client: client.eval(scripts.DELETE_IF_VALUE, 1, key, self._origin))
         self.start_claiming(share)
+
+    @staticmethod
+    def _racing(share: RouteShare) -> bool:
+        """Whether this process runs a race for the current period."""
+        running = share.claimer
+        return running is not None and not running.done() and share.claimer_trip == share.trip_id
 
     # -- from the fleet ------------------------------------------------------------------------
 
