@@ -129,6 +129,8 @@ class CircuitBreaker:
             on_end=self._period_over,
         )
         self._trial_gate = TrialGate(slots=half_open_calls, clock=clock)
+        # Set by the fleet: checks, before a trial call is sent, that its claim still stands.
+        self.trial_confirmer: Callable[[], Awaitable[bool]] | None = None
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
 
     # -- read side ---------------------------------------------------------------------------
@@ -250,6 +252,10 @@ class CircuitBreaker:
             self._trial_gate.give_back()
             # The period did not change: the trial ended neutral (rejected, client gone).
             self._events.publish(TrialReleased(self.name))
+
+    async def confirm_trial(self) -> bool:
+        """Before a trial call is sent: whether the fleet's claim on it still stands (always, alone)."""
+        return self.trial_confirmer is None or await self.trial_confirmer()
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """Count ``error`` (before or after the first token) if it says something about the upstream."""

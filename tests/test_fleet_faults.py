@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.app_keys import FLEET, ROUTES
+from gateway.events import TrialAdmitted
 from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
@@ -462,3 +463,76 @@ async def test_a_link_blip_while_the_won_claim_waits_leaves_the_race_running(
     await eventually(lambda: member.app[FLEET].up, within=3.0)
     statuses = await _until_served(member, 5.0)
     assert statuses[-1] == 200, statuses
+
+
+async def _trial_running_on_first(first: Client, second: Client, sim: Simulator) -> asyncio.Task[int]:
+    """Trip a (on both), heal it slowly (4 s to the first token), and start the first member's trial."""
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+    sim.set_faults(SimFaults(slow_first_token=4.0), route="a")
+    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
+    deadline = time.monotonic() + 5
+    while not breaker(first).admits():  # refused callers are the demand that wins it the claim
+        assert time.monotonic() < deadline
+        await chat(first)
+        await asyncio.sleep(0.05)
+    trial = asyncio.create_task(chat(first))
+    await eventually(lambda: sim.route_stats("a").active_streams == 1, within=1.0)
+    return trial
+
+
+async def test_a_blip_during_a_running_trial_neither_hands_its_claim_on_nor_admits_a_second(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """Redis blips for the trial holder while its trial runs: no other trial, here or at a peer, until it ends."""
+    prefix = redis_server.prefix()
+    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url, **extra)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
+    trial = await _trial_running_on_first(first, second, sim)
+    cutter.cut()
+    await eventually(lambda: not first.app[FLEET].up, within=2.0)
+    cutter.restore()
+    await eventually(lambda: first.app[FLEET].up, within=3.0)
+    while not trial.done():
+        assert not breaker(first).admits(), "a second trial here while the first runs"
+        assert await chat(second) == 503, "a trial at the peer while ours runs"
+        await asyncio.sleep(0.05)
+    assert await trial == 200
+    assert sim.route_stats("a").active_streams == 0
+
+
+async def test_a_trial_whose_claim_lapsed_before_it_was_sent_is_not_sent(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A loop stall between admission and sending lets the claim lapse: the call is refused, not sent."""
+    prefix, extra = redis_server.prefix(), {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
+    while not breaker(first).admits():
+        await chat(first)
+        await asyncio.sleep(0.05)
+    # Stall the loop 2.5 s right at admission: longer than any claim lasts unconfirmed.
+    first.app[ROUTES]["a"].events.subscribe(TrialAdmitted, lambda event: time.sleep(2.5))
+    before = sim.route_stats("a").requests_total
+    assert await chat(first) == 503
+    assert sim.route_stats("a").requests_total == before
+
+
+async def test_after_a_neutral_trial_the_next_caller_here_is_the_trial(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """The claim's permit still runs when the trial ends neutral: it passes to the next caller (arrow b6)."""
+    member = await _one_route_member_tripped(make_gateway, sim, redis_server)
+    sim.set_faults(SimFaults(http_status=400), route="a")
+    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, the claim is ours
+    assert await chat(member) == 400  # the trial, rejected: it decides nothing
+    sim.set_faults(SimFaults(), route="a")
+    assert await chat(member) == 200
+    assert breaker(member).state == "closed"

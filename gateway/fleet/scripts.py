@@ -21,12 +21,17 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if mine now (free, or already mine:
-# a race restarted after a blip), else {0, ms until the holder's claim lapses}.
+# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if mine now (free, or already mine: a
+# race restarted after a blip; never shortened, it may be held for a running trial), else
+# {0, ms until the holder's claim lapses}.
 CLAIM_OR_WAIT: Final = """
 local holder = redis.call('get', KEYS[1])
-if holder == false or holder == ARGV[1] then
+if holder == false then
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, 0}
+end
+if holder == ARGV[1] then
+  if redis.call('pttl', KEYS[1]) < tonumber(ARGV[2]) then redis.call('pexpire', KEYS[1], ARGV[2]) end
   return {1, 0}
 end
 return {0, redis.call('pttl', KEYS[1])}

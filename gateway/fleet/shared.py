@@ -91,6 +91,7 @@ class SharedHealth:
             events.subscribe(TrialAdmitted, functools.partial(self.trips.trial_admitted, share))
             events.subscribe(TrialReleased, functools.partial(self.trips.trial_released, share))
             events.subscribe(TrialWanted, functools.partial(self.trips.trial_wanted, share))
+            share.route.breaker.trial_confirmer = functools.partial(self.trips.confirm_trial, share)
             events.subscribe(ProbeFinished, functools.partial(self.probes.probe_finished, share))
             share.route.prober.may_probe = functools.partial(ProbeSharing.may_probe, self.link, share)
 

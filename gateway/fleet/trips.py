@@ -4,9 +4,12 @@
   period, its length) and stores it in a key that expires with the period. Every process,
   the sender included, adopts the id of each trip in arrival order, so the fleet agrees on
   which period it is in without comparing clocks.
-* When the period ends, each process runs one race for that period's trial key (``SET NX
-  PX``). The winner's claim lasts :data:`CLAIM_SECONDS` unless its trial call starts (then
-  it is held for the call); a trial that ends neutral is given back and raced for again.
+* When the period ends, each process runs one race for that period's trial key
+  (``CLAIM_OR_WAIT``: take it if free, else learn when it lapses). The winner's claim lasts
+  :data:`CLAIM_SECONDS` unless its trial call starts: then it is extended for the call
+  before the call is sent (:meth:`TripSharing.confirm_trial`; a lapsed claim sends nothing).
+  A trial that ends neutral passes the claim to the next caller while the race's permit
+  runs, else gives it back and races again.
   Losers refuse (half-open busy) until the outcome arrives: :class:`Closed` closes everyone
   and deletes the trip key; a failure is a new :class:`Trip`.
 * The claim follows the demand. A process races again every :data:`CLAIM_SECONDS`, or as
@@ -96,17 +99,30 @@ class TripSharing:
             self.start_claiming(share)
 
     def trial_admitted(self, share: RouteShare, event: TrialAdmitted) -> None:
-        """Subscriber: our trial call is under way; hold the claim (still ours) for as long as it may take."""
+        """Subscriber: our trial call was admitted; the claim is now held for it (see :meth:`confirm_trial`)."""
         key, share.claim_key = share.claim_key, None
         if key is not None and self._link.up:
-            self._spawn(self._hold_claim(share.route.name, key))
             share.held_claim = key
 
-    async def _hold_claim(self, route: str, key: str) -> None:
+    async def confirm_trial(self, share: RouteShare) -> bool:
+        """Before our trial call is sent: hold its claim for as long as the call may take. False: it lapsed.
+
+        The permit ends before the claim can lapse, but a stalled loop or a slow Redis can still let
+        it lapse between admission and sending, and a peer may have won it since: then nothing is sent.
+        """
+        key = share.held_claim
+        if key is None:
+            return True  # deciding alone: Redis is away
         args = (key, self._origin, self._trial_ttl_ms)
         held = await self._link.call(lambda client: client.eval(scripts.EXTEND_IF_VALUE, 1, *args))
-        if held == 0:
-            log.warning("trial claim lapsed before its call started; a peer may run a trial too route=%s", route)
+        if held != 0:
+            return True  # held now, or Redis went away meanwhile and this process decides alone
+        log.warning("trial claim lapsed before its call was sent; not sending it route=%s", share.route.name)
+        if share.held_claim == key:
+            share.held_claim = None
+        share.route.breaker.revoke_trial_permit()
+        self.start_claiming(share)
+        return False
 
     @staticmethod
     def trial_wanted(share: RouteShare, event: TrialWanted) -> None:
@@ -117,6 +133,9 @@ class TripSharing:
         """Subscriber: our trial ended neutral; give the claim back so the fleet's next caller tries."""
         key, share.held_claim = share.held_claim, None
         if key is None or not self._link.up:
+            return
+        if self._racing(share):
+            share.claim_key = key  # the race's permit still runs: the next caller here is the trial
             return
         share.route.breaker.revoke_trial_permit()
         self._spawn(self._give_back_and_claim(share, key))
@@ -176,9 +195,12 @@ class TripSharing:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
             won, holder_ms = (int(reply[0]), int(reply[1])) if isinstance(reply, list) else (0, 0)
-            # Lost: racing again before the holder's claim can lapse would be futile.
-            soonest = min(max(holder_ms / 1000, _WANTED_RETRY_SECONDS), CLAIM_SECONDS)
+            # Lost: racing again before the holder's claim can lapse would be futile (a stray key
+            # without a TTL, -1, gets the plain round).
+            soonest = min(max(holder_ms / 1000, _WANTED_RETRY_SECONDS), CLAIM_SECONDS) if holder_ms >= 0 else 1.0
             pause = CLAIM_SECONDS
+            if won and share.held_claim == key:
+                return  # our own trial runs on this claim (a race restarted after a blip): its end decides
             if won:
                 share.claim_key = key
                 permit_until = sent_at + hold - _CLAIM_MARGIN
@@ -249,6 +271,9 @@ class TripSharing:
             stored = stored_trip(raw)
             if stored is not None and isinstance(pttl, int) and pttl > 0:
                 trip_id, duration, trial_ms = stored
+                if trip_id == share.trip_id and share.route.breaker.state == "half_open":
+                    share.trip_shared = True  # already in this period's trial: a re-trip would drop our trial
+                    continue
                 share.trip_id, share.trip_shared = trip_id, True
                 # Past the open period, in its trial window: open for a moment, so the timer
                 # moves us to half-open and we race for the trial like everyone else.
@@ -261,8 +286,8 @@ class TripSharing:
 
     @staticmethod
     def went_down(share: RouteShare) -> None:
-        """Redis is gone: this process runs its own trials."""
-        share.claim_key = share.held_claim = None
+        """Redis is gone: this process runs its own trials (a claim held for a running trial stays noted)."""
+        share.claim_key = None
         share.route.breaker.trial_needs_permit = False
         share.route.breaker.permit_trial()
 
