@@ -167,6 +167,11 @@ class CircuitBreaker:
         self._trial_gate.needs_permit = needed
 
     @property
+    def trials_running(self) -> int:
+        """Trial calls in flight in the current half-open period (0 in any other state)."""
+        return self._trial_gate.running if self._reported == "half_open" else 0
+
+    @property
     def current_open_duration(self) -> float:
         """Length of the current (or, while half-open, the last) open period; reset_timeout after a close."""
         return self._period.duration

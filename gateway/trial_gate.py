@@ -36,6 +36,11 @@ class TrialGate:
             return "busy"
         return None
 
+    @property
+    def running(self) -> int:
+        """Trial calls of the current half-open period in flight."""
+        return self._taken
+
     def take(self) -> None:
         """A trial call was admitted."""
         self._taken += 1

@@ -536,3 +536,29 @@ async def test_after_a_neutral_trial_the_next_caller_here_is_the_trial(
     sim.set_faults(SimFaults(), route="a")
     assert await chat(member) == 200
     assert breaker(member).state == "closed"
+
+
+async def test_a_trial_decided_while_redis_was_away_leaves_no_stale_claim_behind(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+) -> None:
+    """Our trial succeeds during a blip; back, the fleet's open period re-opens us: we must race and recover."""
+    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
+    member = await fleet_member(make_gateway, sim, redis_server, redis_server.prefix(), redis_url=cutter.url, **extra)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(member)
+    sim.set_faults(SimFaults(slow_first_token=1.0), route="a")
+    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
+    deadline = time.monotonic() + 5
+    while not breaker(member).admits():  # refused callers are the demand that wins it the claim
+        assert time.monotonic() < deadline
+        await chat(member)
+        await asyncio.sleep(0.05)
+    trial = asyncio.create_task(chat(member))
+    await eventually(lambda: sim.route_stats("a").active_streams == 1, within=1.0)
+    cutter.cut()
+    await eventually(lambda: not member.app[FLEET].up, within=2.0)
+    assert await trial == 200  # closed here; the fleet never heard (its trip key and our claim live on)
+    cutter.restore()
+    await eventually(lambda: member.app[FLEET].up, within=5.0)
+    statuses = await _until_served(member, 4.0)  # the claim alone would keep it 9 s
+    assert statuses[-1] == 200, statuses

@@ -83,6 +83,8 @@ class TripSharing:
     def breaker_changed(self, share: RouteShare, event: BreakerChanged) -> None:
         """Subscriber: share trips and closes caused by live traffic; race for the trial."""
         breaker = share.route.breaker
+        if event.new != "half_open":
+            share.claim_key = share.held_claim = None  # the trial phase is over: no claim is ours or held
         if event.mode != "auto":
             return
         if event.new == "open" and event.by_traffic:
@@ -101,8 +103,7 @@ class TripSharing:
     def trial_admitted(self, share: RouteShare, event: TrialAdmitted) -> None:
         """Subscriber: our trial call was admitted; the claim is now held for it (see :meth:`confirm_trial`)."""
         key, share.claim_key = share.claim_key, None
-        if key is not None and self._link.up:
-            share.held_claim = key
+        share.held_claim = key if key is not None and self._link.up else None
 
     async def confirm_trial(self, share: RouteShare) -> bool:
         """Before our trial call is sent: hold its claim for as long as the call may take. False: it lapsed.
@@ -113,8 +114,7 @@ class TripSharing:
         key = share.held_claim
         if key is None:
             return True  # deciding alone: Redis is away
-        args = (key, self._origin, self._trial_ttl_ms)
-        held = await self._link.call(lambda client: client.eval(scripts.EXTEND_IF_VALUE, 1, *args))
+        held = await self._link.call(functools.partial(_extend_if_mine, key, self._origin, self._trial_ttl_ms))
         if held != 0:
             return True  # held now, or Redis went away meanwhile and this process decides alone
         log.warning("trial claim lapsed before its call was sent; not sending it route=%s", share.route.name)
@@ -199,8 +199,12 @@ class TripSharing:
             # without a TTL, -1, gets the plain round).
             soonest = min(max(holder_ms / 1000, _WANTED_RETRY_SECONDS), CLAIM_SECONDS) if holder_ms >= 0 else 1.0
             pause = CLAIM_SECONDS
-            if won and share.held_claim == key:
-                return  # our own trial runs on this claim (a race restarted after a blip): its end decides
+            if won and breaker.trials_running:
+                # A trial of ours runs (started across a blip, or while Redis was away): the claim is
+                # its, held for as long as it may take; its end decides or gives the claim back.
+                share.held_claim = key
+                await self._link.call(functools.partial(_extend_if_mine, key, self._origin, self._trial_ttl_ms))
+                return
             if won:
                 share.claim_key = key
                 permit_until = sent_at + hold - _CLAIM_MARGIN
@@ -294,3 +298,7 @@ class TripSharing:
 
 async def _claim_or_wait(key: str, origin: str, ttl_ms: int, client: redis.Redis) -> Any:
     return await client.eval(scripts.CLAIM_OR_WAIT, 1, key, origin, ttl_ms)
+
+
+async def _extend_if_mine(key: str, origin: str, ttl_ms: int, client: redis.Redis) -> Any:
+    return await client.eval(scripts.EXTEND_IF_VALUE, 1, key, origin, ttl_ms)
