@@ -103,7 +103,8 @@ class TripSharing:
     def trial_admitted(self, share: RouteShare, event: TrialAdmitted) -> None:
         """Subscriber: our trial call was admitted; the claim is now held for it (see :meth:`confirm_trial`)."""
         key, share.claim_key = share.claim_key, None
-        share.held_claim = key if key is not None and self._link.up else None
+        if key is not None:  # a further trial of the same permit (half-open calls > 1) leaves the first's claim noted
+            share.held_claim = key if self._link.up else None
 
     async def confirm_trial(self, share: RouteShare) -> bool:
         """Before our trial call is sent: hold its claim for as long as the call may take. False: it lapsed.
