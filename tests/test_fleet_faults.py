@@ -19,6 +19,7 @@ import redis.asyncio as redis
 
 from gateway.app_keys import FLEET, ROUTES
 from gateway.events import TrialAdmitted
+from gateway.fleet import trips
 from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
@@ -408,12 +409,13 @@ async def test_one_claim_race_per_period_however_often_the_link_re_syncs(
     await eventually(lambda: breaker(member).state == "half_open", within=2.0)
     for _ in range(3):  # what a blip of the link does when it comes back (on_up), while the race sleeps
         await member.app[FLEET]._resync()
+    assert _claim_races() == 1
 
-    def claim_races() -> int:
-        running = [task for task in asyncio.all_tasks() if not task.done()]
-        return sum(getattr(task.get_coro(), "__qualname__", "") == "TripSharing.claim_trial" for task in running)
 
-    assert claim_races() == 1
+def _claim_races() -> int:
+    """Races for a trial claim running in this event loop (every member's)."""
+    running = [task for task in asyncio.all_tasks() if not task.done()]
+    return sum(getattr(task.get_coro(), "__qualname__", "") == "TripSharing.claim_trial" for task in running)
 
 
 async def _one_route_member_tripped(
@@ -562,3 +564,77 @@ async def test_a_trial_decided_while_redis_was_away_leaves_no_stale_claim_behind
     await eventually(lambda: member.app[FLEET].up, within=5.0)
     statuses = await _until_served(member, 4.0)  # the claim alone would keep it 9 s
     assert statuses[-1] == 200, statuses
+
+
+async def _half_open_with_our_claim(
+    make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, **extra: Any
+) -> Client:
+    """A one-route member, half-open with the claim won (callers' demand), upstream healthy."""
+    member = await _one_route_member_tripped(make_gateway, sim, redis, timeout_first_token=6.0, **extra)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
+    deadline = time.monotonic() + 5
+    while not breaker(member).admits():
+        assert time.monotonic() < deadline
+        await chat(member)
+        await asyncio.sleep(0.05)
+    return member
+
+
+async def test_a_trial_ending_neutral_while_the_race_holds_its_claim_after_a_blip_leaves_the_race_running(
+    make_gateway: GatewayFactory,
+    sim: Simulator,
+    redis_server: RedisServer,
+    cutter: RedisCutter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race re-takes the claim for our running trial; the trial ends neutral during that round trip."""
+    member = await _half_open_with_our_claim(make_gateway, sim, redis_server, redis_url=cutter.url)
+    member_breaker = breaker(member)
+    ticket = member_breaker.admit()  # our trial, waiting for its first token
+    assert ticket.trial
+    assert await member_breaker.confirm_trial()
+    extend = trips._extend_if_mine
+    seen: list[str] = []
+
+    async def neutral_end_during_the_extension(key: str, origin: str, ttl_ms: int, client: redis.Redis) -> Any:
+        if not seen:
+            seen.append(key)
+            member_breaker.release(ticket)  # the client went away: neutral
+        return await extend(key, origin, ttl_ms, client)
+
+    monkeypatch.setattr(trips, "_extend_if_mine", neutral_end_during_the_extension)
+    await eventually(lambda: _claim_races() == 0, within=3.0)  # the race left the claim to our trial
+    cutter.cut()
+    await eventually(lambda: not member.app[FLEET].up, within=2.0)
+    cutter.restore()
+    await eventually(lambda: member.app[FLEET].up, within=5.0)
+    await eventually(lambda: bool(seen), within=3.0)
+    statuses = await _until_served(member, 5.0)
+    assert statuses[-1] == 200, statuses
+
+
+async def test_with_two_trial_slots_one_neutral_end_keeps_the_claim_for_the_other(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """GATEWAY_BREAKER_HALF_OPEN_CALLS=2: the claim stays ours (no peer can win it) until the last trial ends."""
+    member = await _half_open_with_our_claim(make_gateway, sim, redis_server, breaker_half_open_calls=2)
+    member_breaker = breaker(member)
+    tickets = [member_breaker.admit(), member_breaker.admit()]
+    for _ in tickets:
+        assert await member_breaker.confirm_trial()
+    [key] = await raw_redis.keys("*:route:a:trial:*")
+    await eventually(lambda: _claim_races() == 0, within=3.0)  # the race left the claim to our trials
+    deletes = await _deletes(raw_redis)
+    member_breaker.release(tickets[0])  # neutral
+    await asyncio.sleep(0.3)  # a give-back would have landed
+    # Never given back (and re-won a round trip later: a peer's race could land in between).
+    assert await _deletes(raw_redis) == deletes
+    assert await raw_redis.get(key) == member.app[FLEET].origin.encode()
+    member_breaker.release(tickets[1])
+
+
+async def _deletes(client: redis.Redis) -> int:
+    """DEL commands the server has run so far (those of scripts included)."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_del", {}).get("calls", 0))

@@ -135,6 +135,9 @@ class TripSharing:
         key, share.held_claim = share.held_claim, None
         if key is None or not self._link.up:
             return
+        if share.route.breaker.trials_running:
+            share.held_claim = key  # another trial of ours still runs on this claim (half-open calls > 1)
+            return
         if self._racing(share):
             share.claim_key = key  # the race's permit still runs: the next caller here is the trial
             return
@@ -205,7 +208,9 @@ class TripSharing:
                 # its, held for as long as it may take; its end decides or gives the claim back.
                 share.held_claim = key
                 await self._link.call(functools.partial(_extend_if_mine, key, self._origin, self._trial_ttl_ms))
-                return
+                if share.held_claim == key:
+                    return
+                continue  # that trial ended meanwhile (neutral: the claim was handed to us): race on
             if won:
                 share.claim_key = key
                 permit_until = sent_at + hold - _CLAIM_MARGIN
