@@ -638,3 +638,55 @@ async def _deletes(client: redis.Redis) -> int:
     """DEL commands the server has run so far (those of scripts included)."""
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_del", {}).get("calls", 0))
+
+
+async def test_a_claim_reply_that_outlives_its_period_grants_no_permit_in_the_next(
+    make_gateway: GatewayFactory,
+    sim: Simulator,
+    redis_server: RedisServer,
+    raw_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's claim for period X comes back slowly; meanwhile period Y opens and ends, and B wins Y's trial."""
+    prefix = redis_server.prefix()
+    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_timeout=1.0, **extra)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, redis_timeout=1.0, **extra)
+    origin, keys = first.app[FLEET].origin, Keys(prefix)
+    claim, slow_reply_done = trips._claim_or_wait, asyncio.Event()
+    old_key: list[str] = []
+
+    async def slow_reply_for_the_old_period(key: str, who: str, ttl_ms: int, client: redis.Redis) -> Any:
+        if who == origin and old_key and key == old_key[0] and not slow_reply_done.is_set():
+            reply = await claim(key, who, ttl_ms, client)  # won in Redis at once ...
+            slow_reply_done.set()
+            await asyncio.sleep(0.6)  # ... but the answer takes a while (within the Redis timeout)
+            return reply
+        if who == origin and slow_reply_done.is_set():
+            await asyncio.sleep(0.15)  # the first member's race for the new period comes second
+        return await claim(key, who, ttl_ms, client)
+
+    monkeypatch.setattr(trips, "_claim_or_wait", slow_reply_for_the_old_period)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    await eventually(lambda: breaker(second).state == "open", within=1.0)
+    [trip_key] = await raw_redis.keys(f"{prefix}:route:a:trip")
+    stored = await raw_redis.get(trip_key)
+    assert stored is not None
+    period_x = orjson.loads(stored)["trip_id"]
+    old_key.append(keys.trial("a", period_x))
+    await raw_redis.set(old_key[0], origin, px=3000)  # ours: the first member's race re-takes it
+    sim.set_faults(SimFaults(slow_first_token=3.0), route="a")
+    await asyncio.wait_for(slow_reply_done.wait(), 3.0)
+    period_y = {"v": 1, "kind": "trip", "route": "a", "origin": "peer", "trip_id": "period-y"}
+    await raw_redis.publish(keys.channel, orjson.dumps({**period_y, "open_for": 0.2, "duration": 0.3}))
+    await eventually(lambda: breaker(second).admits(), within=2.0)  # the second member won Y's trial
+    trials = [asyncio.create_task(chat(second))]
+    most = 0
+    for _ in range(30):  # 1.5 s: the first member's late reply lands and its callers come
+        if breaker(first).admits():
+            trials.append(asyncio.create_task(chat(first)))
+        most = max(most, sim.route_stats("a").active_streams)
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*trials)
+    assert most == 1, "two trials of one route at once"

@@ -112,12 +112,14 @@ class TripSharing:
         The permit ends before the claim can lapse, but a stalled loop or a slow Redis can still let
         it lapse between admission and sending, and a peer may have won it since: then nothing is sent.
         """
-        key = share.held_claim
+        key, trip_id = share.held_claim, share.trip_id
         if key is None:
             return True  # deciding alone: Redis is away
         held = await self._link.call(functools.partial(_extend_if_mine, key, self._origin, self._trial_ttl_ms))
         if held != 0:
             return True  # held now, or Redis went away meanwhile and this process decides alone
+        if share.trip_id != trip_id:
+            return False  # a new period began meanwhile: its race and permit are not this call's to touch
         log.warning("trial claim lapsed before its call was sent; not sending it route=%s", share.route.name)
         if share.held_claim == key:
             share.held_claim = None
@@ -198,6 +200,8 @@ class TripSharing:
             if reply is None and not self._link.up:
                 breaker.permit_trial()  # Redis is gone: this process decides alone
                 return
+            if breaker.state != "half_open" or share.trip_id != trip_id:
+                continue  # the period ended during the round trip: this reply is about an old key
             won, holder_ms = (int(reply[0]), int(reply[1])) if isinstance(reply, list) else (0, 0)
             # Lost: racing again before the holder's claim can lapse would be futile (a stray key
             # without a TTL, -1, gets the plain round).
