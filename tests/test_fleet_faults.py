@@ -690,3 +690,22 @@ async def test_a_claim_reply_that_outlives_its_period_grants_no_permit_in_the_ne
         await asyncio.sleep(0.05)
     await asyncio.gather(*trials)
     assert most == 1, "two trials of one route at once"
+
+
+async def test_our_own_trip_delivered_after_our_period_ended_gets_its_trial_raced_for(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """Half-open, we receive a trip of ours with a new id (its publish was slow): we race for that period's trial."""
+    prefix = redis_server.prefix()
+    member = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=only_route_a(sim), breaker_reset_seconds=0.3
+    )
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(member)
+    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
+    sim.set_faults(SimFaults(), route="a")
+    late = {"v": 1, "kind": "trip", "route": "a", "origin": member.app[FLEET].origin, "trip_id": "late-own"}
+    await raw_redis.publish(Keys(prefix).channel, orjson.dumps({**late, "open_for": 0.2, "duration": 0.3}))
+    await asyncio.sleep(2.5)  # delivered, and the old period's race has stopped at the new id (within a round)
+    statuses = await _until_served(member, 4.0)
+    assert statuses[-1] == 200, statuses

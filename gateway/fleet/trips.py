@@ -168,7 +168,7 @@ class TripSharing:
                 await pipe.execute()
             return True
 
-        if await self._link.call(publish):
+        if await self._link.call(publish) and share.trip_id == trip_id:
             share.trip_shared = True
 
     async def _publish_closed(self, route: str, trip_id: str) -> None:
@@ -258,9 +258,17 @@ class TripSharing:
 
     def apply_trip(self, share: RouteShare, trip: Trip) -> None:
         """Adopt the period (ours too: arrival order is the fleet's order) and open for its rest."""
+        relabelled = share.trip_id != trip.trip_id
         share.trip_id, share.trip_shared = trip.trip_id, True
+        breaker = share.route.breaker
         if trip.origin != self._origin:
-            share.route.breaker.trip(trip.open_for, trip.duration)
+            breaker.trip(trip.open_for, trip.duration)
+        elif relabelled and breaker.mode == "auto" and breaker.state == "half_open" and self._link.up:
+            # Our own trip, delivered after our open period ended: the fleet is in that period now,
+            # and nothing else would start a race for its trial (the old race stops at the new id).
+            share.claim_key = None
+            breaker.revoke_trial_permit()
+            self.start_claiming(share)
 
     def apply_closed(self, share: RouteShare, closed: Closed) -> None:
         """The trial of the period we are in succeeded elsewhere."""
