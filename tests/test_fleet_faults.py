@@ -709,3 +709,30 @@ async def test_our_own_trip_delivered_after_our_period_ended_gets_its_trial_race
     await asyncio.sleep(2.5)  # delivered, and the old period's race has stopped at the new id (within a round)
     statuses = await _until_served(member, 4.0)
     assert statuses[-1] == 200, statuses
+
+
+async def test_a_trip_published_late_does_not_reopen_the_fleet_after_its_own_close(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Our trip's publish is slow; our trial closes the route meanwhile: peers see the trip, then the close."""
+    prefix, extra = redis_server.prefix(), {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.5}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
+    link = first.app[FLEET].link
+    call = link.call
+
+    async def slow_trip_publish(fn: Any) -> Any:
+        if getattr(fn, "__qualname__", "").endswith("publish_trip.<locals>.publish"):
+            await asyncio.sleep(1.5)
+        return await call(fn)
+
+    link.call = slow_trip_publish  # type: ignore[method-assign]
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await _trip(first)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
+    statuses = await _until_served(first, 3.0)  # the first member's trial (nobody else knows the period)
+    assert statuses[-1] == 200, statuses
+    await asyncio.sleep(2.0)  # the late trip, and the close after it, have been delivered
+    assert breaker(second).state == "closed"
+    assert await chat(second) == 200

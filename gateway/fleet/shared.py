@@ -50,6 +50,7 @@ class RouteShare:
     trial_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # a caller here was refused for want of it
     claimer: asyncio.Task[None] | None = None  # the one race for the trial claim this process runs
     claimer_trip: str | None = None  # the period that race is for
+    trip_publish: asyncio.Task[Any] | None = None  # our latest trip's publish, which its close must follow
 
 
 class SharedHealth:

@@ -94,9 +94,9 @@ class TripSharing:
         if not self._link.up:
             return
         if event.new == "open" and event.by_traffic:
-            self._spawn(self.publish_trip(share, from_closed=event.old == "closed"))
+            share.trip_publish = self._spawn(self.publish_trip(share, from_closed=event.old == "closed"))
         elif event.new == "closed" and event.by_traffic and event.old == "half_open" and share.trip_id:
-            self._spawn(self._publish_closed(share.route.name, share.trip_id))
+            self._spawn(self._publish_closed(share, share.trip_id))
         elif event.new == "half_open" and breaker.trial_needs_permit:
             self.start_claiming(share)
 
@@ -171,7 +171,12 @@ class TripSharing:
         if await self._link.call(publish) and share.trip_id == trip_id:
             share.trip_shared = True
 
-    async def _publish_closed(self, route: str, trip_id: str) -> None:
+    async def _publish_closed(self, share: RouteShare, trip_id: str) -> None:
+        # After the trip it closes: a trip published late (a slow Redis) would re-open everyone else.
+        pending = share.trip_publish
+        if pending is not None and not pending.done():
+            await asyncio.wait({pending})
+        route = share.route.name
         message = encode(Closed(route, self._origin, trip_id))
         keys = [self._keys.trip(route), self._keys.channel]
         await self._link.call(lambda client: client.eval(scripts.CLOSE_PERIOD, 2, *keys, trip_id, message))
