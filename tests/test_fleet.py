@@ -283,3 +283,27 @@ async def test_a_member_that_cannot_reach_redis_at_start_probes_at_once(
     )
     await eventually(lambda: gateway.app[ROUTES]["default"].flag.last_probe is not None, within=3.0)
     assert not gateway.app[FLEET].up
+
+
+async def test_status_names_the_routes_whose_trial_claim_this_process_holds(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """An operator can see which process holds a half-open trial, while it holds it and not after."""
+    member = await fleet_member(
+        make_gateway, sim, redis_server, redis_server.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3
+    )
+
+    async def claims() -> list[str]:
+        response = await member.get("/status")
+        claimed: list[str] = (await response.json())["shared_state"]["trial_claims"]
+        return claimed
+
+    assert await claims() == []
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    while breaker(member).state != "open":
+        await chat(member)
+    sim.set_faults(SimFaults(), route="a")
+    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, and the claim is ours
+    assert await claims() == ["a"]
+    assert await chat(member) == 200  # the trial closes the route
+    assert await claims() == []

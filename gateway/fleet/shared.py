@@ -102,9 +102,11 @@ class SharedHealth:
         return self.link.up
 
     def snapshot(self) -> dict[str, Any]:
-        """For /status: whether sharing works, who we are, which probe leases we hold."""
-        held = sorted(name for name, share in self._shares.items() if share.lease_held and self.up)
-        return {"up": self.up, "origin": self.origin, "probe_leases": held}
+        """For /status: whether sharing works, who we are, which probe leases and trial claims we hold."""
+        shares = self._shares.items() if self.up else ()
+        leases = sorted(name for name, share in shares if share.lease_held)
+        claims = sorted(name for name, share in shares if share.claim_key or share.held_claim)
+        return {"up": self.up, "origin": self.origin, "probe_leases": leases, "trial_claims": claims}
 
     async def joined(self) -> None:
         """Until the first connection attempt has synced (the fleet's probe results adopted) or failed."""
