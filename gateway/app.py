@@ -40,6 +40,7 @@ from gateway.probe import Prober
 from gateway.retry import RetryBudget, RetryPolicy
 from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
+from gateway.scope import Scopes
 from gateway.settings import Settings
 from gateway.upstream import Timeouts, UpstreamService
 from gateway.working import WorkingFlag
@@ -123,7 +124,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
             prefix=settings.redis_prefix,
             timeout=settings.redis_timeout,
             probe_interval=settings.probe_interval,
-            trial_timeout=settings.timeout_connect + settings.timeout_first_token,
+            trial_window=settings.timeout_connect + settings.timeout_first_token,
             clock=clock,
             on_state=metrics.shared_state_changed,
             probing=settings.probe_enabled,
@@ -200,6 +201,7 @@ def make_route(
         prober=prober,
         events=events,
         metrics=route_metrics,
+        scopes=Scopes.of(spec.name, spec.url, spec.proxy_url, spec.egress or settings.egress),
     )
 
 

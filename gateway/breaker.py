@@ -25,9 +25,8 @@ decides trips; this module adds what aiobreaker gets wrong or lacks:
   would count it as a success, so it is never replayed).
 
 Fleet: with shared state (:mod:`gateway.fleet`), trips and closes of other processes arrive through
-:meth:`CircuitBreaker.trip` and :meth:`CircuitBreaker.close_from_fleet`, and a half-open period
-admits its trial only after :meth:`CircuitBreaker.permit_trial` (the fleet's single-flight claim)
-while :attr:`CircuitBreaker.trial_needs_permit` is set.
+:meth:`CircuitBreaker.trip` and :meth:`CircuitBreaker.close_from_fleet`. Each process runs its own
+half-open trials; a peer's close only ends the period sooner.
 
 Operator modes win over everything: ``forced_open`` refuses every call, ``forced_closed`` admits
 every call and counts nothing. Entering either mode and :meth:`CircuitBreaker.automatic` reset the
@@ -52,9 +51,6 @@ from gateway.events import (
     BreakerState,
     EventBus,
     ProbeFinished,
-    TrialAdmitted,
-    TrialReleased,
-    TrialWanted,
 )
 from gateway.open_period import OpenPeriod
 from gateway.trial_gate import TrialGate
@@ -128,9 +124,8 @@ class CircuitBreaker:
             clock=clock,
             on_end=self._period_over,
         )
-        self._trial_gate = TrialGate(slots=half_open_calls, clock=clock)
-        # Set by the fleet: checks, before a trial call is sent, that its claim still stands.
-        self.trial_confirmer: Callable[[], Awaitable[bool]] | None = None
+        self._trial_gate = TrialGate(slots=half_open_calls)
+        self._last_failure: str | None = None  # kind of the latest counted failure: the cause of a trip
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
 
     # -- read side ---------------------------------------------------------------------------
@@ -158,15 +153,6 @@ class CircuitBreaker:
         return self._counter.failures
 
     @property
-    def trial_needs_permit(self) -> bool:
-        """Whether a half-open trial needs the fleet's permit (set by the fleet while shared state is up)."""
-        return self._trial_gate.needs_permit
-
-    @trial_needs_permit.setter
-    def trial_needs_permit(self, needed: bool) -> None:
-        self._trial_gate.needs_permit = needed
-
-    @property
     def trials_running(self) -> int:
         """Trial calls in flight in the current half-open period (0 in any other state)."""
         return self._trial_gate.running if self._reported == "half_open" else 0
@@ -183,7 +169,7 @@ class CircuitBreaker:
         state = self.state
         if state == "open" and self._period.until is not None:
             return self._period.remaining()
-        if state == "half_open" and self._trial_gate.refusal() is not None:
+        if state == "half_open" and not self._trial_gate.free:
             return HALF_OPEN_BUSY_RETRY_AFTER
         return 0.0
 
@@ -203,13 +189,12 @@ class CircuitBreaker:
         if self._mode != "auto":
             return self._mode == "forced_closed"
         state = self.state
-        return state == "closed" or (state == "half_open" and self._trial_gate.refusal() is None)
+        return state == "closed" or (state == "half_open" and self._trial_gate.free)
 
     def refusal(self) -> CircuitOpenError | None:
         """The error a call would be refused with right now, or None; admits nothing.
 
-        Lets callers refuse before doing any work of their own (reading a body, say). A refusal for
-        want of the fleet's trial permit is announced (:class:`TrialWanted`): it is the demand for one.
+        Lets callers refuse before doing any work of their own (reading a body, say).
         """
         if self._mode == "forced_open":
             return CircuitOpenError(
@@ -221,14 +206,10 @@ class CircuitBreaker:
             return CircuitOpenError(
                 f"circuit breaker {self.name!r} is open; retry in {math.ceil(remaining)} s", retry_after=remaining
             )
-        gate = self._trial_gate.refusal() if state == "half_open" else None
-        if gate is None:
+        if state != "half_open" or self._trial_gate.free:
             return None
-        if gate == "no_permit":
-            self._events.publish(TrialWanted(self.name))  # the fleet races for the claim now, not next round
-        why = "another gateway process holds its trial call" if gate == "no_permit" else "its trial call is in progress"
         return CircuitOpenError(
-            f"circuit breaker {self.name!r} is half-open and {why}",
+            f"circuit breaker {self.name!r} is half-open and its trial call is in progress",
             retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
             half_open=True,
         )
@@ -245,7 +226,6 @@ class CircuitBreaker:
         trial = self._counter.state == "half_open"
         if trial:
             self._trial_gate.take()
-            self._events.publish(TrialAdmitted(self.name))
         return Ticket(self._generation, trial=trial)
 
     def release(self, ticket: Ticket) -> None:
@@ -254,19 +234,14 @@ class CircuitBreaker:
             return
         ticket.released = True
         if ticket.trial and ticket.generation == self._generation:
-            self._trial_gate.give_back()
-            # The period did not change: the trial ended neutral (rejected, client gone).
-            self._events.publish(TrialReleased(self.name))
-
-    async def confirm_trial(self) -> bool:
-        """Before a trial call is sent: whether the fleet's claim on it still stands (always, alone)."""
-        return self.trial_confirmer is None or await self.trial_confirmer()
+            self._trial_gate.give_back()  # the period did not change: the trial ended neutral
 
     async def failed(self, ticket: Ticket, error: BaseException) -> None:
         """Count ``error`` (before or after the first token) if it says something about the upstream."""
         if not self._current(ticket):
             return
         if isinstance(error, UpstreamError) and counts_against_upstream(error):
+            self._last_failure = error.kind
             await self._replay(error)
 
     async def answered(self, ticket: Ticket) -> None:
@@ -338,22 +313,14 @@ class CircuitBreaker:
             return False  # already open at least as long
         self._period.adopt(remaining=open_for, duration=duration)  # extends a running period in place
         self._counter.open()
-        self._sync(traffic=False, open_for=open_for)  # announces a change from closed or half-open
+        self._sync(traffic=False, open_for=open_for, fleet=True)  # announces a change from closed or half-open
         return True
 
     def close_from_fleet(self) -> None:
         """Another process's trial succeeded: close an automatic open or half-open breaker."""
         if self._mode == "auto" and self.state != "closed":
             self._counter.close()
-            self._sync(traffic=False)
-
-    def permit_trial(self, *, until: float | None = None) -> None:
-        """This process won the fleet's claim on the current half-open trial (until a clock reading, if given)."""
-        self._trial_gate.permit(until=until)
-
-    def revoke_trial_permit(self) -> None:
-        """This process's claim lapsed or was given back: its next caller is no longer the trial."""
-        self._trial_gate.revoke()
+            self._sync(traffic=False, fleet=True)
 
     def stop(self) -> None:
         """Cancel the open-period timer (the app is shutting down)."""
@@ -389,7 +356,7 @@ class CircuitBreaker:
         self._generation += 1
         self._sync(traffic=False)
 
-    def _sync(self, *, traffic: bool, open_for: float | None = None) -> None:
+    def _sync(self, *, traffic: bool, open_for: float | None = None, fleet: bool = False) -> None:
         """Book-keep and announce a change of the effective state; ``traffic``: live calls caused it.
 
         ``open_for``: the rest of an open period started elsewhere (a fleet trip), instead of a new one.
@@ -408,7 +375,10 @@ class CircuitBreaker:
             self._period.start(grow=old == "half_open", length=open_for)
         log_level = logging.WARNING if new == "open" else logging.INFO
         log.log(log_level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, self._mode)
-        self._events.publish(BreakerChanged(self.name, old, new, self._mode, by_traffic=traffic))
+        cause = self._last_failure if traffic and new == "open" else None
+        self._events.publish(
+            BreakerChanged(self.name, old, new, self._mode, by_traffic=traffic, cause=cause, from_fleet=fleet)
+        )
 
     def _raw_state(self) -> BreakerState:
         """The effective state without the clock check (which would recurse from ``_sync``)."""

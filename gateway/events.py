@@ -24,44 +24,31 @@ E = TypeVar("E")
 
 @dataclass(frozen=True, slots=True)
 class BreakerChanged:
-    """The breaker's effective state changed; ``by_traffic`` when live calls caused it."""
+    """The breaker's effective state changed; ``by_traffic`` when live calls caused it.
+
+    ``cause``: the error kind of the failure that opened it by traffic (what the fleet shares it by);
+    ``from_fleet``: another gateway process's trip or close, adopted here (counted apart, so a
+    fleet-wide trip is not counted once per process).
+    """
 
     breaker: str
     old: BreakerState
     new: BreakerState
     mode: BreakerMode
     by_traffic: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TrialAdmitted:
-    """A half-open breaker admitted its trial call (the fleet then holds its claim for the call)."""
-
-    breaker: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrialWanted:
-    """A caller was refused by a half-open breaker because this process holds no trial permit."""
-
-    breaker: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrialReleased:
-    """A half-open trial ended without deciding the period (rejected, or its client left)."""
-
-    breaker: str
+    cause: str | None = None
+    from_fleet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One probe: when (Unix seconds), how long, and why it failed."""
+    """One probe: when (Unix seconds), how long, and why it failed (``kind``: the upstream error kind)."""
 
     ok: bool
     at: float
     latency: float
     error: str | None = None
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

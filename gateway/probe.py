@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, ProbeResult
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import Message, resolve_model
@@ -85,6 +85,7 @@ class Prober:
         """One probe straight through the client, bypassing admission; records the result."""
         started = self._clock()
         error: str | None = None
+        kind: str | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 stream = await self._client.open(self._prompt)
@@ -93,7 +94,9 @@ class Prober:
                 finally:
                     await stream.aclose()
         except TimeoutError:
-            error = f"no text within {self._timeout:g}s"
+            error, kind = f"no text within {self._timeout:g}s", "timeout"
+        except UpstreamError as exc:
+            error, kind = exc.message, exc.kind
         except GatewayError as exc:
             error = exc.message
         except Exception as exc:  # the probe must survive anything the upstream or a bug throws
@@ -101,7 +104,7 @@ class Prober:
             error = f"unexpected {type(exc).__name__}"
         latency = self._clock() - started
         error = None if error is None else self._scrub(error)
-        result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error)
+        result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error, kind=kind)
         if not result.ok:
             log.warning("health probe failed route=%s error=%s", self._flag.route, result.error)
         self._events.publish(ProbeFinished(self._flag.route, result, started=started))

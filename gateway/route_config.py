@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictFloat, Stric
 from yarl import URL
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_UPSTREAM_URL
+from gateway.scope import EGRESS_PATTERN
 
 DEFAULT_ROUTE: Final = "default"  # the one route made from GATEWAY_UPSTREAM_URL/_TOKEN/_PROXY
 ROUTE_NAME_PATTERN: Final = r"^[a-z0-9_-]{1,32}$"
@@ -27,6 +28,8 @@ class RouteSpec(BaseModel):
     token: SecretStr = SecretStr(ANONYMOUS_TOKEN)
     proxy: SecretStr | None = None
     weight: StrictInt | StrictFloat = Field(1.0, gt=0, le=1000)  # strict: true is not a weight
+    # The egress group this route leaves through (see gateway.scope); unset: GATEWAY_EGRESS.
+    egress: str | None = Field(None, pattern=EGRESS_PATTERN)
 
     @field_validator("url")
     @classmethod

@@ -14,6 +14,7 @@ from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, WorkingChanged
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
+TRANSITION_SOURCES: Final = ("local", "fleet")  # a peer's trip adopted here is not a trip of this process
 PROBE_RESULTS: Final = ("success", "failure")
 
 # An LLM call spans milliseconds (refusals, first token) to minutes (long streams).
@@ -35,7 +36,11 @@ class RouteMetrics:
         self.parse_failures = families.parse_failures.labels(*labels)
         self.retries = families.retries.labels(*labels)
         self.breaker_state = {state: families.breaker_state.labels(*labels, state) for state in BREAKER_STATES}
-        self.transitions = {state: families.transitions.labels(*labels, state) for state in BREAKER_STATES}
+        self.transitions = {
+            (state, source): families.transitions.labels(*labels, state, source)
+            for state in BREAKER_STATES
+            for source in TRANSITION_SOURCES
+        }
         self.working = families.working.labels(*labels)
         self.probes = {result: families.probes.labels(*labels, result) for result in PROBE_RESULTS}
         self.probe_duration = families.probe_duration.labels(*labels)
@@ -63,7 +68,7 @@ class RouteMetrics:
         for state, gauge in self.breaker_state.items():
             gauge.set(1 if state == event.new else 0)
         if event.old != event.new:
-            self.transitions[event.new].inc()
+            self.transitions[(event.new, "fleet" if event.from_fleet else "local")].inc()
 
     def working_changed(self, event: WorkingChanged) -> None:
         """The working-flag gauge."""
@@ -121,7 +126,10 @@ class UpstreamFamilies:
             multiprocess_mode="livemostrecent",
         )
         self.transitions = Counter(
-            "gateway_breaker_transitions_total", "Breaker state changes.", [*per_route, "to_state"], registry=reg
+            "gateway_breaker_transitions_total",
+            "Breaker state changes; source fleet: a peer's trip or close adopted here (sum source local for a fleet).",
+            [*per_route, "to_state", "source"],
+            registry=reg,
         )
         self.working = Gauge(
             "gateway_provider_working",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError
+from gateway.scope import Scopes
 
 if TYPE_CHECKING:
     from gateway.breaker import CircuitBreaker
@@ -37,6 +38,7 @@ class Route:
     prober: Prober
     events: EventBus
     metrics: RouteMetrics
+    scopes: Scopes  # what its fleet state is shared with
     inflight: int = field(default=0)
 
     def refusal(self) -> AdmissionError | None:

@@ -11,6 +11,7 @@ from yarl import URL
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, DEFAULT_MODEL, DEFAULT_UPSTREAM_URL
 from gateway.redact import Scrubber, mask_url
 from gateway.route_config import DEFAULT_ROUTE, RouteSpec, check_http_url, check_no_user_info, parse_routes
+from gateway.scope import EGRESS_PATTERN
 
 ENV_PREFIX: Final = "GATEWAY_"
 
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("flowgpt-gateway", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_timeout: float = Field(0.1, gt=0, le=5)
     workers: int = Field(1, ge=1, le=64)
+    # Hosts behind one NAT or proxy set the same value: they share failures that may belong to one
+    # path (blocks, rate limits, connect errors, auth); unset, those stay per process (gateway.scope).
+    egress: str | None = Field(None, pattern=EGRESS_PATTERN)
 
     # Resilience
     breaker_fail_max: int = Field(5, ge=1)

@@ -1,40 +1,26 @@
-"""Who may be a half-open trial: a fixed number of slots, and (in a fleet) this process's permit.
+"""Who may be a half-open trial: a fixed number of slots per half-open period.
 
-The breaker decides *when* it is half-open; this keeps *who gets through* then. At most
-``slots`` trials run at once. While :attr:`TrialGate.needs_permit` is set (shared state is
-up), a trial also needs the permit that the fleet's single-flight claim grants; a permit may
-carry a deadline on the injected clock, because the claim behind it lapses in Redis after its
-TTL whether or not this process noticed.
+The breaker decides *when* it is half-open; this keeps *how many* trials run then. Each
+process decides its own trials, in a fleet too: what it learns from peers (a close) only
+ends the period sooner.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Literal
-
-Refusal = Literal["no_permit", "busy"]
 
 
 class TrialGate:
     """Half-open admission for one breaker; :meth:`reset` starts a new half-open period."""
 
-    def __init__(self, *, slots: int, clock: Callable[[], float]) -> None:
+    def __init__(self, *, slots: int) -> None:
         if slots < 1:
             raise ValueError("a half-open period needs at least one trial slot")
         self._slots = slots
-        self._clock = clock
         self._taken = 0
-        self.needs_permit = False  # set by the fleet while shared state is up
-        self._permitted = True
-        self._permit_until: float | None = None
 
-    def refusal(self) -> Refusal | None:
-        """Why the next caller would not be a trial now, or None if it would."""
-        if not self._has_permit():
-            return "no_permit"
-        if self._taken >= self._slots:
-            return "busy"
-        return None
+    @property
+    def free(self) -> bool:
+        """Whether the next caller would be a trial now."""
+        return self._taken < self._slots
 
     @property
     def running(self) -> int:
@@ -52,17 +38,3 @@ class TrialGate:
     def reset(self) -> None:
         """A new half-open period: slots of an earlier one are released into that one, not this."""
         self._taken = 0
-        self._permitted, self._permit_until = not self.needs_permit, None
-
-    def permit(self, *, until: float | None = None) -> None:
-        """This process won the fleet's claim on the trial (until a clock reading, if given)."""
-        self._permitted, self._permit_until = True, until
-
-    def revoke(self) -> None:
-        """The claim lapsed or was given back; without shared state a process keeps its own permit."""
-        if self.needs_permit:
-            self._permitted, self._permit_until = False, None
-
-    def _has_permit(self) -> bool:
-        until = self._permit_until
-        return self._permitted and (until is None or self._clock() < until)

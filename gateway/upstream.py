@@ -39,7 +39,6 @@ from gateway.errors import (
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 
 if TYPE_CHECKING:
-    from gateway.breaker import Ticket
     from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
@@ -158,9 +157,6 @@ class UpstreamService:
             except CircuitOpenError:
                 failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
-            if ticket.trial and not await self._trial_confirmed(route, ticket):
-                failed_routes.add(route.name)  # its fleet claim lapsed: skipped, not a failure
-                continue
             if retrying:
                 route.metrics.retries.inc()
                 retrying = False
@@ -197,18 +193,6 @@ class UpstreamService:
             if ticket.trial:
                 route.breaker.release(ticket)  # the trial is decided: let the next caller in
             return Answer(route, ticket, stream, first, started, deadline)
-
-    @staticmethod
-    async def _trial_confirmed(route: Route, ticket: Ticket) -> bool:
-        """A fleet's trial claim still stands (the one wait on Redis in the request path, once per trial)."""
-        try:
-            confirmed = await route.breaker.confirm_trial()
-        except BaseException:
-            route.breaker.release(ticket)
-            raise
-        if not confirmed:
-            route.breaker.release(ticket)
-        return confirmed
 
     def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float) -> float | None:
         """Seconds to wait before another try after ``error``, or None when none may be made."""

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app_keys import FLEET, ROUTES
 from gateway.breaker import CircuitBreaker
+from gateway.scope import Scopes
 from gateway.simulator import Simulator
 from monitoring.processes import eventually
 from tests.gateway_support import GatewayFactory, chat_body
@@ -64,3 +65,8 @@ async def chat(gateway: Client) -> int:
 def breaker(gateway: Client, route: str = "a") -> CircuitBreaker:
     """The member's breaker of ``route``."""
     return gateway.app[ROUTES][route].breaker
+
+
+def scope_of(sim: Simulator, route: str = "a") -> str:
+    """The upstream scope of a fleet member's route (reached directly, no proxy)."""
+    return Scopes.of(route, sim.route_url(route), None, None).upstream

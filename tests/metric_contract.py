@@ -17,7 +17,7 @@ from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
-from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS
+from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
 
 MetricType = Literal["counter", "gauge", "histogram"]
 # Labels Prometheus attaches to every scraped series.
@@ -77,6 +77,7 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "reason": frozenset(ADMISSION_REASONS),
     "state": frozenset(BREAKER_STATES),
     "to_state": frozenset(BREAKER_STATES),
+    "source": frozenset(TRANSITION_SOURCES),
     "result": frozenset(PROBE_RESULTS),
 }
 

@@ -88,6 +88,7 @@ class RedisCutter:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.cut_off = False
+        self.holding = False  # subscriptions get nothing (bytes held, socket open) while set
         self.port = 0
 
     @property
@@ -110,6 +111,14 @@ class RedisCutter:
         """Relay again."""
         self.cut_off = False
 
+    def hold_subscriptions(self) -> None:
+        """Stop delivering anything to subscribed connections (a silent pub/sub), keeping them open."""
+        self.holding = True
+
+    def release_subscriptions(self) -> None:
+        """Deliver to subscriptions again (what was held comes next)."""
+        self.holding = False
+
     async def stop(self) -> None:
         """Close everything."""
         self.cut()
@@ -127,18 +136,28 @@ class RedisCutter:
             client_writer.close()
             return
         self._writers |= {client_writer, server_writer}
+        subscriber = [False]  # this connection sent SUBSCRIBE: hold_subscriptions applies to it
 
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_client: bool) -> None:
+            held: list[bytes] = []
             try:
                 while data := await reader.read(65536):
                     if self._delay:
                         await asyncio.sleep(self._delay)
-                    writer.write(data)
+                    if not to_client and b"SUBSCRIBE" in data.upper():
+                        subscriber[0] = True
+                    if to_client and subscriber[0] and self.holding:
+                        held.append(data)
+                        continue
+                    writer.write(b"".join([*held, data]))
+                    held.clear()
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
                 writer.close()
 
-        await asyncio.gather(pump(client_reader, server_writer), pump(server_reader, client_writer))
+        await asyncio.gather(
+            pump(client_reader, server_writer, to_client=False), pump(server_reader, client_writer, to_client=True)
+        )
         self._writers -= {client_writer, server_writer}

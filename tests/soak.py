@@ -342,7 +342,7 @@ async def run_soak(config: SoakConfig) -> SoakReport:
 
 
 def _to(state: str, route: str) -> dict[str, str]:
-    return {"provider": "flowgpt", "route": route, "to_state": state}
+    return {"provider": "flowgpt", "route": route, "to_state": state, "source": "local"}
 
 
 async def _phase(

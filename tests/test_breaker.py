@@ -22,7 +22,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamInterruptedError,
 )
-from gateway.events import BreakerChanged, EventBus, TrialWanted
+from gateway.events import BreakerChanged, EventBus
 from tests.clock_support import FakeClock
 
 UTCNOW_DEPRECATION = (
@@ -859,21 +859,3 @@ async def test_stop_cancels_the_open_period_timer() -> None:
     assert breaker.open_until is not None  # the timer did not run: only a state read would end the period now
 
 
-async def test_only_a_refusal_for_want_of_the_fleet_permit_announces_demand_for_it(
-    breaker: CircuitBreaker, clock: FakeClock, events: EventBus
-) -> None:
-    """TrialWanted makes the fleet race for the claim: open and busy refusals are no such demand."""
-    wanted: list[TrialWanted] = []
-    events.subscribe(TrialWanted, wanted.append)
-    breaker.trial_needs_permit = True
-    await trip(breaker)
-    assert breaker.refusal() is not None  # open
-    assert wanted == []
-    clock.advance(30)
-    assert breaker.refusal() is not None  # half-open, no permit here
-    assert wanted == [TrialWanted(breaker.name)]
-    breaker.permit_trial()
-    ticket = breaker.admit()  # the trial
-    assert breaker.refusal() is not None  # half-open, trial in flight
-    assert wanted == [TrialWanted(breaker.name)]
-    breaker.release(ticket)

@@ -324,7 +324,7 @@ async def test_breaker_opens_at_fail_max(
     labels = {"provider": "flowgpt", "route": "default"}
     assert delta(before, after, "gateway_upstream_requests_total", **labels) == 2
     assert delta(before, after, "gateway_upstream_errors_total", kind=str(fault.kind), **labels) == 2
-    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", **labels) == 1
+    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", source="local", **labels) == 1
     assert delta(before, after, "gateway_admission_rejections_total", reason="breaker_open", provider="flowgpt") == 1
     assert after[("gateway_breaker_state", frozenset({**labels, "state": "open"}.items()))] == 1
     await _assert_no_leaks(gateway, sim, baseline)

@@ -18,15 +18,12 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.app_keys import FLEET, ROUTES
-from gateway.events import TrialAdmitted
-from gateway.fleet import trips
 from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
 from monitoring.processes import eventually
-from tests.clock_support import FakeClock
-from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes, only_route_a
-from tests.gateway_support import GatewayFactory, chat_body
+from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes, only_route_a, scope_of
+from tests.gateway_support import GatewayFactory
 from tests.redis_support import RedisCutter, RedisServer
 
 
@@ -99,6 +96,7 @@ async def test_trips_are_ordered_by_arrival_not_by_a_peers_clock(
         await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)
     ]
     odd = {"v": 1, "kind": "trip", "route": "a", "origin": "skewed-peer", "trip_id": "ffffffffffffffff-far-future"}
+    odd["scope"] = scope_of(sim)
     await raw_redis.publish(Keys(prefix).channel, orjson.dumps({**odd, "open_for": 0.2, "duration": 0.3}))
     await eventually(lambda: all(breaker(m).state == "open" for m in (first, second)), within=1.0)
     # The short period ends in both; each got the message at its own moment, so wait for both
@@ -128,6 +126,7 @@ async def test_a_malformed_trip_message_is_dropped(
     prefix = redis_server.prefix()
     member = await fleet_member(make_gateway, sim, redis_server, prefix)
     message = {"v": 1, "kind": "trip", "route": "a", "origin": "broken-peer", "trip_id": "t1", **fields}
+    message["scope"] = scope_of(sim)
     await raw_redis.publish(Keys(prefix).channel, orjson.dumps(message))
     await asyncio.sleep(0.3)
     assert breaker(member).state == "closed"
@@ -145,6 +144,7 @@ async def test_a_huge_open_period_from_a_peer_is_capped_at_the_reset_maximum(
         "kind": "trip",
         "route": "a",
         "origin": "p",
+        "scope": scope_of(sim),
         "trip_id": "t1",
         "open_for": 1e308,
         "duration": 1e308,
@@ -165,8 +165,8 @@ async def test_malformed_stored_values_are_skipped_and_sharing_starts(
     """Garbage in the trip, working and override keys: each is skipped with a warning; the member shares."""
     prefix = redis_server.prefix()
     keys = Keys(prefix)
-    await raw_redis.set(keys.trip("a"), b"not json", px=60_000)
-    await raw_redis.set(keys.working("b"), b'{"working": "yes"}', px=60_000)
+    await raw_redis.set(keys.trip(scope_of(sim, "a")), b"not json", px=60_000)
+    await raw_redis.set(keys.working(scope_of(sim, "b")), b'{"working": "yes"}', px=60_000)
     await raw_redis.hset(keys.overrides, mapping={b"\xff\xfe:breaker": b"{}", b"a:breaker": b'{"mode": "sideways"}'})
     member = await fleet_member(make_gateway, sim, redis_server, prefix)
     assert breaker(member).state == "closed"
@@ -236,29 +236,6 @@ async def test_a_trip_made_while_cut_off_is_shared_on_reconnection(
     await eventually(lambda: breaker(second).state == "open", within=1.0)
 
 
-async def test_a_neutral_trial_gives_the_claim_back_at_once(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
-) -> None:
-    """The trial holder's call is rejected (400, neutral): the other member's next call is the trial."""
-    prefix = redis_server.prefix()
-    members = [await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.3) for _ in range(2)]
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(members[0])
-    await eventually(lambda: breaker(members[1]).state == "open", within=1.0)
-    sim.set_faults(SimFaults(reject_marker="REJECT-ME"), route="a")
-    await eventually(lambda: all(breaker(m).state == "half_open" for m in members), within=2.0)
-    await asyncio.sleep(0.2)  # the claim race has a winner
-    holder = next(m for m in members if breaker(m).admits())
-    other = members[1] if holder is members[0] else members[0]
-    response = await holder.post("/v1/chat/completions", json=chat_body("REJECT-ME"))
-    assert response.status == 400  # the neutral trial
-    released = time.monotonic()
-    while breaker(other).state != "closed":
-        assert await chat(other) == 200
-        assert time.monotonic() - released < 3.0, "the claim of a finished trial was held on"
-        await asyncio.sleep(0.05)
-
-
 async def test_stop_releases_only_a_lease_this_process_still_holds(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
 ) -> None:
@@ -267,7 +244,7 @@ async def test_stop_releases_only_a_lease_this_process_still_holds(
     probing = {"probe_enabled": True, "probe_interval": 30.0}
     member = await fleet_member(make_gateway, sim, redis_server, prefix, **probing)
     await eventually(lambda: member.app[FLEET].snapshot()["probe_leases"] == ["a", "b"], within=3.0)
-    lease = Keys(prefix).probe_lease("a")
+    lease = Keys(prefix).probe_lease(scope_of(sim))
     await raw_redis.set(lease, b"successor", px=60_000)
     await member.close()
     assert await raw_redis.get(lease) == b"successor"
@@ -301,25 +278,6 @@ async def test_a_member_that_does_not_probe_takes_no_lease(
     before = sim.route_stats("a").requests_total
     await asyncio.sleep(3.0)
     assert sim.route_stats("a").requests_total - before >= 5
-
-
-async def test_reconnecting_while_half_open_does_not_make_a_second_trial_holder(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
-) -> None:
-    """A member that went half-open while cut off races the fleet for the trial when it is back."""
-    prefix = redis_server.prefix()
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url, breaker_reset_seconds=0.5)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(second)
-    await eventually(lambda: breaker(first).state == "open", within=1.0)
-    cutter.cut()
-    await eventually(lambda: not first.app[FLEET].up, within=3.0)
-    await eventually(lambda: all(breaker(m).state == "half_open" for m in (first, second)), within=2.0)
-    cutter.restore()
-    await eventually(lambda: first.app[FLEET].up, within=10.0)
-    await asyncio.sleep(0.3)  # the claim race settles
-    assert sum(breaker(m).admits() for m in (first, second)) <= 1
 
 
 async def test_an_override_given_during_a_resync_stands_and_reaches_the_fleet(
@@ -380,55 +338,6 @@ async def test_a_member_joining_during_the_trial_window_starts_half_open_not_clo
     assert sim.route_stats("a").requests_total - before <= 1
 
 
-async def test_a_trial_permit_never_outlives_its_claim(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
-) -> None:
-    """Once the 1 s claim may have lapsed in Redis (a stalled loop, say), this member no longer admits a trial on it."""
-    clock = FakeClock()
-    prefix = redis_server.prefix()
-    member = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=30, clock=clock)
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(member)
-    sim.set_faults(SimFaults(), route="a")
-    clock.advance(30)  # the open period ends; the member wins the claim for its trial
-    await eventually(lambda: breaker(member).state == "half_open" and breaker(member).admits(), within=2.0)
-    clock.advance(0.8)  # still within the claim's 1 s in Redis, but no longer safely
-    assert breaker(member).state == "half_open"
-    assert not breaker(member).admits()
-
-
-async def test_one_claim_race_per_period_however_often_the_link_re_syncs(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
-) -> None:
-    """A re-sync while half-open does not start a second race next to one still running (they fought over the claim)."""
-    member = await fleet_member(
-        make_gateway, sim, redis_server, redis_server.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3
-    )
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(member)
-    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
-    for _ in range(3):  # what a blip of the link does when it comes back (on_up), while the race sleeps
-        await member.app[FLEET]._resync()
-    assert _claim_races() == 1
-
-
-def _claim_races() -> int:
-    """Races for a trial claim running in this event loop (every member's)."""
-    running = [task for task in asyncio.all_tasks() if not task.done()]
-    return sum(getattr(task.get_coro(), "__qualname__", "") == "TripSharing.claim_trial" for task in running)
-
-
-async def _one_route_member_tripped(
-    make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, **extra: Any
-) -> Client:
-    member = await fleet_member(
-        make_gateway, sim, redis, redis.prefix(), upstreams=only_route_a(sim), breaker_reset_seconds=0.3, **extra
-    )
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(member)
-    return member
-
-
 async def _until_served(member: Client, seconds: float) -> list[int]:
     """Chat every 0.2 s until one is answered (or ``seconds`` pass); the statuses."""
     statuses: list[int] = []
@@ -437,268 +346,6 @@ async def _until_served(member: Client, seconds: float) -> list[int]:
         statuses.append(await chat(member))
         await asyncio.sleep(0.2)
     return statuses
-
-
-async def test_a_link_blip_while_the_won_claim_waits_leaves_the_race_running(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
-) -> None:
-    """Redis is cut and back within the claim's window: the process races again, the route recovers."""
-    member = await _one_route_member_tripped(make_gateway, sim, redis_server, redis_url=cutter.url)
-    sim.set_faults(SimFaults(), route="a")
-    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, the claim is ours
-    cutter.cut()
-    await eventually(lambda: not member.app[FLEET].up, within=1.0)
-    cutter.restore()
-    await eventually(lambda: member.app[FLEET].up, within=3.0)
-    statuses = await _until_served(member, 5.0)
-    assert statuses[-1] == 200, statuses
-
-
-async def _trial_running_on_first(first: Client, second: Client, sim: Simulator) -> asyncio.Task[int]:
-    """Trip a (on both), heal it slowly (4 s to the first token), and start the first member's trial."""
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
-    await eventually(lambda: breaker(second).state == "open", within=1.0)
-    sim.set_faults(SimFaults(slow_first_token=4.0), route="a")
-    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
-    deadline = time.monotonic() + 5
-    while not breaker(first).admits():  # refused callers are the demand that wins it the claim
-        assert time.monotonic() < deadline
-        await chat(first)
-        await asyncio.sleep(0.05)
-    trial = asyncio.create_task(chat(first))
-    await eventually(lambda: sim.route_stats("a").active_streams == 1, within=1.0)
-    return trial
-
-
-async def test_a_blip_during_a_running_trial_neither_hands_its_claim_on_nor_admits_a_second(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
-) -> None:
-    """Redis blips for the trial holder while its trial runs: no other trial, here or at a peer, until it ends."""
-    prefix = redis_server.prefix()
-    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url, **extra)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
-    trial = await _trial_running_on_first(first, second, sim)
-    cutter.cut()
-    await eventually(lambda: not first.app[FLEET].up, within=2.0)
-    cutter.restore()
-    await eventually(lambda: first.app[FLEET].up, within=3.0)
-    while not trial.done():
-        assert not breaker(first).admits(), "a second trial here while the first runs"
-        assert await chat(second) == 503, "a trial at the peer while ours runs"
-        await asyncio.sleep(0.05)
-    assert await trial == 200
-    assert sim.route_stats("a").active_streams == 0
-
-
-async def test_a_trial_whose_claim_lapsed_before_it_was_sent_is_not_sent(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
-) -> None:
-    """A loop stall between admission and sending lets the claim lapse: the call is refused, not sent."""
-    prefix, extra = redis_server.prefix(), {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3}
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix, **extra)
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
-    await eventually(lambda: breaker(second).state == "open", within=1.0)
-    sim.set_faults(SimFaults(), route="a")
-    await eventually(lambda: breaker(first).state == "half_open", within=2.0)
-    while not breaker(first).admits():
-        await chat(first)
-        await asyncio.sleep(0.05)
-    # Stall the loop 2.5 s right at admission: longer than any claim lasts unconfirmed.
-    first.app[ROUTES]["a"].events.subscribe(TrialAdmitted, lambda event: time.sleep(2.5))
-    before = sim.route_stats("a").requests_total
-    assert await chat(first) == 503
-    assert sim.route_stats("a").requests_total == before
-
-
-async def test_after_a_neutral_trial_the_next_caller_here_is_the_trial(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
-) -> None:
-    """The claim's permit still runs when the trial ends neutral: it passes to the next caller (arrow b6).
-
-    (It also covers the rework that left no race after a neutral trial: the route stayed half-open.)
-    """
-    member = await _one_route_member_tripped(make_gateway, sim, redis_server)
-    sim.set_faults(SimFaults(http_status=400), route="a")
-    await eventually(lambda: breaker(member).admits(), within=2.0)  # half-open, the claim is ours
-    assert await chat(member) == 400  # the trial, rejected: it decides nothing
-    sim.set_faults(SimFaults(), route="a")
-    assert await chat(member) == 200
-    assert breaker(member).state == "closed"
-
-
-async def test_a_trial_decided_while_redis_was_away_leaves_no_stale_claim_behind(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
-) -> None:
-    """Our trial succeeds during a blip; back, the fleet's open period re-opens us: we must race and recover."""
-    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
-    member = await fleet_member(make_gateway, sim, redis_server, redis_server.prefix(), redis_url=cutter.url, **extra)
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(member)
-    sim.set_faults(SimFaults(slow_first_token=1.0), route="a")
-    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
-    deadline = time.monotonic() + 5
-    while not breaker(member).admits():  # refused callers are the demand that wins it the claim
-        assert time.monotonic() < deadline
-        await chat(member)
-        await asyncio.sleep(0.05)
-    trial = asyncio.create_task(chat(member))
-    await eventually(lambda: sim.route_stats("a").active_streams == 1, within=1.0)
-    cutter.cut()
-    await eventually(lambda: not member.app[FLEET].up, within=2.0)
-    assert await trial == 200  # closed here; the fleet never heard (its trip key and our claim live on)
-    cutter.restore()
-    await eventually(lambda: member.app[FLEET].up, within=5.0)
-    statuses = await _until_served(member, 4.0)  # the claim alone would keep it 9 s
-    assert statuses[-1] == 200, statuses
-
-
-async def _half_open_with_our_claim(
-    make_gateway: GatewayFactory, sim: Simulator, redis: RedisServer, **extra: Any
-) -> Client:
-    """A one-route member, half-open with the claim won (callers' demand), upstream healthy."""
-    member = await _one_route_member_tripped(make_gateway, sim, redis, timeout_first_token=6.0, **extra)
-    sim.set_faults(SimFaults(), route="a")
-    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
-    deadline = time.monotonic() + 5
-    while not breaker(member).admits():
-        assert time.monotonic() < deadline
-        await chat(member)
-        await asyncio.sleep(0.05)
-    return member
-
-
-async def test_a_trial_ending_neutral_while_the_race_holds_its_claim_after_a_blip_leaves_the_race_running(
-    make_gateway: GatewayFactory,
-    sim: Simulator,
-    redis_server: RedisServer,
-    cutter: RedisCutter,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The race re-takes the claim for our running trial; the trial ends neutral during that round trip."""
-    member = await _half_open_with_our_claim(make_gateway, sim, redis_server, redis_url=cutter.url)
-    member_breaker = breaker(member)
-    ticket = member_breaker.admit()  # our trial, waiting for its first token
-    assert ticket.trial
-    assert await member_breaker.confirm_trial()
-    extend = trips._extend_if_mine
-    seen: list[str] = []
-
-    async def neutral_end_during_the_extension(key: str, origin: str, ttl_ms: int, client: redis.Redis) -> Any:
-        if not seen:
-            seen.append(key)
-            member_breaker.release(ticket)  # the client went away: neutral
-        return await extend(key, origin, ttl_ms, client)
-
-    monkeypatch.setattr(trips, "_extend_if_mine", neutral_end_during_the_extension)
-    await eventually(lambda: _claim_races() == 0, within=3.0)  # the race left the claim to our trial
-    cutter.cut()
-    await eventually(lambda: not member.app[FLEET].up, within=2.0)
-    cutter.restore()
-    await eventually(lambda: member.app[FLEET].up, within=5.0)
-    await eventually(lambda: bool(seen), within=3.0)
-    statuses = await _until_served(member, 5.0)
-    assert statuses[-1] == 200, statuses
-
-
-async def test_with_two_trial_slots_one_neutral_end_keeps_the_claim_for_the_other(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
-) -> None:
-    """GATEWAY_BREAKER_HALF_OPEN_CALLS=2: the claim stays ours (no peer can win it) until the last trial ends."""
-    member = await _half_open_with_our_claim(make_gateway, sim, redis_server, breaker_half_open_calls=2)
-    member_breaker = breaker(member)
-    tickets = [member_breaker.admit(), member_breaker.admit()]
-    for _ in tickets:
-        assert await member_breaker.confirm_trial()
-    [key] = await raw_redis.keys("*:route:a:trial:*")
-    await eventually(lambda: _claim_races() == 0, within=3.0)  # the race left the claim to our trials
-    deletes = await _deletes(raw_redis)
-    member_breaker.release(tickets[0])  # neutral
-    await asyncio.sleep(0.3)  # a give-back would have landed
-    # Never given back (and re-won a round trip later: a peer's race could land in between).
-    assert await _deletes(raw_redis) == deletes
-    assert await raw_redis.get(key) == member.app[FLEET].origin.encode()
-    member_breaker.release(tickets[1])
-
-
-async def _deletes(client: redis.Redis) -> int:
-    """DEL commands the server has run so far (those of scripts included)."""
-    stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_del", {}).get("calls", 0))
-
-
-async def test_a_claim_reply_that_outlives_its_period_grants_no_permit_in_the_next(
-    make_gateway: GatewayFactory,
-    sim: Simulator,
-    redis_server: RedisServer,
-    raw_redis: redis.Redis,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A's claim for period X comes back slowly; meanwhile period Y opens and ends, and B wins Y's trial."""
-    prefix = redis_server.prefix()
-    extra = {"upstreams": only_route_a(sim), "breaker_reset_seconds": 0.3, "timeout_first_token": 6.0}
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_timeout=1.0, **extra)
-    second = await fleet_member(make_gateway, sim, redis_server, prefix, redis_timeout=1.0, **extra)
-    origin, keys = first.app[FLEET].origin, Keys(prefix)
-    claim, slow_reply_done = trips._claim_or_wait, asyncio.Event()
-    old_key: list[str] = []
-
-    async def slow_reply_for_the_old_period(key: str, who: str, ttl_ms: int, client: redis.Redis) -> Any:
-        if who == origin and old_key and key == old_key[0] and not slow_reply_done.is_set():
-            reply = await claim(key, who, ttl_ms, client)  # won in Redis at once ...
-            slow_reply_done.set()
-            await asyncio.sleep(0.6)  # ... but the answer takes a while (within the Redis timeout)
-            return reply
-        if who == origin and slow_reply_done.is_set():
-            await asyncio.sleep(0.15)  # the first member's race for the new period comes second
-        return await claim(key, who, ttl_ms, client)
-
-    monkeypatch.setattr(trips, "_claim_or_wait", slow_reply_for_the_old_period)
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
-    await eventually(lambda: breaker(second).state == "open", within=1.0)
-    [trip_key] = await raw_redis.keys(f"{prefix}:route:a:trip")
-    stored = await raw_redis.get(trip_key)
-    assert stored is not None
-    period_x = orjson.loads(stored)["trip_id"]
-    old_key.append(keys.trial("a", period_x))
-    await raw_redis.set(old_key[0], origin, px=3000)  # ours: the first member's race re-takes it
-    sim.set_faults(SimFaults(slow_first_token=3.0), route="a")
-    await asyncio.wait_for(slow_reply_done.wait(), 3.0)
-    period_y = {"v": 1, "kind": "trip", "route": "a", "origin": "peer", "trip_id": "period-y"}
-    await raw_redis.publish(keys.channel, orjson.dumps({**period_y, "open_for": 0.2, "duration": 0.3}))
-    await eventually(lambda: breaker(second).admits(), within=2.0)  # the second member won Y's trial
-    trials = [asyncio.create_task(chat(second))]
-    most = 0
-    for _ in range(30):  # 1.5 s: the first member's late reply lands and its callers come
-        if breaker(first).admits():
-            trials.append(asyncio.create_task(chat(first)))
-        most = max(most, sim.route_stats("a").active_streams)
-        await asyncio.sleep(0.05)
-    await asyncio.gather(*trials)
-    assert most == 1, "two trials of one route at once"
-
-
-async def test_our_own_trip_delivered_after_our_period_ended_gets_its_trial_raced_for(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
-) -> None:
-    """Half-open, we receive a trip of ours with a new id (its publish was slow): we race for that period's trial."""
-    prefix = redis_server.prefix()
-    member = await fleet_member(
-        make_gateway, sim, redis_server, prefix, upstreams=only_route_a(sim), breaker_reset_seconds=0.3
-    )
-    sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(member)
-    await eventually(lambda: breaker(member).state == "half_open", within=2.0)
-    sim.set_faults(SimFaults(), route="a")
-    late = {"v": 1, "kind": "trip", "route": "a", "origin": member.app[FLEET].origin, "trip_id": "late-own"}
-    await raw_redis.publish(Keys(prefix).channel, orjson.dumps({**late, "open_for": 0.2, "duration": 0.3}))
-    await asyncio.sleep(2.5)  # delivered, and the old period's race has stopped at the new id (within a round)
-    statuses = await _until_served(member, 4.0)
-    assert statuses[-1] == 200, statuses
 
 
 async def test_a_trip_published_late_does_not_reopen_the_fleet_after_its_own_close(

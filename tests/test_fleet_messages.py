@@ -19,16 +19,16 @@ from gateway.fleet.messages import (
     stored_working,
 )
 
-RESULT = ProbeResult(ok=False, at=1_700_000_000.5, latency=0.25, error="upstream returned HTTP 500")
+RESULT = ProbeResult(ok=False, at=1_700_000_000.5, latency=0.25, error="upstream returned HTTP 500", kind="http_status")
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        Trip("a", "host:1:abc", "t1", 12.5, 30.0, True),
-        Closed("a", "host:1:abc", "t1"),
-        Probe("b", "host:2:def", RESULT, 0.3),
-        Override("b", "host:2:def", "working", "not_working", 1_764_650_000_000),
+        Trip("a", "host:1:abc", "a@0123456789ab", "t1", 12.5, 30.0, True),
+        Closed("a", "host:1:abc", "a@0123456789ab/eu-nat", "t1"),
+        Probe("b", "host:2:def", "b@0123456789ab", RESULT, 0.3),
+        Override("b", "host:2:def", "working", "not_working", 7),
     ],
     ids=["trip", "closed", "probe", "override"],
 )
@@ -45,12 +45,14 @@ def test_every_message_survives_the_round_trip(message: Trip | Closed | Probe | 
         b'{"v": 2, "kind": "closed", "route": "a", "origin": "o", "trip_id": "t"}',
         b'{"v": 1, "kind": "reboot", "route": "a", "origin": "o"}',
         b'{"v": 1, "kind": "closed", "route": 5, "origin": "o", "trip_id": "t"}',
-        b'{"v": 1, "kind": "closed", "route": "a", "origin": "o", "trip_id": ""}',
+        b'{"v": 1, "kind": "closed", "route": "a", "origin": "o", "scope": "a@s", "trip_id": ""}',
+        b'{"v": 1, "kind": "closed", "route": "a", "origin": "o", "trip_id": "t"}',
         b'{"v": 1, "kind": "trip", "route": "a", "origin": "o", "trip_id": "t", "open_for": 1e400, "duration": 1}',
         b'{"v": 1, "kind": "trip", "route": "a", "origin": "o", "trip_id": "t", "open_for": 0, "duration": 1}',
         b'{"v": 1, "kind": "probe", "route": "a", "origin": "o", "ok": 1, "at": 1, "latency": 0, "started_ago": 0}',
         b'{"v": 1, "kind": "probe", "route": "a", "origin": "o", "ok": true, "at": 1, "latency": -1, "started_ago": 0}',
-        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "not_working", "at_ms": 1}',
+        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "not_working", "seq": 1}',
+        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open", "seq": -1}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open"}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "flag", "mode": "auto"}',
     ],
@@ -62,7 +64,7 @@ def test_malformed_messages_are_dropped_not_raised(raw: bytes) -> None:
 
 def test_a_long_probe_error_is_cut() -> None:
     """A peer cannot make every process hold and show a megabyte of error text."""
-    probe = Probe("a", "o", ProbeResult(ok=False, at=1.0, latency=0.1, error="x" * 100_000), 0.0)
+    probe = Probe("a", "o", "a@s", ProbeResult(ok=False, at=1.0, latency=0.1, error="x" * 100_000), 0.0)
     decoded = decode(encode(probe))
     assert isinstance(decoded, Probe)
     assert decoded.result.error is not None
@@ -84,9 +86,9 @@ def test_stored_values_are_checked() -> None:
     assert state is not None
     assert (state.working, state.failures, state.last_probe.ok) == (False, 2, False)
     assert stored_working(orjson.dumps({**good, "failures": -1})) is None
-    assert stored_override(b"eu-proxy:breaker", b'{"mode": "open", "at_ms": 5}') == ("eu-proxy", "breaker", "open", 5)
+    assert stored_override(b"eu-proxy:breaker", b'{"mode": "open", "seq": 5}') == ("eu-proxy", "breaker", "open", 5)
     assert stored_override(b"eu-proxy:breaker", b'{"mode": "open"}') is None
-    assert stored_override(b"\xff:working", b'{"mode": "auto", "at_ms": 5}') is None
+    assert stored_override(b"\xff:working", b'{"mode": "auto", "seq": 5}') is None
 
 
 def test_keys_of_two_prefixes_never_collide() -> None:

@@ -49,7 +49,7 @@ async def test_failures_open_the_breaker_and_refusals_skip_the_upstream(
     assert response.headers["Retry-After"] == "18"  # from the injected monotonic clock, rounded up
     after = await scrape(gateway)
     assert delta(before, after, "gateway_admission_rejections_total", reason="breaker_open", **P) == 2
-    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", **R) == 1
+    assert delta(before, after, "gateway_breaker_transitions_total", to_state="open", source="local", **R) == 1
     assert value(after, "gateway_breaker_state", state="open", **R) == 1
     assert value(after, "gateway_breaker_state", state="closed", **R) == 0
 

@@ -33,9 +33,9 @@ def test_breaker_changes_move_the_one_hot_gauge_and_count_transitions() -> None:
     events.publish(BreakerChanged("a", "open", "half_open", "auto", by_traffic=False))
     assert _value(registry, "gateway_breaker_state", state="half_open") == 1.0
     assert _value(registry, "gateway_breaker_state", state="open") == 0.0
-    assert _value(registry, "gateway_breaker_transitions_total", to_state="open") == 1.0
-    assert _value(registry, "gateway_breaker_transitions_total", to_state="half_open") == 1.0
-    assert _value(registry, "gateway_breaker_transitions_total", to_state="closed") == 0.0
+    assert _value(registry, "gateway_breaker_transitions_total", to_state="open", source="local") == 1.0
+    assert _value(registry, "gateway_breaker_transitions_total", to_state="half_open", source="local") == 1.0
+    assert _value(registry, "gateway_breaker_transitions_total", to_state="closed", source="local") == 0.0
 
 
 def test_the_working_gauge_follows_the_flag() -> None:

@@ -1,9 +1,9 @@
-"""Fleet: several gateway processes share upstream health decisions through Redis.
+"""Fleet: several gateway processes share upstream health facts through Redis.
 
-Only decisions travel (breaker trips and closes, the single-flight half-open trial, the probe
-lease and its results, operator overrides); failure counting stays local. Admission reads
-local state that the subscription keeps current; the one wait on Redis in the request path
-is a half-open trial confirming its claim, bounded by the Redis timeout.
+Only facts travel, each with a TTL (breaker trips and closes, the probe lease and its results,
+operator overrides), and only between processes of the same route scope (:mod:`gateway.scope`).
+Failure counting and half-open trials stay local. Admission reads local state that the
+subscription keeps current: the request path waits on Redis nowhere.
 """
 
 from gateway.fleet.shared import SharedHealth

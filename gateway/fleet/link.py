@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
-# A paused server is silent, not broken: only a failed ping tells the subscriber it is gone.
+# A paused server is silent, not broken: only a failed ping tells the subscriber it is gone. Both
+# connections are pinged: the pool's (calls) and the subscription's, whose pong comes back through
+# the subscription itself, so a subscription that went silent is noticed within two heartbeats.
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -70,6 +72,10 @@ class RedisLink:
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(f"{type(exc).__name__}: {exc}")
             return None
+
+    async def delete(self, key: str) -> bool:
+        """Delete one key; False if Redis failed."""
+        return await self.call(lambda client: client.delete(key)) is not None
 
     def start(self) -> None:
         """Connect in the background; the first success calls ``on_up``."""
@@ -149,17 +155,27 @@ class RedisLink:
     async def _relay(self, client: redis.Redis, pubsub: Any) -> None:
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + HEARTBEAT_SECONDS
+        pong_due: float | None = None  # when the subscription's pong must have come back
         while not self._lost.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
-            if message is not None and message.get("type") == "message":
+            kind = None if message is None else message.get("type")
+            if kind == "pong":
+                pong_due = None
+            elif kind == "message":
                 try:
                     self._on_message(message["data"])
                 except Exception:
                     log.exception("shared state message handler failed")
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + HEARTBEAT_SECONDS
+            now = loop.time()
+            if pong_due is not None and now >= pong_due:
+                raise TimeoutError("the subscription went silent (no pong)")
+            if now >= next_ping:
+                next_ping = now + HEARTBEAT_SECONDS
                 async with asyncio.timeout(self.timeout):
                     await client.ping()
+                    if pong_due is None:
+                        await pubsub.ping()
+                        pong_due = now + HEARTBEAT_SECONDS
 
 
 async def _close(client: redis.Redis, pubsub: Any) -> None:

@@ -4,7 +4,10 @@ Messages are small JSON objects on one channel per prefix. Redis delivers a chan
 messages to every subscriber in the same order, so arrival order is the fleet's order
 (no wall clock decides anything between processes). Keys carry what a process that
 starts later (or missed a message) must still learn; every key has a TTL except operator
-overrides, which must survive restarts.
+overrides, which must survive restarts (and are ordered by a Redis-side sequence number).
+
+Trips, closes, probe results and their keys carry a *scope* (:mod:`gateway.fleet.scope`): a
+process applies them only to a route of the same scope.
 
 Everything read from Redis or a peer is checked before use: a malformed message or
 stored value is dropped (``None``), never raised into the loop that reads it.
@@ -43,24 +46,20 @@ class Keys:
 
     @property
     def overrides(self) -> str:
-        """Hash ``<route>:<target>`` -> ``{"mode", "at_ms"}``. No TTL."""
+        """Hash ``<route>:<target>`` -> ``{"mode", "seq"}``. No TTL."""
         return f"{self.prefix}:overrides"
 
-    def trip(self, route: str) -> str:
-        """The current open period of ``route``: ``{trip_id, duration}``, expiring when it ends."""
-        return f"{self.prefix}:route:{route}:trip"
+    def trip(self, scope: str) -> str:
+        """The open period shared in ``scope``: ``{trip_id, duration, trial_ms}``, expiring after its trial window."""
+        return f"{self.prefix}:trip:{scope}"
 
-    def trial(self, route: str, trip_id: str) -> str:
-        """Who holds the half-open trial after trip ``trip_id`` (``SET NX PX``)."""
-        return f"{self.prefix}:route:{route}:trial:{trip_id}"
+    def probe_lease(self, scope: str) -> str:
+        """Which process probes the routes of ``scope`` (taken and renewed by script)."""
+        return f"{self.prefix}:probe-lease:{scope}"
 
-    def probe_lease(self, route: str) -> str:
-        """Which process probes ``route`` (taken and renewed by script)."""
-        return f"{self.prefix}:route:{route}:probe-lease"
-
-    def working(self, route: str) -> str:
-        """The working flag after the latest probe, for processes that (re)join."""
-        return f"{self.prefix}:route:{route}:working"
+    def working(self, scope: str) -> str:
+        """The working flag after the latest probe shared in ``scope``, for processes that (re)join."""
+        return f"{self.prefix}:working:{scope}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,7 @@ class Trip:
 
     route: str
     origin: str
+    scope: str
     trip_id: str
     open_for: float
     duration: float
@@ -77,10 +77,11 @@ class Trip:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """The trial after trip ``trip_id`` succeeded."""
+    """A trial after trip ``trip_id`` succeeded."""
 
     route: str
     origin: str
+    scope: str
     trip_id: str
 
 
@@ -90,6 +91,7 @@ class Probe:
 
     route: str
     origin: str
+    scope: str
     result: ProbeResult
     started_ago: float
 
@@ -102,7 +104,7 @@ class Override:
     origin: str
     target: OverrideTarget
     mode: str
-    at_ms: int  # when the operator gave it (wall clock): the later command wins
+    seq: int  # Redis's order of the commands for this field: the later one wins, whatever the clocks
 
 
 Message = Trip | Closed | Probe | Override
@@ -124,17 +126,23 @@ def encode(message: Message) -> bytes:
     if isinstance(message, Trip):
         body: dict[str, Any] = {
             "kind": "trip",
+            "scope": message.scope,
             "trip_id": message.trip_id,
             "open_for": message.open_for,
             "duration": message.duration,
             "from_closed": message.from_closed,
         }
     elif isinstance(message, Closed):
-        body = {"kind": "closed", "trip_id": message.trip_id}
+        body = {"kind": "closed", "scope": message.scope, "trip_id": message.trip_id}
     elif isinstance(message, Probe):
-        body = {"kind": "probe", **probe_fields(message.result), "started_ago": message.started_ago}
+        body = {
+            "kind": "probe",
+            "scope": message.scope,
+            **probe_fields(message.result),
+            "started_ago": message.started_ago,
+        }
     else:
-        body = {"kind": "override", "target": message.target, "mode": message.mode, "at_ms": message.at_ms}
+        body = {"kind": "override", "target": message.target, "mode": message.mode, "seq": message.seq}
     return orjson.dumps({**head, **body})
 
 
@@ -143,25 +151,29 @@ def decode(raw: bytes | str) -> Message | None:
     data = _object(raw)
     if data is None or data.get("v") != VERSION:
         return None
-    route, origin, kind = data.get("route"), data.get("origin"), data.get("kind")
+    route, origin, kind, scope = data.get("route"), data.get("origin"), data.get("kind"), data.get("scope")
     if not (_short_str(route) and _short_str(origin)):
+        return None
+    if kind == "override":
+        target, mode, seq = data.get("target"), data.get("mode"), data.get("seq")
+        if _target(target) and mode in OVERRIDE_MODES[target] and _count(seq):
+            return Override(route, origin, target, str(mode), seq)
+        return None
+    if not _short_str(scope):
         return None
     if kind == "trip":
         trip_id, open_for, duration = data.get("trip_id"), data.get("open_for"), data.get("duration")
         if _short_str(trip_id) and _positive(open_for) and _positive(duration):
-            return Trip(route, origin, trip_id, float(open_for), float(duration), data.get("from_closed") is True)
+            from_closed = data.get("from_closed") is True
+            return Trip(route, origin, scope, trip_id, float(open_for), float(duration), from_closed)
     elif kind == "closed":
         trip_id = data.get("trip_id")
         if _short_str(trip_id):
-            return Closed(route, origin, trip_id)
+            return Closed(route, origin, scope, trip_id)
     elif kind == "probe":
         result, started_ago = parse_probe(data), data.get("started_ago")
         if result is not None and _non_negative(started_ago):
-            return Probe(route, origin, result, float(started_ago))
-    elif kind == "override":
-        target, mode, at_ms = data.get("target"), data.get("mode"), data.get("at_ms")
-        if _target(target) and mode in OVERRIDE_MODES[target] and _count(at_ms):
-            return Override(route, origin, target, str(mode), at_ms)
+            return Probe(route, origin, scope, result, float(started_ago))
     return None
 
 
@@ -192,7 +204,7 @@ def stored_working(raw: bytes | None) -> StoredWorking | None:
 
 
 def stored_override(field: bytes | str, value: bytes | str) -> tuple[str, OverrideTarget, str, int] | None:
-    """``(route, target, mode, at_ms)`` from one field of the overrides hash."""
+    """``(route, target, mode, seq)`` from one field of the overrides hash."""
     try:
         name = field.decode() if isinstance(field, bytes) else field
     except UnicodeDecodeError:
@@ -201,25 +213,28 @@ def stored_override(field: bytes | str, value: bytes | str) -> tuple[str, Overri
     data = _object(value)
     if data is None or not _short_str(route):
         return None
-    mode, at_ms = data.get("mode"), data.get("at_ms")
-    if not (_target(target) and mode in OVERRIDE_MODES[target] and _count(at_ms)):
+    mode, seq = data.get("mode"), data.get("seq")
+    if not (_target(target) and mode in OVERRIDE_MODES[target] and _count(seq)):
         return None
-    return route, target, str(mode), at_ms
+    return route, target, str(mode), seq
 
 
 def probe_fields(result: ProbeResult) -> dict[str, Any]:
     """A probe result as JSON fields."""
-    return {"ok": result.ok, "at": result.at, "latency": result.latency, "error": result.error}
+    fields = {"ok": result.ok, "at": result.at, "latency": result.latency, "error": result.error}
+    return {**fields, "error_kind": result.kind}
 
 
 def parse_probe(data: dict[str, Any]) -> ProbeResult | None:
     """A probe result from JSON fields, or None."""
     ok, at, latency, error = data.get("ok"), data.get("at"), data.get("latency"), data.get("error")
+    kind = data.get("error_kind")
     if not isinstance(ok, bool) or not _non_negative(at) or not _non_negative(latency):
         return None
-    if error is not None and not isinstance(error, str):
+    if (error is not None and not isinstance(error, str)) or (kind is not None and not _short_str(kind)):
         return None
-    return ProbeResult(ok=ok, at=float(at), latency=float(latency), error=None if error is None else error[:_MAX_ERROR])
+    error = None if error is None else error[:_MAX_ERROR]
+    return ProbeResult(ok=ok, at=float(at), latency=float(latency), error=error, kind=kind)
 
 
 def _target(value: object) -> TypeGuard[OverrideTarget]:

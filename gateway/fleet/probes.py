@@ -1,10 +1,13 @@
-"""One prober per route for the whole fleet: the probe lease, and its results applied everywhere.
+"""One prober per route scope for the whole fleet: the probe lease, and its results shared by scope.
 
-The lease is taken or renewed by one script every third of a probe interval and expires
-after two thirds, so a holder that dies is replaced within one interval; a holder that
-reconnects keeps its own lease, and stopping releases only a lease this process holds.
-The holder publishes each :class:`Probe` and stores the working flag it reached, which
-processes that (re)join adopt instead of starting from "working".
+The lease (one per upstream scope, :mod:`gateway.scope`) is taken or renewed by one script every
+third of a probe interval and expires after two thirds, so a holder that dies is replaced within
+one interval; a holder that reconnects keeps its own lease, and stopping releases only a lease this
+process holds. The holder publishes each :class:`Probe` and stores the working flag it reached,
+which processes that (re)join adopt instead of starting from "working". A result is shared in the
+scope its outcome is shared in: a success or an upstream failure with the whole upstream scope, a
+failure that may belong to the holder's path (a block, a rate limit...) only within its egress
+group, and not at all without one.
 """
 
 from __future__ import annotations
@@ -65,9 +68,13 @@ class ProbeSharing:
         """Subscriber: publish a probe this process ran, and store the flag it led to."""
         if event.remote or not self._link.up:
             return
+        scopes = share.route.scopes
+        scope = scopes.upstream if event.result.ok else scopes.for_failure(event.result.kind)
+        if scope is None:
+            return  # may be this host's own trouble, and no egress group to share it with
         flag = share.route.flag
         started_ago = max(self._clock() - event.started, 0.0)
-        message = encode(Probe(share.route.name, self._origin, event.result, started_ago))
+        message = encode(Probe(share.route.name, self._origin, scope, event.result, started_ago))
         working = orjson.dumps(
             {
                 "working": flag.probed_working,
@@ -79,7 +86,7 @@ class ProbeSharing:
 
         async def publish(client: redis.Redis) -> None:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.set(self._keys.working(share.route.name), working, px=self._working_ttl_ms)
+                pipe.set(self._keys.working(scope), working, px=self._working_ttl_ms)
                 pipe.publish(self._keys.channel, message)
                 await pipe.execute()
 
@@ -88,23 +95,38 @@ class ProbeSharing:
     def apply_probe(self, share: RouteShare, probe: Probe) -> None:
         """Another process's probe: through our own event bus, as if we had run it (but not counted)."""
         route = share.route
+        if probe.scope not in route.scopes:
+            return  # another upstream, or a failure of another egress group's path
         started = self._clock() - probe.started_ago
         route.events.publish(ProbeFinished(route.name, probe.result, started=started, remote=True))
 
     async def resync(self, shares: list[RouteShare]) -> bool:
-        """Adopt the stored working flags. False: Redis failed."""
+        """Adopt the stored working flags (the latest of a route's scopes). False: Redis failed."""
+        scopes = [scope for share in shares for scope in share.route.scopes.all]
 
         async def read(client: redis.Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for share in shares:
-                    pipe.get(self._keys.working(share.route.name))
+                for scope in scopes:
+                    pipe.get(self._keys.working(scope))
+                    pipe.pttl(self._keys.working(scope))
                 return list(await pipe.execute())
 
         replies = await self._link.call(read)
         if replies is None:
             return False
-        for share, raw in zip(shares, replies, strict=True):
-            state = stored_working(raw)
+        stored: dict[str, Any] = {}
+        for index, scope in enumerate(scopes):
+            raw, pttl = replies[2 * index], replies[2 * index + 1]
+            if raw is not None and pttl == -1:
+                log.warning("deleting a working key without expiry scope=%s", scope)
+                if not await self._link.delete(self._keys.working(scope)):
+                    return False
+                raw = None
+            stored[scope] = raw
+        for share in shares:
+            raws = [stored[scope] for scope in share.route.scopes.all if stored[scope] is not None]
+            states = [state for state in map(stored_working, raws) if state is not None]
+            state = max(states, key=lambda state: state.last_probe.at, default=None)
             if state is not None:
                 share.route.flag.restore(
                     working=state.working,
@@ -112,7 +134,7 @@ class ProbeSharing:
                     successes=state.successes,
                     last_probe=state.last_probe,
                 )
-            elif raw is not None:
+            if len(states) < len(raws):
                 log.warning("ignoring a malformed working key route=%s", share.route.name)
         return True
 
@@ -134,13 +156,12 @@ class ProbeSharing:
         """Give back the leases this process holds (and only those), so a peer takes over at once."""
         for share in shares:
             if share.lease_held:
-                await self._link.call(
-                    functools.partial(_delete_if_mine, self._keys.probe_lease(share.route.name), self._origin)
-                )
+                lease = self._keys.probe_lease(share.route.scopes.upstream)
+                await self._link.call(functools.partial(_delete_if_mine, lease, self._origin))
                 share.lease_held = False
 
     async def _refresh(self, share: RouteShare) -> None:
-        key = self._keys.probe_lease(share.route.name)
+        key = self._keys.probe_lease(share.route.scopes.upstream)
         held = await self._link.call(
             lambda client: client.eval(scripts.ACQUIRE_OR_RENEW, 1, key, self._origin, self._lease_ttl_ms)
         )

@@ -9,38 +9,17 @@ from __future__ import annotations
 
 from typing import Final
 
-# KEYS[1] lease, ARGV[1] me, ARGV[2] ttl ms -> 1 if I hold it now (kept, or taken because free).
+# KEYS[1] lease, ARGV[1] me, ARGV[2] ttl ms -> 1 if I hold it now (kept, or taken because free). A
+# lease without a TTL (a stray key) counts as free: no stray key may stop the fleet from probing.
 ACQUIRE_OR_RENEW: Final = """
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2])
   return 1
 end
-if holder then return 0 end
+if holder and redis.call('pttl', KEYS[1]) ~= -1 then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
-"""
-
-# KEYS[1] trial claim, ARGV[1] me, ARGV[2] ttl ms -> {1, 0} if mine now (free, or already mine: a
-# race restarted after a blip; never shortened, it may be held for a running trial), else
-# {0, ms until the holder's claim lapses}.
-CLAIM_OR_WAIT: Final = """
-local holder = redis.call('get', KEYS[1])
-if holder == false then
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {1, 0}
-end
-if holder == ARGV[1] then
-  if redis.call('pttl', KEYS[1]) < tonumber(ARGV[2]) then redis.call('pexpire', KEYS[1], ARGV[2]) end
-  return {1, 0}
-end
-return {0, redis.call('pttl', KEYS[1])}
-"""
-
-# KEYS[1] key, ARGV[1] expected value, ARGV[2] ttl ms -> 1 if the key is still mine and now lasts ttl.
-EXTEND_IF_VALUE: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
 """
 
 # KEYS[1] key, ARGV[1] expected value -> 1 if deleted.
@@ -59,17 +38,23 @@ end
 return redis.call('publish', KEYS[2], ARGV[2])
 """
 
-# KEYS[1] overrides hash, KEYS[2] channel; ARGV[1] field, ARGV[2] value (JSON with at_ms),
-# ARGV[3] at_ms, ARGV[4] message -> 1 if written and announced, 0 if a newer one is stored.
-WRITE_OVERRIDE_IF_NEWER: Final = """
+# KEYS[1] overrides hash, KEYS[2] channel, KEYS[3..] trip keys the command ends; ARGV[1] field,
+# ARGV[2] mode, ARGV[3] origin, ARGV[4] route, ARGV[5] target, ARGV[6] the sequence number the
+# writer last saw ('' for a command given now) -> {1, new seq} if written and announced, else
+# {0, stored seq}. Redis numbers the commands per field, so the later one wins whatever the clocks.
+WRITE_OVERRIDE: Final = """
 local stored = redis.call('hget', KEYS[1], ARGV[1])
+local seq = 0
 if stored then
   local ok, data = pcall(cjson.decode, stored)
-  if ok and type(data) == 'table' and tonumber(data['at_ms']) and tonumber(data['at_ms']) > tonumber(ARGV[3]) then
-    return 0
-  end
+  if ok and type(data) == 'table' and tonumber(data['seq']) then seq = math.floor(tonumber(data['seq'])) end
 end
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-redis.call('publish', KEYS[2], ARGV[4])
-return 1
+if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= seq then return {0, seq} end
+seq = seq + 1
+redis.call('hset', KEYS[1], ARGV[1], cjson.encode({mode = ARGV[2], seq = seq}))
+for i = 3, #KEYS do redis.call('del', KEYS[i]) end
+local message = {v = 1, route = ARGV[4], origin = ARGV[3], kind = 'override', target = ARGV[5],
+  mode = ARGV[2], seq = seq}
+redis.call('publish', KEYS[2], cjson.encode(message))
+return {1, seq}
 """

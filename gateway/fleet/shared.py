@@ -1,8 +1,9 @@
 """One process's member of the fleet: the connection, the per-route records, and who handles what.
 
-:class:`SharedHealth` owns the Redis link and hands each kind of decision to its part:
-trips and trials (:mod:`gateway.fleet.trips`), probes (:mod:`gateway.fleet.probes`) and
-operator overrides (:mod:`gateway.fleet.overrides`). Local events reach the parts through
+:class:`SharedHealth` owns the Redis link and hands each kind of fact to its part:
+trips and closes (:mod:`gateway.fleet.trips`), probes (:mod:`gateway.fleet.probes`) and
+operator overrides (:mod:`gateway.fleet.overrides`), each shared only with processes of the
+same route scope (:mod:`gateway.scope`). Local events reach the parts through
 each route's event bus; messages from the fleet are checked (:mod:`gateway.fleet.messages`)
 and dispatched here. While Redis is unreachable every process decides alone, exactly as
 without a fleet; on reconnection the parts re-sync before sharing resumes.
@@ -19,15 +20,15 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.events import BreakerChanged, ProbeFinished, TrialAdmitted, TrialReleased, TrialWanted
+from gateway.events import BreakerChanged, ProbeFinished
 from gateway.fleet.link import RedisLink
 from gateway.fleet.messages import Closed, Keys, Override, OverrideTarget, Probe, Trip, decode
 from gateway.fleet.overrides import OverrideSharing
 from gateway.fleet.probes import ProbeSharing
-from gateway.fleet.trips import TripSharing
+from gateway.fleet.trips import Period, TripSharing
 from gateway.route_pool import Route, RoutePool
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,9 @@ class RouteShare:
     """What this process knows of one route's fleet state."""
 
     route: Route
-    trip_id: str | None = None  # the open period the fleet is in (or ours, not yet shared)
-    trip_shared: bool = True  # False: a local trip made while Redis was away
+    period: Period | None = None  # the open period this process is in (ours or the fleet's), if any
+    unpublished_close: Period | None = None  # a close of ours not yet published: retried on re-sync
     lease_held: bool = False
-    claim_key: str | None = None  # a trial claim we won, until our trial call starts
-    held_claim: str | None = None  # a claim held for our running trial call
-    trial_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # a caller here was refused for want of it
-    claimer: asyncio.Task[None] | None = None  # the one race for the trial claim this process runs
-    claimer_trip: str | None = None  # the period that race is for
     trip_publish: asyncio.Task[Any] | None = None  # our latest trip's publish, which its close must follow
 
 
@@ -64,7 +60,7 @@ class SharedHealth:
         prefix: str,
         timeout: float,
         probe_interval: float,
-        trial_timeout: float,
+        trial_window: float,
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[bool], None] = lambda up: None,
         probing: bool = True,
@@ -80,7 +76,7 @@ class SharedHealth:
             url, channel=keys.channel, timeout=timeout, on_message=self._receive, on_up=self._resync, on_down=self._down
         )
         self.trips = TripSharing(
-            self.link, keys, self.origin, trial_timeout=trial_timeout, clock=clock, spawn=self._spawn
+            self.link, keys, self.origin, trial_window=trial_window, clock=clock, spawn=self._spawn
         )
         self.probes = ProbeSharing(
             self.link, keys, self.origin, probe_interval=probe_interval, clock=clock, spawn=self._spawn
@@ -89,10 +85,6 @@ class SharedHealth:
         for share in self._shares.values():
             events = share.route.events
             events.subscribe(BreakerChanged, functools.partial(self.trips.breaker_changed, share))
-            events.subscribe(TrialAdmitted, functools.partial(self.trips.trial_admitted, share))
-            events.subscribe(TrialReleased, functools.partial(self.trips.trial_released, share))
-            events.subscribe(TrialWanted, functools.partial(self.trips.trial_wanted, share))
-            share.route.breaker.trial_confirmer = functools.partial(self.trips.confirm_trial, share)
             events.subscribe(ProbeFinished, functools.partial(self.probes.probe_finished, share))
             share.route.prober.may_probe = functools.partial(ProbeSharing.may_probe, self.link, share)
 
@@ -102,11 +94,26 @@ class SharedHealth:
         return self.link.up
 
     def snapshot(self) -> dict[str, Any]:
-        """For /status: whether sharing works, who we are, which probe leases and trial claims we hold."""
-        shares = self._shares.items() if self.up else ()
-        leases = sorted(name for name, share in shares if share.lease_held)
-        claims = sorted(name for name, share in shares if share.claim_key or share.held_claim)
-        return {"up": self.up, "origin": self.origin, "probe_leases": leases, "trial_claims": claims}
+        """For /status: whether sharing works, who we are, and per route what is shared, with whom, from where."""
+        routes = {}
+        for name, share in self._shares.items():
+            scopes, period = share.route.scopes, share.period
+            routes[name] = {
+                "upstream_scope": scopes.upstream,
+                "egress": scopes.egress.rpartition("/")[2] if scopes.egress else None,
+                "path_failures_shared": scopes.egress is not None,
+                "probe_lease": self.up and share.lease_held,
+                "open_period": None
+                if period is None
+                else {
+                    "trip_id": period.trip_id,
+                    "scope": period.scope,
+                    "opened_by": "local" if period.origin == self.origin else "fleet",
+                    "shared": period.shared,
+                },
+            }
+        leases = sorted(name for name, share in self._shares.items() if self.up and share.lease_held)
+        return {"up": self.up, "origin": self.origin, "probe_leases": leases, "routes": routes}
 
     async def joined(self) -> None:
         """Until the first connection attempt has synced (the fleet's probe results adopted) or failed."""
@@ -148,12 +155,16 @@ class SharedHealth:
             return
         share = self._shares[message.route]
         if isinstance(message, Trip):
+            if message.scope not in share.route.scopes:
+                return  # another upstream, or a path failure of another egress group
             self.trips.apply_trip(share, message)  # our own too: arrival order names the period
             if message.from_closed and share.lease_held and message.origin != self.origin:
                 share.route.prober.trigger()  # live traffic elsewhere says the upstream broke: look now
         elif message.origin == self.origin:
             return
         elif isinstance(message, Closed):
+            if message.scope not in share.route.scopes:
+                return
             self.trips.apply_closed(share, message)
         elif isinstance(message, Probe):
             self.probes.apply_probe(share, message)
@@ -165,20 +176,12 @@ class SharedHealth:
         shares = list(self._shares.values())
         if not (await self.overrides.resync() and await self.trips.resync(shares) and await self.probes.resync(shares)):
             return  # the link is marked down; it will retry with backoff
-        for share in shares:
-            breaker = share.route.breaker
-            breaker.trial_needs_permit = True
-            if breaker.mode == "auto" and breaker.state == "half_open":
-                # Went half-open while away (and took a local permit): race the fleet for it now.
-                breaker.revoke_trial_permit()
-                self.trips.start_claiming(share)
         self._on_state(True)
         self.probes.wake.set()
 
     def _down(self) -> None:
         for share in self._shares.values():
             share.lease_held = False
-            TripSharing.went_down(share)
         self._on_state(False)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

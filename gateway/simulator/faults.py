@@ -88,6 +88,8 @@ class SimFaults(BaseModel):
     empty_stream: bool = False
     ratio: float = Field(default=1.0, ge=0, le=1)
     count: int | None = Field(default=None, ge=1)  # fault this many requests, then heal by itself
+    # Fault only requests signed with this bearer token (one account, or one host's way out); others are healthy.
+    only_token: str | None = Field(default=None, min_length=1)
 
     @cached_property
     def active(self) -> bool:
@@ -98,6 +100,10 @@ class SimFaults(BaseModel):
     def shapes_responses(self) -> bool:
         """True when a fault other than the rejections is set: the ones ``ratio`` draws for."""
         return self.model_dump(exclude=_NOT_RESPONSE_FAULTS) != _HEALTHY
+
+    def applies_to(self, authorization: str | None) -> bool:
+        """Whether these faults concern a request with this ``Authorization`` header (``only_token``)."""
+        return self.only_token is None or authorization == f"Bearer {self.only_token}"
 
     def rejection(self, body: bytes) -> tuple[int, bytes] | None:
         """Status and JSON error body when the rejections refuse the raw request ``body``, else None."""
@@ -121,7 +127,7 @@ class SimFaults(BaseModel):
         return status, text.encode(), content_type_of(text), headers
 
 
-_NOT_RESPONSE_FAULTS: Final = {"ratio", "count", "reject_over_bytes", "reject_marker", "reject_status"}
+_NOT_RESPONSE_FAULTS: Final = {"ratio", "count", "reject_over_bytes", "reject_marker", "reject_status", "only_token"}
 _HEALTHY: Final = SimFaults().model_dump(exclude=_NOT_RESPONSE_FAULTS)
 
 

@@ -1,0 +1,57 @@
+"""What a route's fleet state is shared with: its scopes.
+
+Processes share a fact about a route only when both reach the upstream the same way: the same
+route name, URL and proxy (the proxy's host, not its credentials). Within that:
+
+* failures that say the upstream itself is down (5xx, timeouts, broken streams, protocol errors)
+  are shared by every process of the route's *upstream scope*;
+* failures whose cause may lie in one host's way out (a block, a rate limit, connect errors, auth,
+  which a per-host proxy or NAT address can cause) are shared only within a declared *egress group*
+  (``GATEWAY_EGRESS``, or the route's ``egress``): one value per set of hosts behind one NAT or
+  proxy. Unset, such failures stay with the process that saw them.
+
+So replicas on one network share outages, and one blocked host never takes the route down for
+the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+from yarl import URL
+
+# Error kinds whose cause may be this host's path to the upstream rather than the upstream.
+PATH_LOCAL_KINDS: Final = frozenset({"connect", "blocked", "rate_limited", "auth"})
+EGRESS_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+@dataclass(frozen=True, slots=True)
+class Scopes:
+    """The scopes of one route in this process: upstream-wide, and the egress group's (if declared)."""
+
+    upstream: str
+    egress: str | None = None
+
+    @classmethod
+    def of(cls, name: str, url: str, proxy: str | None, egress: str | None) -> Scopes:
+        """The scopes of route ``name`` reached at ``url`` through ``proxy`` from egress group ``egress``."""
+        proxy_host = "" if proxy is None else str(URL(proxy).with_user(None).with_password(None))
+        digest = hashlib.sha256(f"{url}\n{proxy_host}".encode()).hexdigest()[:12]
+        upstream = f"{name}@{digest}"
+        return cls(upstream, None if egress is None else f"{upstream}/{egress}")
+
+    def for_failure(self, kind: str | None) -> str | None:
+        """The scope a failure of ``kind`` is shared in; None: not shared (an unknown kind counts as local)."""
+        if kind is None or kind in PATH_LOCAL_KINDS:
+            return self.egress
+        return self.upstream
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every scope this route shares in, widest first."""
+        return (self.upstream,) if self.egress is None else (self.upstream, self.egress)
+
+    def __contains__(self, scope: object) -> bool:
+        return scope == self.upstream or (self.egress is not None and scope == self.egress)

@@ -1,0 +1,139 @@
+"""Scopes: a replica's own path trouble stays its own; outages and an egress group's trouble are shared.
+
+Members here are full gateway apps with their own Redis connections sharing one real redis-server
+and one simulator. Two members of route ``a`` differ only in their token, and the simulator blocks
+one token (``only_token``): the same route name, URL and proxy, one host's way out blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.app_keys import ROUTES
+from gateway.scope import Scopes
+from gateway.simulator import SimFaults, SimOptions, Simulator
+from monitoring.processes import eventually
+from tests.fleet_support import Client, breaker, chat, fleet_member
+from tests.gateway_support import GatewayFactory
+from tests.redis_support import RedisServer
+
+BLOCKED = SimFaults(http_status=403, http_body="cloudflare", only_token="token-b")
+
+
+@pytest.fixture(name="sim")
+async def sim_fixture() -> AsyncIterator[Simulator]:
+    """A simulator that takes any account's token (the members here sign with token-a and token-b)."""
+    async with Simulator(SimOptions(check_signature=False)) as simulator:
+        yield simulator
+
+
+def _route_a(sim: Simulator, token: str) -> str:
+    return json.dumps([{"name": "a", "url": sim.route_url("a"), "token": token}])
+
+
+async def _pair(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, **extra: Any
+) -> tuple[Client, Client]:
+    """Members A (token-a) and B (token-b) of one route ``a``, sharing state under one prefix."""
+    prefix = redis_server.prefix()
+    members = [
+        await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, token), **extra)
+        for token in ("token-a", "token-b")
+    ]
+    return members[0], members[1]
+
+
+async def test_a_replica_whose_path_is_blocked_costs_the_healthy_replica_nothing(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """B's Cloudflare block opens B's breaker again and again; A keeps serving (at least 95 %, here all)."""
+    first, second = await _pair(make_gateway, sim, redis_server, breaker_reset_seconds=0.3)
+    sim.set_faults(BLOCKED, route="a")
+    served, sent, b_trips = 0, 0, 0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        statuses = await asyncio.gather(chat(first), chat(second))
+        sent += 1
+        served += statuses[0] == 200
+        b_trips += breaker(second).state == "open"
+        await asyncio.sleep(0.05)
+    assert b_trips > 0  # B was blocked and tripped
+    assert served >= 0.95 * sent, f"A served {served} of {sent}"
+    assert breaker(first).state == "closed"
+    readyz = await (await first.get("/readyz")).json()
+    assert "Cloudflare" not in json.dumps(readyz)  # B's trouble is not shown as A's
+
+
+async def test_replicas_of_one_egress_group_share_a_block_within_a_second(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """With GATEWAY_EGRESS set alike, B's block is A's too: A refuses a within 1 s without a failure of its own."""
+    first, second = await _pair(make_gateway, sim, redis_server, egress="nat-1")
+    sim.set_faults(BLOCKED, route="a")
+    while breaker(second).state != "open":
+        await chat(second)
+    tripped = time.monotonic()
+    await eventually(lambda: breaker(first).state == "open", within=1.0)
+    assert time.monotonic() - tripped < 1.0
+    assert breaker(first).consecutive_failures == 0
+
+
+async def test_a_blocked_lease_holders_failed_probes_do_not_mark_the_route_down_elsewhere(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """B holds the probe lease and its path is blocked: B's flag goes off, A's stays on with no error of B's."""
+    prefix = redis_server.prefix()
+    probing = {"probe_enabled": True, "probe_interval": 0.2, "probe_unhealthy_interval": 0.2}
+    second = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-b"), **probing
+    )
+    await eventually(lambda: second.app[ROUTES]["a"].flag.last_probe is not None, within=3.0)  # B holds the lease
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-a"), **probing)
+    sim.set_faults(BLOCKED, route="a")
+    await eventually(lambda: not second.app[ROUTES]["a"].flag.working, within=3.0)
+    await asyncio.sleep(0.5)  # more of B's failed probes
+    flag = first.app[ROUTES]["a"].flag
+    assert flag.working
+    assert flag.last_probe is None or flag.last_probe.ok
+    assert await chat(first) == 200
+
+
+async def test_routes_whose_url_or_proxy_differ_never_share_whatever_their_names(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Route ``a`` at two different URLs: a 5xx trip on one does not open the other."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=json.dumps([{"name": "a", "url": sim.route_url("a")}])
+    )
+    second = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=json.dumps([{"name": "a", "url": sim.route_url("other")}])
+    )
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    while breaker(first).state != "open":
+        await chat(first)
+    await asyncio.sleep(0.5)
+    assert breaker(second).state == "closed"
+    assert await chat(second) == 200
+
+
+def test_scopes_put_path_failures_in_the_egress_group_and_outages_in_the_upstream_scope() -> None:
+    """The rule as a table: upstream-down kinds go wide, path kinds only to a declared egress group."""
+    alone = Scopes.of("a", "https://x.example/v3", "http://user:secret@10.0.0.5:3128", None)
+    grouped = Scopes.of("a", "https://x.example/v3", "http://other:creds@10.0.0.5:3128", "nat-1")
+    assert alone.upstream == grouped.upstream  # credentials are not the path; the proxy's host is
+    assert "secret" not in alone.upstream
+    for kind in ("http_status", "timeout", "protocol", "interrupted"):
+        assert alone.for_failure(kind) == alone.upstream
+    path_kinds: tuple[str | None, ...] = ("connect", "blocked", "rate_limited", "auth", None)
+    for path_kind in path_kinds:
+        assert alone.for_failure(path_kind) is None
+        assert grouped.for_failure(path_kind) == grouped.egress
+    assert Scopes.of("a", "https://x.example/v3", "http://10.0.0.6:3128", None).upstream != alone.upstream
+    assert Scopes.of("b", "https://x.example/v3", "http://10.0.0.5:3128", None).upstream != alone.upstream
