@@ -10,6 +10,9 @@ The short run is part of the test suite (tests/test_soak.py); the long one is::
 
     .venv/bin/python -m tests.soak --requests 5000 --concurrency 100
 
+With ``--replicas 2`` two gateways share a real redis-server (the workers alternate between
+them), which is paused and killed in turn during the measured run: no request may be lost.
+
 which prints a summary and exits 1 when an invariant fails (see docs/reliability.md).
 """
 
@@ -38,6 +41,7 @@ from gateway.events import WorkingChanged
 from gateway.openai_schema import chat_request_body
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
+from tests.redis_support import RedisServer
 
 ALLOWED_STATUSES: Final = frozenset({200, 429, 502, 503, 504})
 # The first failing phase always fails every request, so the breaker must open during it.
@@ -87,6 +91,7 @@ class SoakConfig:
     warmup_requests: int = 200
     seed: int = 1
     routes: int = 1  # with more, only the first route flaps and the others stay healthy
+    replicas: int = 1  # with more, they share a real redis-server, paused and killed in turn during the run
 
     @property
     def flapping_route(self) -> str:
@@ -112,6 +117,7 @@ class SoakReport:
     error_logs: list[str] = field(default_factory=list)
     recovered: bool = False
     duration: float = 0.0
+    redis_events: list[str] = field(default_factory=list)
 
     @property
     def server_errors(self) -> int:
@@ -171,6 +177,14 @@ class SoakReport:
                         f"streams broken after their first token {self.broken_streams}"
                     ]
                     if self.config.routes > 1
+                    else []
+                ),
+                *(
+                    [
+                        f"replicas {self.config.replicas} sharing Redis; Redis during the run: "
+                        f"{', '.join(self.redis_events) or 'untouched'}"
+                    ]
+                    if self.config.replicas > 1
                     else []
                 ),
             ]
@@ -260,17 +274,23 @@ def _classify(status: int, raw: bytes, *, stream: bool) -> str:
 
 
 async def _drive(
-    session: aiohttp.ClientSession, url: str, config: SoakConfig, total: int, report: SoakReport, rng: random.Random
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    config: SoakConfig,
+    total: int,
+    report: SoakReport,
+    rng: random.Random,
 ) -> None:
     remaining = iter(range(total))  # shared: each worker takes the next request number
     deadline = report.deadline
 
-    async def worker() -> None:
+    async def worker(url: str) -> None:
         for _ in remaining:
             await asyncio.sleep(rng.uniform(0, config.think))
             await _one(session, url, stream=rng.random() < config.stream_ratio, deadline=deadline, report=report)
 
-    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    # Workers are spread over the replicas, as a load balancer would spread connections.
+    await asyncio.gather(*(worker(urls[index % len(urls)]) for index in range(config.concurrency)))
 
 
 async def _recover(session: aiohttp.ClientSession, url: str, server_app: Any, route_name: str) -> bool:
@@ -295,50 +315,91 @@ async def run_soak(config: SoakConfig) -> SoakReport:
     rng = random.Random(config.seed)
     errors = _ErrorRecords()
     logging.getLogger().addHandler(errors)
+    redis = RedisServer() if config.replicas > 1 else None
     try:
+        if redis is not None:
+            redis.start()
         async with Simulator(SimOptions(chunk_delay=config.chunk_delay, seed=config.seed)) as sim:
             routes = [{"name": f"r{i}", "url": sim.route_url(f"r{i}")} for i in range(config.routes)]
             upstreams = json.dumps(routes) if config.routes > 1 else ""
             upstream: dict[str, Any] = {"upstreams": upstreams} if upstreams else {"upstream_url": sim.url}
-            app = create_app(Settings(**upstream, **GATEWAY_SETTINGS))
-            server = TestServer(app, host="127.0.0.1")
-            await server.start_server()
+            if redis is not None:
+                upstream |= {"redis_url": redis.url, "redis_prefix": redis.prefix()}
+            apps = [create_app(Settings(**upstream, **GATEWAY_SETTINGS)) for _ in range(config.replicas)]
+            servers = [TestServer(app, host="127.0.0.1") for app in apps]
+            for server in servers:
+                await server.start_server()
             flapping = config.flapping_route
-            app[ROUTES][flapping].events.subscribe(
+            apps[0][ROUTES][flapping].events.subscribe(
                 WorkingChanged, lambda event: report.working_flips.append(event.working)
             )
             connector = aiohttp.TCPConnector(limit=0)
             try:
                 async with aiohttp.ClientSession(connector=connector) as session:
-                    url = str(server.make_url("/v1/chat/completions"))
-                    await _phase(
-                        session, url, config, config.warmup_requests, sim, rng, SoakReport(config, deadline=deadline)
-                    )
-                    await _recover(session, url, app, flapping)
+                    urls = [str(server.make_url("/v1/chat/completions")) for server in servers]
+                    warmup = SoakReport(config, deadline=deadline)
+                    await _phase(session, urls, config, config.warmup_requests, sim, rng, warmup)
+                    for url, app in zip(urls, apps, strict=True):
+                        await _recover(session, url, app, flapping)
                     report.working_flips.clear()
-                    metrics = app[METRICS].registry
-                    opened = metrics.get_sample_value("gateway_breaker_transitions_total", _to("open", flapping)) or 0.0
-                    closed = metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed", flapping)) or 0.0
+                    opened, closed = _transitions(apps, flapping)
                     gc.collect()
                     report.rss_start_kib = rss_kib()
                     started = time.monotonic()
-                    await _phase(session, url, config, config.requests, sim, rng, report)
+                    chaos = None if redis is None else asyncio.create_task(_redis_chaos(redis, report.redis_events))
+                    try:
+                        await _phase(session, urls, config, config.requests, sim, rng, report)
+                    finally:
+                        if chaos is not None:
+                            chaos.cancel()
+                            await asyncio.gather(chaos, return_exceptions=True)
                     report.duration = time.monotonic() - started
-                    report.recovered = await _recover(session, url, app, flapping)
+                    recovered = [await _recover(session, url, app, flapping) for url, app in zip(urls, apps, strict=True)]
+                    report.recovered = all(recovered)
                     gc.collect()
                     report.rss_end_kib = rss_kib()
-                    report.breaker_opened = (
-                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("open", flapping)) or 0.0
-                    ) - opened
-                    report.breaker_closed = (
-                        metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed", flapping)) or 0.0
-                    ) - closed
+                    opened_after, closed_after = _transitions(apps, flapping)
+                    report.breaker_opened, report.breaker_closed = opened_after - opened, closed_after - closed
             finally:
-                await server.close()
+                for server in servers:
+                    await server.close()
     finally:
+        if redis is not None:
+            redis.stop()
         logging.getLogger().removeHandler(errors)
     report.error_logs = errors.records
     return report
+
+
+def _transitions(apps: list[Any], route: str) -> tuple[float, float]:
+    """Opens and closes of ``route`` decided by the replicas themselves (a peer's trip adopted is not one)."""
+    opened = closed = 0.0
+    for app in apps:
+        metrics = app[METRICS].registry
+        opened += metrics.get_sample_value("gateway_breaker_transitions_total", _to("open", route)) or 0.0
+        closed += metrics.get_sample_value("gateway_breaker_transitions_total", _to("closed", route)) or 0.0
+    return opened, closed
+
+
+async def _redis_chaos(redis: RedisServer, events: list[str]) -> None:
+    """Until cancelled: Redis paused (every call hangs) for 1.5 s, then killed and restarted empty, in turn."""
+    try:
+        while True:
+            await asyncio.sleep(2.0)
+            redis.pause()
+            events.append("paused")
+            await asyncio.sleep(1.5)
+            redis.resume()
+            events.append("resumed")
+            await asyncio.sleep(2.0)
+            redis.kill()
+            events.append("killed")
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(redis.start)
+            events.append("restarted")
+    finally:
+        if redis.paused:
+            redis.resume()
 
 
 def _to(state: str, route: str) -> dict[str, str]:
@@ -347,7 +408,7 @@ def _to(state: str, route: str) -> dict[str, str]:
 
 async def _phase(
     session: aiohttp.ClientSession,
-    url: str,
+    urls: list[str],
     config: SoakConfig,
     total: int,
     sim: Simulator,
@@ -356,7 +417,7 @@ async def _phase(
 ) -> None:
     flapper = asyncio.create_task(_flap(sim, config, rng, report.phases))
     try:
-        await _drive(session, url, config, total, report, rng)
+        await _drive(session, urls, config, total, report, rng)
     finally:
         flapper.cancel()
         await asyncio.gather(flapper, return_exceptions=True)
@@ -373,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flap-max", type=float, default=defaults.flap_max)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--routes", type=int, default=defaults.routes, help="routes; with more than one only the first flaps")
+    parser.add_argument(
+        "--replicas", type=int, default=defaults.replicas, help="gateways sharing a redis-server that is paused and killed"
+    )
     ns = parser.parse_args(argv)
     config = SoakConfig(
         requests=ns.requests,
@@ -382,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flap_max=ns.flap_max,
         seed=ns.seed,
         routes=ns.routes,
+        replicas=ns.replicas,
         warmup_requests=min(500, max(ns.requests // 10, 1)),
     )
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")

@@ -259,6 +259,9 @@ async def test_status_says_per_route_what_is_shared_with_whom_and_who_opened_it(
     mine, theirs = (await shared(first))["a"]["open_period"], (await shared(second))["a"]["open_period"]
     assert (mine["opened_by"], theirs["opened_by"]) == ("local", "fleet")
     assert mine["trip_id"] == theirs["trip_id"]
+    page = await (await second.get("/ui/data")).json()
+    assert next(r for r in page["routes"] if r["name"] == "a")["breaker"]["opened_by"] == "fleet"
+    assert "opened by the fleet" in await (await second.get("/ui")).text()
     samples = await scrape(second)
     labels = {"provider": "flowgpt", "route": "a", "to_state": "open"}
     assert value(samples, "gateway_breaker_transitions_total", **labels, source="fleet") == 1

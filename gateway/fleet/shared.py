@@ -108,12 +108,20 @@ class SharedHealth:
                 else {
                     "trip_id": period.trip_id,
                     "scope": period.scope,
-                    "opened_by": "local" if period.origin == self.origin else "fleet",
+                    "opened_by": self.open_periods()[name],
                     "shared": period.shared,
                 },
             }
         leases = sorted(name for name, share in self._shares.items() if self.up and share.lease_held)
         return {"up": self.up, "origin": self.origin, "probe_leases": leases, "routes": routes}
+
+    def open_periods(self) -> dict[str, str]:
+        """Route -> who opened the period it is in (``local`` or ``fleet``), for routes in one."""
+        return {
+            name: "local" if share.period.origin == self.origin else "fleet"
+            for name, share in self._shares.items()
+            if share.period is not None
+        }
 
     async def joined(self) -> None:
         """Until the first connection attempt has synced (the fleet's probe results adopted) or failed."""

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
+from gateway.app_keys import FLEET, INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
 from gateway.metrics import ADMISSION_REASONS
 from gateway.redact import Scrubber, mask_url
 from gateway.route_pool import Route
@@ -52,7 +52,9 @@ def _series(spark: Spark) -> Series:
     return {"requests": spark.requests, "failures": spark.failures, "first_token": spark.first_token}
 
 
-def _route(route: Route, url: str, window: RouteWindow | None, now: float, scrub: Scrubber) -> dict[str, Any]:
+def _route(
+    route: Route, url: str, window: RouteWindow | None, now: float, scrub: Scrubber, opened_by: str | None
+) -> dict[str, Any]:
     breaker = route.breaker
     state = breaker.state
     open_now = state == "open" or breaker.mode == "forced_open"
@@ -67,6 +69,7 @@ def _route(route: Route, url: str, window: RouteWindow | None, now: float, scrub
             "state": state,
             "mode": breaker.mode,
             "retry_after": round(breaker.retry_after(), 1) if open_now else None,
+            "opened_by": opened_by,  # "local", "fleet" (a peer's trip adopted here), or None
         },
         "probe": _probe(route, now, scrub),
         "inflight": route.inflight,
@@ -87,7 +90,8 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
     window, shared, windows = sampler.window(WINDOW_SECONDS)
     urls = {spec.name: spec.url for spec in settings.routes()}
     scrub = settings.scrubber()
-    routes = [_route(r, urls[r.name], windows.get(r.name), now, scrub) for r in app[ROUTES]]
+    periods = app[FLEET].open_periods() if FLEET in app else {}
+    routes = [_route(r, urls[r.name], windows.get(r.name), now, scrub, periods.get(r.name)) for r in app[ROUTES]]
     data = {
         "state": overall([route["up"] for route in routes], draining=draining),
         "draining": draining,

@@ -77,6 +77,8 @@ def _breaker(breaker: dict[str, Any]) -> str:
         return words + " (forced until an operator releases it)"
     if breaker["retry_after"] is not None:
         words += f", {seconds(breaker['retry_after'])} left"
+    if breaker.get("opened_by") == "fleet" and breaker["state"] != "closed":
+        words += " (opened by the fleet)"
     return words
 
 
