@@ -54,3 +54,23 @@ async def test_short_soak_with_three_routes_one_flapping(caplog: pytest.LogCaptu
     # Only a break after the first token (which nothing may replay) can reach a client as a 5xx.
     assert not [k for k in report.outcomes if k.startswith("5") and k not in AFTER_FIRST_TOKEN], report.outcomes
     assert report.breaker_opened >= 1
+
+
+@pytest.mark.slow
+async def test_short_soak_with_two_replicas_sharing_a_redis_that_is_paused_and_killed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two replicas, three routes, Redis paused then killed under load: every request ends, none is lost."""
+    caplog.set_level(logging.WARNING)
+    config = SoakConfig(
+        requests=900, concurrency=50, flap_min=0.5, flap_max=1.2, warmup_requests=100, seed=7, routes=3, replicas=2
+    )
+
+    report = await run_soak(config)
+
+    print(report.summary())
+    assert report.problems() == []
+    assert report.requests == config.requests
+    assert not [k for k in report.outcomes if k.startswith(("hang", "client error"))], report.outcomes
+    assert not [k for k in report.outcomes if k.startswith("5") and k not in AFTER_FIRST_TOKEN], report.outcomes
+    assert "paused" in report.redis_events
