@@ -223,4 +223,5 @@ def make_client(
         observer=observer,
         clock=clock,
         route=spec.name,
+        scrub=settings.scrubber(),
     )

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flowgpt-gateway: {describe_validation_error(exc)}", file=sys.stderr)
         # probe's 2 means "no route works"; a deploy check must tell a bad setting from that.
         return EXIT_BAD_SETTINGS if ns.command == "probe" else 2
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.scrubber())
     if ns.command == "serve" and settings.workers > 1 and not ns.as_worker:
         return _supervise(ns, settings)
     runner = _event_loop_runner(settings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from collections.abc import Callable
 from typing import Final, Literal
 
 import orjson
@@ -79,11 +80,27 @@ class DemoteClientFaults(logging.Filter):
         return True
 
 
-def configure_logging(fmt: Literal["text", "json"], level: str) -> None:
-    """Install one stderr handler on the root logger (idempotent)."""
+class ScrubSecrets(logging.Filter):
+    """A second net behind the client's own scrubbing: no configured secret reaches a log line."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self._scrub(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def configure_logging(fmt: Literal["text", "json"], level: str, scrub: Callable[[str], str] | None = None) -> None:
+    """Install one stderr handler on the root logger (idempotent); ``scrub`` cleans every line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    if scrub is not None:
+        handler.addFilter(ScrubSecrets(scrub))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

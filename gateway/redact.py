@@ -54,14 +54,17 @@ def redact_sample(sample: bytes) -> bytes:
 class Scrubber:
     """Replaces configured secrets in free text (an upstream's error may quote what it was sent) by ``***``.
 
-    Each secret is also looked for percent-encoded and base64-encoded (a proxy echoing its
-    ``Proxy-Authorization``), longest first, so a proxy URL goes before its password.
+    Each secret is also looked for in every encoding a header or URL carries it in: percent-encoded,
+    and base64 with and without padding (``Proxy-Authorization: Basic`` carries ``user:password``
+    so; the settings list that pair as a secret of its own). Longest first, so a proxy URL goes
+    before its password.
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         variants: set[str] = set()
         for secret in secrets:
-            variants |= {secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
+            encoded = base64.b64encode(secret.encode()).decode()
+            variants |= {secret, quote(secret, safe=""), encoded, encoded.rstrip("=")}
         self._secrets = tuple(sorted((v for v in variants if len(v) >= MIN_SECRET_CHARS), key=len, reverse=True))
 
     def __call__(self, text: str) -> str:

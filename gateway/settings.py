@@ -187,7 +187,10 @@ class Settings(BaseSettings):
             url = URL(raw)
             if url.user or url.password or url.query_string:
                 values.append(raw)
-            values.extend(part for part in (url.user, url.password, *url.query.values()) if part)
+            values.extend(part for part in (url.user, url.password, url.raw_user, url.raw_password) if part)
+            values.extend(value for value in url.query.values() if value)
+            if url.user is not None and url.password is not None:
+                values.append(f"{url.user}:{url.password}")  # what Basic auth (Proxy-Authorization) encodes
         return tuple(values)
 
     def scrubber(self) -> Scrubber:

@@ -69,8 +69,10 @@ class FlowGptClient:
         observer: ClientObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         route: str = DEFAULT_ROUTE,
+        scrub: Callable[[str], str] | None = None,
     ) -> None:
         self._session = session
+        self._scrub = scrub
         self._route = route  # named in log lines
         self._clock = clock
         self._url = url
@@ -106,7 +108,7 @@ class FlowGptClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamConnectError(f"cannot reach the upstream: {type(exc).__name__}") from exc
         try:
-            await raise_for_status(response)
+            await raise_for_status(response, self._scrub)
         except BaseException:
             response.release()
             raise

@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import math
 import time
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
@@ -45,15 +46,26 @@ RETRY_AFTER_CAP: Final = 86400.0  # a day; anything longer is noise we do not pa
 # whether a colon follows it (a key).
 
 
-async def raise_for_status(response: aiohttp.ClientResponse) -> None:
-    """Classify a response that is not a usable NDJSON stream; return if it is one."""
+async def raise_for_status(response: aiohttp.ClientResponse, scrub: Callable[[str], str] | None = None) -> None:
+    """Classify a response that is not a usable NDJSON stream; return if it is one.
+
+    ``scrub`` removes the configured secrets from the body before any of it enters an error: this
+    is where outside text enters the gateway's messages (an upstream or proxy may echo a token or
+    a ``Proxy-Authorization``), so every surface that shows an error (clients, /readyz, /status,
+    the status page, logs, Redis, traces) gets it clean.
+    """
     status = response.status
     content_type = response.headers.get("Content-Type", "").lower()
     if 200 <= status < 300:
         if "text/html" in content_type:
             raise UpstreamProtocolError("upstream answered 200 with an HTML page instead of a stream")
         return
-    text = await read_error_body(response)
+    clean = scrub or str
+
+    def error_message(text: str, content_type: str) -> str:
+        return clean(_error_message(text, content_type))  # again: the cut may have split a secret
+
+    text = clean(await read_error_body(response))
     if status in (429, 402):
         raise UpstreamRateLimitedError(
             f"upstream rate limit (HTTP {status}): {error_message(text, content_type)}",
@@ -98,7 +110,7 @@ async def read_error_body(response: aiohttp.ClientResponse) -> str:
     return b"".join(parts).decode("utf-8", "replace")
 
 
-def error_message(text: str, content_type: str) -> str:
+def _error_message(text: str, content_type: str) -> str:
     """The most useful short message in an error body (g4f's rules)."""
     stripped = text.lstrip()
     if "text/html" in content_type or stripped[:15].lower().startswith(("<!doctype", "<html")):
