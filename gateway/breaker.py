@@ -125,7 +125,7 @@ class CircuitBreaker:
             on_end=self._period_over,
         )
         self._trial_gate = TrialGate(slots=half_open_calls)
-        self._last_failure: str | None = None  # kind of the latest counted failure: the cause of a trip
+        self._last_failure: str | None = None  # cause of the latest counted failure: the cause of a trip
         self._generation = 0  # bumped on every state change; outcomes from older periods are dropped
 
     # -- read side ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class CircuitBreaker:
         if not self._current(ticket):
             return
         if isinstance(error, UpstreamError) and counts_against_upstream(error):
-            self._last_failure = error.kind
+            self._last_failure = error.cause
             await self._replay(error)
 
     async def answered(self, ticket: Ticket) -> None:

@@ -174,6 +174,11 @@ class UpstreamError(GatewayError):
         # The code mirrors the metrics kind, so a client's error and a dashboard agree.
         return f"upstream_{self.kind}"
 
+    @property
+    def cause(self) -> str:
+        """The kind, told apart where one host's path may be to blame (see :mod:`gateway.scope`)."""
+        return self.kind
+
 
 class UpstreamConnectError(UpstreamError):
     """The TCP/TLS connection (or the proxy) could not be established."""
@@ -196,6 +201,11 @@ class UpstreamTimeoutError(UpstreamError):
         # Only a timeout before any text is worth another attempt.
         self.retryable_timeout = phase in ("connect", "first_token")
 
+    @property
+    def cause(self) -> str:
+        """A connect timeout is this host's path (a dropped SYN), not the upstream."""
+        return "connect" if self.phase == "connect" else "timeout"
+
 
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with a non-2xx status."""
@@ -205,6 +215,13 @@ class UpstreamStatusError(UpstreamError):
     def __init__(self, message: str, *, upstream_status: int, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.upstream_status = upstream_status
+
+    @property
+    def cause(self) -> str:
+        """Only a 5xx says the upstream itself fails; any other status may be one path's (a WAF's 403, a 407)."""
+        if self.kind == "http_status":
+            return "http_5xx" if self.upstream_status >= 500 else "http_other"
+        return self.kind
 
 
 class UpstreamRateLimitedError(UpstreamStatusError):

@@ -26,7 +26,8 @@ E = TypeVar("E")
 class BreakerChanged:
     """The breaker's effective state changed; ``by_traffic`` when live calls caused it.
 
-    ``cause``: the error kind of the failure that opened it by traffic (what the fleet shares it by);
+    ``cause``: the cause of the failure that opened it by traffic (``UpstreamError.cause``: what the
+    fleet shares it by);
     ``from_fleet``: another gateway process's trip or close, adopted here (counted apart, so a
     fleet-wide trip is not counted once per process).
     """
@@ -42,7 +43,7 @@ class BreakerChanged:
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One probe: when (Unix seconds), how long, and why it failed (``kind``: the upstream error kind)."""
+    """One probe: when (Unix seconds), how long, why it failed, and the cause (``kind``, see gateway.scope)."""
 
     ok: bool
     at: float

@@ -94,9 +94,10 @@ class Prober:
                 finally:
                     await stream.aclose()
         except TimeoutError:
-            error, kind = f"no text within {self._timeout:g}s", "timeout"
+            # Unknown whether the connection was made: counted as this host's path, never shared wide.
+            error, kind = f"no text within {self._timeout:g}s", "probe_timeout"
         except UpstreamError as exc:
-            error, kind = exc.message, exc.kind
+            error, kind = exc.message, exc.cause
         except GatewayError as exc:
             error = exc.message
         except Exception as exc:  # the probe must survive anything the upstream or a bug throws

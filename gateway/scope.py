@@ -3,10 +3,11 @@
 Processes share a fact about a route only when both reach the upstream the same way: the same
 route name, URL and proxy (the proxy's host, not its credentials). Within that:
 
-* failures that say the upstream itself is down (5xx, timeouts, broken streams, protocol errors)
-  are shared by every process of the route's *upstream scope*;
-* failures whose cause may lie in one host's way out (a block, a rate limit, connect errors, auth,
-  which a per-host proxy or NAT address can cause) are shared only within a declared *egress group*
+* failures that say the upstream itself is down (5xx, timeouts after connecting, broken streams,
+  protocol errors) are shared by every process of the route's *upstream scope*;
+* failures whose cause may lie in one host's way out (a block, a rate limit, connect errors and
+  connect timeouts, auth, any other 4xx, which a per-host proxy, WAF or NAT address can cause) are
+  shared only within a declared *egress group*
   (``GATEWAY_EGRESS``, or the route's ``egress``): one value per set of hosts behind one NAT or
   proxy. Unset, such failures stay with the process that saw them.
 
@@ -22,8 +23,10 @@ from typing import Final
 
 from yarl import URL
 
-# Error kinds whose cause may be this host's path to the upstream rather than the upstream.
-PATH_LOCAL_KINDS: Final = frozenset({"connect", "blocked", "rate_limited", "auth"})
+# Failure causes (``UpstreamError.cause``) that say the upstream itself is down. Every other cause
+# (connect errors and connect timeouts, blocks, rate limits, auth, a 4xx such as a WAF's 403 or a
+# proxy's 407, a probe that got no text in time, anything unknown) may be one host's path.
+UPSTREAM_CAUSES: Final = frozenset({"http_5xx", "timeout", "protocol", "interrupted"})
 EGRESS_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
@@ -42,11 +45,9 @@ class Scopes:
         upstream = f"{name}@{digest}"
         return cls(upstream, None if egress is None else f"{upstream}/{egress}")
 
-    def for_failure(self, kind: str | None) -> str | None:
-        """The scope a failure of ``kind`` is shared in; None: not shared (an unknown kind counts as local)."""
-        if kind is None or kind in PATH_LOCAL_KINDS:
-            return self.egress
-        return self.upstream
+    def for_failure(self, cause: str | None) -> str | None:
+        """The scope a failure of ``cause`` is shared in; None: not shared (an unknown cause counts as local)."""
+        return self.upstream if cause in UPSTREAM_CAUSES else self.egress
 
     @property
     def all(self) -> tuple[str, ...]:

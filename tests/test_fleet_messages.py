@@ -28,7 +28,7 @@ RESULT = ProbeResult(ok=False, at=1_700_000_000.5, latency=0.25, error="upstream
         Trip("a", "host:1:abc", "a@0123456789ab", "t1", 12.5, 30.0, True),
         Closed("a", "host:1:abc", "a@0123456789ab/eu-nat", "t1"),
         Probe("b", "host:2:def", "b@0123456789ab", RESULT, 0.3),
-        Override("b", "host:2:def", "working", "not_working", 7),
+        Override("b", "host:2:def", "working", "not_working", 7, "e1"),
     ],
     ids=["trip", "closed", "probe", "override"],
 )
@@ -53,6 +53,7 @@ def test_every_message_survives_the_round_trip(message: Trip | Closed | Probe | 
         b'{"v": 1, "kind": "probe", "route": "a", "origin": "o", "ok": true, "at": 1, "latency": -1, "started_ago": 0}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "not_working", "seq": 1}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open", "seq": -1}',
+        b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open", "seq": 1}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "breaker", "mode": "open"}',
         b'{"v": 1, "kind": "override", "route": "a", "origin": "o", "target": "flag", "mode": "auto"}',
     ],

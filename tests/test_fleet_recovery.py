@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -208,3 +209,89 @@ async def test_a_close_made_while_cut_off_is_published_on_reconnection(
     await eventually(lambda: breaker(second).state == "closed", within=1.0)
     assert breaker(first).state == "closed"
     assert await chat(second) == 200
+
+
+async def test_concurrent_operator_commands_end_the_same_everywhere(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A (slow link) forces a open while B forces it closed: both end with the command Redis took last."""
+    prefix = redis_server.prefix()
+    relay = RedisCutter(redis_server.port, delay=0.05)
+    await relay.start()
+    try:
+        first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=relay.url, redis_timeout=2.0)
+        second = await fleet_member(make_gateway, sim, redis_server, prefix, redis_timeout=2.0)
+
+        async def later_closed() -> Any:
+            await asyncio.sleep(0.01)
+            return await second.post("/admin/breaker", json={"mode": "closed", "route": "a"}, headers=ADMIN)
+
+        await asyncio.gather(
+            first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN), later_closed()
+        )
+        await asyncio.sleep(1.0)
+        client = redis.Redis.from_url(redis_server.url)
+        stored = orjson.loads(await client.hget(Keys(prefix).overrides, "a:breaker") or b"{}")
+        await client.aclose()
+        expected = {"open": "forced_open", "closed": "forced_closed"}[stored["mode"]]
+        assert (breaker(first).mode, breaker(second).mode) == (expected, expected), stored
+    finally:
+        await relay.stop()
+
+
+async def test_after_redis_restarts_empty_a_member_takes_a_later_command_it_missed(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """Redis restarts empty (the count starts over); B, away meanwhile, obeys the command given after."""
+    prefix = redis_server.prefix()
+    relay = RedisCutter(redis_server.port)
+    await relay.start()
+    try:
+        first = await fleet_member(make_gateway, sim, redis_server, prefix)
+        second = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=relay.url)
+        for mode in ("open", "closed", "open"):
+            await first.post("/admin/breaker", json={"mode": mode, "route": "a"}, headers=ADMIN)
+        await eventually(lambda: breaker(second).mode == "forced_open", within=1.0)
+        relay.cut()
+        await eventually(lambda: not second.app[FLEET].up, within=3.0)
+        redis_server.kill()
+        await eventually(lambda: not first.app[FLEET].up, within=5.0)
+        redis_server.start()
+        await eventually(lambda: first.app[FLEET].up, within=10.0)  # A writes its open back
+        response = await first.post("/admin/breaker", json={"mode": "auto", "route": "a"}, headers=ADMIN)
+        assert (await response.json())["shared"] is True
+        relay.restore()
+        await eventually(lambda: second.app[FLEET].up, within=10.0)
+        await asyncio.sleep(0.3)
+        assert (breaker(first).mode, breaker(second).mode) == ("auto", "auto")
+    finally:
+        await relay.stop()
+
+
+async def test_a_closed_route_shows_no_open_period_after_its_own_trip_comes_back_late(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """A slow Redis brings our own trip back after the trial closed the route: /status shows no open period."""
+    relay = RedisCutter(redis_server.port, delay=0.15)
+    await relay.start()
+    try:
+        member = await fleet_member(
+            make_gateway,
+            sim,
+            redis_server,
+            redis_server.prefix(),
+            redis_url=relay.url,
+            redis_timeout=3.0,
+            upstreams=only_route_a(sim),
+            breaker_reset_seconds=0.05,
+        )
+        sim.set_faults(SimFaults(http_status=500), route="a")
+        await _trip(member)
+        sim.set_faults(SimFaults(), route="a")
+        await asyncio.sleep(0.1)
+        assert await chat(member) == 200  # the trial closes it before its own trip comes back
+        assert breaker(member).state == "closed"
+        await asyncio.sleep(2.5)
+        assert member.app[FLEET].snapshot()["routes"]["a"]["open_period"] is None
+    finally:
+        await relay.stop()

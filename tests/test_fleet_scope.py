@@ -13,9 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
-from gateway.app_keys import ROUTES
+from gateway.app_keys import FLEET, ROUTES
+from gateway.errors import UpstreamBlockedError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.scope import Scopes
 from gateway.simulator import SimFaults, SimOptions, Simulator
 from monitoring.processes import eventually
@@ -84,10 +86,10 @@ async def test_replicas_of_one_egress_group_share_a_block_within_a_second(
     assert breaker(first).consecutive_failures == 0
 
 
-async def test_a_blocked_lease_holders_failed_probes_do_not_mark_the_route_down_elsewhere(
+async def test_a_blocked_lease_holder_hands_the_probing_over_and_its_failures_stay_its_own(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
 ) -> None:
-    """B holds the probe lease and its path is blocked: B's flag goes off, A's stays on with no error of B's."""
+    """B holds the probe lease and its path gets blocked: A takes the lease over, and A's flag never shows B's error."""
     prefix = redis_server.prefix()
     probing = {"probe_enabled": True, "probe_interval": 0.2, "probe_unhealthy_interval": 0.2}
     second = await fleet_member(
@@ -96,11 +98,12 @@ async def test_a_blocked_lease_holders_failed_probes_do_not_mark_the_route_down_
     await eventually(lambda: second.app[ROUTES]["a"].flag.last_probe is not None, within=3.0)  # B holds the lease
     first = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-a"), **probing)
     sim.set_faults(BLOCKED, route="a")
-    await eventually(lambda: not second.app[ROUTES]["a"].flag.working, within=3.0)
-    await asyncio.sleep(0.5)  # more of B's failed probes
+    await eventually(lambda: "a" in first.app[FLEET].snapshot()["probe_leases"], within=3.0)
+    await asyncio.sleep(0.5)  # A probes, B's later attempts (if any) fail
     flag = first.app[ROUTES]["a"].flag
     assert flag.working
-    assert flag.last_probe is None or flag.last_probe.ok
+    assert flag.last_probe is not None
+    assert flag.last_probe.ok
     assert await chat(first) == 200
 
 
@@ -129,11 +132,98 @@ def test_scopes_put_path_failures_in_the_egress_group_and_outages_in_the_upstrea
     grouped = Scopes.of("a", "https://x.example/v3", "http://other:creds@10.0.0.5:3128", "nat-1")
     assert alone.upstream == grouped.upstream  # credentials are not the path; the proxy's host is
     assert "secret" not in alone.upstream
-    for kind in ("http_status", "timeout", "protocol", "interrupted"):
-        assert alone.for_failure(kind) == alone.upstream
-    path_kinds: tuple[str | None, ...] = ("connect", "blocked", "rate_limited", "auth", None)
+    for cause in ("http_5xx", "timeout", "protocol", "interrupted"):
+        assert alone.for_failure(cause) == alone.upstream
+    path_kinds: tuple[str | None, ...] = (
+        "connect", "blocked", "rate_limited", "auth", "http_other", "probe_timeout", "unknown", None
+    )
     for path_kind in path_kinds:
         assert alone.for_failure(path_kind) is None
         assert grouped.for_failure(path_kind) == grouped.egress
     assert Scopes.of("a", "https://x.example/v3", "http://10.0.0.6:3128", None).upstream != alone.upstream
     assert Scopes.of("b", "https://x.example/v3", "http://10.0.0.5:3128", None).upstream != alone.upstream
+
+
+def test_a_failures_cause_tells_a_path_apart_from_the_upstream() -> None:
+    """Connect timeouts and non-5xx statuses are causes one host's path may have; a 5xx and a late timeout are not."""
+    assert UpstreamTimeoutError("t", phase="connect").cause == "connect"
+    assert UpstreamTimeoutError("t", phase="first_token").cause == "timeout"
+    assert UpstreamStatusError("s", upstream_status=503).cause == "http_5xx"
+    assert UpstreamStatusError("s", upstream_status=403).cause == "http_other"
+    assert UpstreamStatusError("s", upstream_status=407).cause == "http_other"
+    assert UpstreamBlockedError("b", upstream_status=403).cause == "blocked"
+
+
+async def test_a_lease_holder_whose_path_is_blocked_leaves_the_probing_to_a_peer(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """An outage marks B not working through A's probes; then the upstream heals but A's path is blocked: B recovers."""
+    prefix = redis_server.prefix()
+    probing = {"probe_enabled": True, "probe_interval": 0.2, "probe_unhealthy_interval": 0.2}
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-a"), **probing)
+    await eventually(lambda: first.app[ROUTES]["a"].flag.last_probe is not None, within=3.0)  # A holds the lease
+    second = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-b"), **probing)
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await eventually(lambda: not second.app[ROUTES]["a"].flag.working, within=3.0)
+    sim.set_faults(SimFaults(http_status=403, http_body="cloudflare", only_token="token-a"), route="a")
+    await eventually(lambda: second.app[ROUTES]["a"].flag.working, within=3.0)
+    assert await chat(second) == 200
+
+
+class _NoSynAck:
+    """A session whose connects time out: this host's egress drops SYNs (a firewall, a dead NAT)."""
+
+    async def post(self, *args: Any, **kwargs: Any) -> Any:
+        raise aiohttp.ConnectionTimeoutError("connect timed out")
+
+
+async def test_one_hosts_connect_timeouts_stay_its_own(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B cannot connect (timeouts, not refusals), no egress group: A stays closed and serves."""
+    first, second = await _pair(make_gateway, sim, redis_server)
+    monkeypatch.setattr(second.app[ROUTES]["a"].client, "_session", _NoSynAck())
+    while breaker(second).state != "open":
+        await chat(second)
+    await asyncio.sleep(0.5)
+    assert breaker(first).state == "closed", "B's path trouble opened A"
+    assert await chat(first) == 200
+
+
+async def test_one_hosts_plain_403_stays_its_own(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """B's egress address gets a WAF's plain 403 (no Cloudflare page): not shared without an egress group."""
+    first, second = await _pair(make_gateway, sim, redis_server)
+    sim.set_faults(SimFaults(http_status=403, http_body="Access denied", only_token="token-b"), route="a")
+    while breaker(second).state != "open":
+        await chat(second)
+    await asyncio.sleep(0.5)
+    assert breaker(first).state == "closed", "B's address block opened A"
+
+
+async def test_a_peers_close_does_not_end_a_members_own_longer_period_of_another_scope(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """B is open 30 s for its own blocked path; A's 5xx trip and close leave B's own period alone."""
+    prefix = redis_server.prefix()
+    first = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-a"), breaker_reset_seconds=0.5
+    )
+    second = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-b"), breaker_reset_seconds=30
+    )
+    sim.set_faults(BLOCKED, route="a")
+    while breaker(second).state != "open":
+        await chat(second)
+    sim.set_faults(SimFaults(http_status=500, only_token="token-a"), route="a")  # A sees an outage
+    while breaker(first).state != "open":
+        await chat(first)
+    sim.set_faults(BLOCKED, route="a")
+    deadline = time.monotonic() + 3.0
+    while breaker(first).state != "closed" and time.monotonic() < deadline:
+        await chat(first)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert breaker(first).state == "closed"
+    assert breaker(second).state == "open", "B's own 30 s period (its path is still blocked) was closed by A"

@@ -30,6 +30,7 @@ OVERRIDE_MODES: Final[dict[str, tuple[str, ...]]] = {
     "working": ("working", "not_working", "auto"),
 }
 _MAX_ID = 200
+EPOCH_FIELD: Final = "_epoch"  # the overrides hash's epoch (see gateway.fleet.overrides), not a route
 _MAX_ERROR = 500
 
 
@@ -105,6 +106,7 @@ class Override:
     target: OverrideTarget
     mode: str
     seq: int  # Redis's order of the commands for this field: the later one wins, whatever the clocks
+    epoch: str  # the count the seq belongs to (a Redis restarted empty starts a new one)
 
 
 Message = Trip | Closed | Probe | Override
@@ -142,7 +144,13 @@ def encode(message: Message) -> bytes:
             "started_ago": message.started_ago,
         }
     else:
-        body = {"kind": "override", "target": message.target, "mode": message.mode, "seq": message.seq}
+        body = {
+            "kind": "override",
+            "target": message.target,
+            "mode": message.mode,
+            "seq": message.seq,
+            "epoch": message.epoch,
+        }
     return orjson.dumps({**head, **body})
 
 
@@ -155,9 +163,9 @@ def decode(raw: bytes | str) -> Message | None:
     if not (_short_str(route) and _short_str(origin)):
         return None
     if kind == "override":
-        target, mode, seq = data.get("target"), data.get("mode"), data.get("seq")
-        if _target(target) and mode in OVERRIDE_MODES[target] and _count(seq):
-            return Override(route, origin, target, str(mode), seq)
+        target, mode, seq, epoch = data.get("target"), data.get("mode"), data.get("seq"), data.get("epoch")
+        if _target(target) and mode in OVERRIDE_MODES[target] and _count(seq) and _short_str(epoch):
+            return Override(route, origin, target, str(mode), seq, epoch)
         return None
     if not _short_str(scope):
         return None

@@ -59,19 +59,27 @@ class ProbeSharing:
         self._spawn = spawn
         self.wake = asyncio.Event()  # set on (re)connection: take free leases now, not a period later
 
-    @staticmethod
-    def may_probe(link: RedisLink, share: RouteShare) -> bool:
-        """Probe when this process holds the lease, or when there is no fleet to rely on."""
-        return not link.up or share.lease_held
+    def may_probe(self, share: RouteShare) -> bool:
+        """Probe when this process holds the lease, when there is no fleet to rely on, or when no result
+        has arrived for two intervals (the holder may be stuck, or its path blocked and its results kept)."""
+        stale = self._clock() - share.last_result_at > 2 * self._interval + self._period
+        return not self._link.up or share.lease_held or stale
 
     def probe_finished(self, share: RouteShare, event: ProbeFinished) -> None:
         """Subscriber: publish a probe this process ran, and store the flag it led to."""
+        share.last_result_at = self._clock()
         if event.remote or not self._link.up:
             return
         scopes = share.route.scopes
         scope = scopes.upstream if event.result.ok else scopes.for_failure(event.result.kind)
         if scope is None:
-            return  # may be this host's own trouble, and no egress group to share it with
+            # Maybe this host's own trouble, and no egress group to share it with: hand the lease to a
+            # peer for an interval, so the fleet's probing does not depend on this host's path.
+            if share.lease_held:
+                share.lease_held, share.sit_out_until = False, self._clock() + self._interval
+                lease = self._keys.probe_lease(scopes.upstream)
+                self._spawn(self._link.call(functools.partial(_delete_if_mine, lease, self._origin)))
+            return
         flag = share.route.flag
         started_ago = max(self._clock() - event.started, 0.0)
         message = encode(Probe(share.route.name, self._origin, scope, event.result, started_ago))
@@ -97,6 +105,7 @@ class ProbeSharing:
         route = share.route
         if probe.scope not in route.scopes:
             return  # another upstream, or a failure of another egress group's path
+        share.last_result_at = self._clock()
         started = self._clock() - probe.started_ago
         route.events.publish(ProbeFinished(route.name, probe.result, started=started, remote=True))
 
@@ -161,6 +170,8 @@ class ProbeSharing:
                 share.lease_held = False
 
     async def _refresh(self, share: RouteShare) -> None:
+        if not share.lease_held and self._clock() < share.sit_out_until:
+            return  # gave the lease up after a failure of its own path: a peer probes for now
         key = self._keys.probe_lease(share.route.scopes.upstream)
         held = await self._link.call(
             lambda client: client.eval(scripts.ACQUIRE_OR_RENEW, 1, key, self._origin, self._lease_ttl_ms)

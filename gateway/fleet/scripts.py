@@ -39,22 +39,28 @@ return redis.call('publish', KEYS[2], ARGV[2])
 """
 
 # KEYS[1] overrides hash, KEYS[2] channel, KEYS[3..] trip keys the command ends; ARGV[1] field,
-# ARGV[2] mode, ARGV[3] origin, ARGV[4] route, ARGV[5] target, ARGV[6] the sequence number the
-# writer last saw ('' for a command given now) -> {1, new seq} if written and announced, else
-# {0, stored seq}. Redis numbers the commands per field, so the later one wins whatever the clocks.
+# ARGV[2] mode, ARGV[3] origin, ARGV[4] route, ARGV[5] target; ARGV[6], ARGV[7]: the seq and epoch the
+# command followed ('' for a command given now: it always wins; seq -1: only if nothing is stored);
+# ARGV[8] a fresh epoch, used if the hash has none yet (new, or Redis restarted empty).
+# -> {1, epoch, new seq} if written and announced, else {0, epoch, stored seq}.
 WRITE_OVERRIDE: Final = """
+local epoch = redis.call('hget', KEYS[1], '_epoch')
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('hset', KEYS[1], '_epoch', epoch)
+end
 local stored = redis.call('hget', KEYS[1], ARGV[1])
 local seq = 0
 if stored then
   local ok, data = pcall(cjson.decode, stored)
   if ok and type(data) == 'table' and tonumber(data['seq']) then seq = math.floor(tonumber(data['seq'])) end
 end
-if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= seq then return {0, seq} end
+if ARGV[6] ~= '' and stored and (epoch ~= ARGV[7] or seq ~= tonumber(ARGV[6])) then return {0, epoch, seq} end
 seq = seq + 1
 redis.call('hset', KEYS[1], ARGV[1], cjson.encode({mode = ARGV[2], seq = seq}))
 for i = 3, #KEYS do redis.call('del', KEYS[i]) end
 local message = {v = 1, route = ARGV[4], origin = ARGV[3], kind = 'override', target = ARGV[5],
-  mode = ARGV[2], seq = seq}
+  mode = ARGV[2], seq = seq, epoch = epoch}
 redis.call('publish', KEYS[2], cjson.encode(message))
-return {1, seq}
+return {1, epoch, seq}
 """

@@ -46,6 +46,8 @@ class RouteShare:
     period: Period | None = None  # the open period this process is in (ours or the fleet's), if any
     unpublished_close: Period | None = None  # a close of ours not yet published: retried on re-sync
     lease_held: bool = False
+    sit_out_until: float = 0.0  # the probe lease is left to peers until then (our path failed)
+    last_result_at: float = 0.0  # when a probe result (ours or a peer's) was last applied here
     trip_publish: asyncio.Task[Any] | None = None  # our latest trip's publish, which its close must follow
 
 
@@ -86,7 +88,8 @@ class SharedHealth:
             events = share.route.events
             events.subscribe(BreakerChanged, functools.partial(self.trips.breaker_changed, share))
             events.subscribe(ProbeFinished, functools.partial(self.probes.probe_finished, share))
-            share.route.prober.may_probe = functools.partial(ProbeSharing.may_probe, self.link, share)
+            share.last_result_at = clock()  # a joiner waits for the fleet's results before probing itself
+            share.route.prober.may_probe = functools.partial(self.probes.may_probe, share)
 
     @property
     def up(self) -> bool:
@@ -162,7 +165,9 @@ class SharedHealth:
         if message is None or message.route not in self._shares:
             return
         share = self._shares[message.route]
-        if isinstance(message, Trip):
+        if isinstance(message, Override):
+            self.overrides.apply_message(message)  # ours too: Redis's order decides between concurrent commands
+        elif isinstance(message, Trip):
             if message.scope not in share.route.scopes:
                 return  # another upstream, or a path failure of another egress group
             self.trips.apply_trip(share, message)  # our own too: arrival order names the period
@@ -176,8 +181,6 @@ class SharedHealth:
             self.trips.apply_closed(share, message)
         elif isinstance(message, Probe):
             self.probes.apply_probe(share, message)
-        elif isinstance(message, Override):
-            self.overrides.apply_message(message)
 
     async def _resync(self) -> None:
         """Connected (again): overrides first (pushing ours), then open periods, then working flags."""

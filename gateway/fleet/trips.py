@@ -112,8 +112,11 @@ class TripSharing:
         message = encode(
             Trip(share.route.name, self._origin, period.scope, period.trip_id, open_for, duration, from_closed)
         )
-        stored = orjson.dumps({"trip_id": period.trip_id, "duration": duration, "trial_ms": self._trial_ms})
-        ttl_ms = max(math.ceil(open_for * 1000), 1) + self._trial_ms
+        open_ms = max(math.ceil(open_for * 1000), 1)
+        # Outlives a peer's jittered end too, so a process joining then is not told "closed";
+        # ``trial_ms`` is what the key lasts beyond the period itself.
+        ttl_ms = max(math.ceil(open_for * JITTER[1] * 1000), 1) + self._trial_ms
+        stored = orjson.dumps({"trip_id": period.trip_id, "duration": duration, "trial_ms": ttl_ms - open_ms})
 
         async def publish(client: redis.Redis) -> bool:
             async with client.pipeline(transaction=False) as pipe:
@@ -147,13 +150,14 @@ class TripSharing:
 
     def apply_trip(self, share: RouteShare, trip: Trip) -> None:
         """Adopt the period (ours too: arrival order is the fleet's order); a peer's opens us for its rest."""
-        breaker = share.route.breaker
-        if trip.origin != self._origin:
-            if breaker.mode != "auto":
-                return
-            breaker.trip(trip.open_for * self._rng.uniform(*JITTER), trip.duration)
-            if breaker.state == "closed":
-                return  # refused (say, a non-finite period): not in it
+        breaker, current = share.route.breaker, share.period
+        if breaker.mode != "auto":
+            return
+        if trip.origin == self._origin and (breaker.state == "closed" or current is None):
+            return  # our own trip came back after its trial had closed it already: nothing to adopt
+        adopted = trip.origin == self._origin or breaker.trip(trip.open_for * self._rng.uniform(*JITTER), trip.duration)
+        if not adopted and (breaker.state == "closed" or (current is not None and current.scope != trip.scope)):
+            return  # refused, or already open longer for a reason of another scope: keep ours
         share.period = Period(trip.trip_id, trip.scope, trip.origin, shared=True)
 
     def apply_closed(self, share: RouteShare, closed: Closed) -> None:
@@ -190,7 +194,9 @@ class TripSharing:
             if not await self._close(share, pending):
                 return False
             share.unpublished_close = None
-            stored.pop(pending.scope or "", None)  # deleted just now if it still held that period
+            held = stored_trip(stored.get(pending.scope or "", (None, -2))[0])
+            if held is not None and held[0] == pending.trip_id:
+                stored.pop(pending.scope or "", None)  # deleted just now; a newer peer period is left to adopt
         current = share.period
         found = False
         for scope in share.route.scopes.all:
