@@ -6,21 +6,48 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.simulator import Simulator
+from gateway.simulator import SimOptions, Simulator
 from tests.gateway_support import GatewayFactory, make_settings
-from tests.redis_support import RedisServer
+from tests.redis_support import RedisCutter, RedisServer
 
 
 @pytest.fixture(name="sim")
 async def sim_fixture() -> AsyncIterator[Simulator]:
-    """A healthy FlowGpt simulator on a free loopback port."""
-    async with Simulator() as simulator:
+    """A healthy FlowGpt simulator on a free loopback port (seeded: ratio draws repeat run to run)."""
+    async with Simulator(SimOptions(seed=1)) as simulator:
         yield simulator
+
+
+@pytest.fixture(name="session")
+async def session_fixture() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session without keep-alive, so restarts never meet a stale pooled socket."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+@pytest.fixture(name="raw_redis")
+async def raw_redis_fixture(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A plain client to the test's Redis, to read or write what a peer or an operator would."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(name="relay")
+async def relay_fixture(redis_server: RedisServer) -> AsyncIterator[RedisCutter]:
+    """A relay in front of the test's Redis for one member, which the test can cut, slow or silence."""
+    cutter = RedisCutter(redis_server.port)
+    await cutter.start()
+    yield cutter
+    await cutter.stop()
 
 
 @pytest.fixture(name="make_gateway")

@@ -70,3 +70,9 @@ def breaker(gateway: Client, route: str = "a") -> CircuitBreaker:
 def scope_of(sim: Simulator, route: str = "a") -> str:
     """The upstream scope of a fleet member's route (reached directly, no proxy)."""
     return Scopes.of(route, sim.route_url(route), None, None).upstream
+
+
+async def trip(member: Client, route: str = "a") -> None:
+    """Chat through ``member`` until its breaker of ``route`` is open (the upstream must be failing)."""
+    while breaker(member, route).state != "open":
+        await chat(member)

@@ -1,20 +1,17 @@
 """Helpers for the simulator's tests (test_simulator_*.py): a FlowGpt request and its answer, NDJSON parsing.
 
-Also the ``sim`` (seeded, overriding conftest's) and ``session`` (no keep-alive) fixtures,
-which a test module imports by their function names (``fixture_sim``, ``fixture_session``).
+The ``sim`` and ``session`` fixtures these tests use live in conftest.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, Message, build_body, signed_headers
-from gateway.simulator import SimOptions, Simulator, expected_answer
+from gateway.simulator import Simulator, expected_answer
 
 MODEL = "gpt-4-turbo"
 QUESTION = "What is the capital of France?"
@@ -41,21 +38,6 @@ def parse(raw: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
 def text_of(objects: list[dict[str, Any]]) -> str:
     """The answer text carried by the text events."""
     return "".join(o["data"] for o in objects if o.get("event") == "text")
-
-
-@pytest.fixture(name="sim")
-async def fixture_sim() -> AsyncIterator[Simulator]:
-    """A healthy simulator on a free loopback port."""
-    async with Simulator(SimOptions(seed=1)) as sim:
-        yield sim
-
-
-@pytest.fixture(name="session")
-async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session without keep-alive, so restarts never meet a stale pooled socket."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield session
 
 
 async def post_chat(

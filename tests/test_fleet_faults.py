@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +21,22 @@ from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from gateway.workers import _fresh_metrics_dir
 from monitoring.processes import eventually
-from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes, only_route_a, scope_of
+from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, fleet_routes, only_route_a, scope_of, trip
 from tests.gateway_support import GatewayFactory
 from tests.redis_support import RedisCutter, RedisServer
 
 
-@pytest.fixture(name="raw_redis")
-async def raw_redis_fixture(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    """A plain client to the test's Redis, to write what a broken peer or operator would."""
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture(name="cutter")
-async def cutter_fixture(redis_server: RedisServer) -> AsyncIterator[RedisCutter]:
-    """A relay in front of Redis for one member, which the test can cut."""
-    relay = RedisCutter(redis_server.port)
-    await relay.start()
-    yield relay
-    await relay.stop()
-
-
 async def _pair_with_first_cut_off(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, relay: RedisCutter
 ) -> tuple[Client, Client]:
-    """Two members; the first reaches Redis through ``cutter``, which is then cut."""
+    """Two members; the first reaches Redis through ``relay``, which is then cut."""
     prefix = redis_server.prefix()
-    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=cutter.url)
+    first = await fleet_member(make_gateway, sim, redis_server, prefix, redis_url=relay.url)
     second = await fleet_member(make_gateway, sim, redis_server, prefix)
-    cutter.cut()
+    relay.cut()
     await eventually(lambda: not first.app[FLEET].up, within=3.0)
     return first, second
 
-
-async def _trip(member: Client) -> None:
-    while breaker(member).state != "open":
-        await chat(member)
 
 
 async def test_a_recovered_route_stays_closed_for_a_member_that_starts_later(
@@ -72,7 +50,7 @@ async def test_a_recovered_route_stays_closed_for_a_member_that_starts_later(
         for _ in range(2)
     ]
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(members[0])
+    await trip(members[0])
     await eventually(lambda: breaker(members[1]).state == "open", within=1.0)
     sim.set_faults(SimFaults(), route="a")
     # A probe ends the 30 s period at once; a live trial (whoever holds it) closes it everywhere.
@@ -103,7 +81,7 @@ async def test_trips_are_ordered_by_arrival_not_by_a_peers_clock(
     # (a first still open from the odd trip would "trip" without a call and publish nothing).
     await eventually(lambda: all(breaker(m).state != "open" for m in (first, second)), within=2.0)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     await eventually(lambda: breaker(second).state == "open", within=1.0)
 
 
@@ -198,40 +176,40 @@ async def test_an_unusable_overrides_key_is_logged_once_not_reconnected_in_a_sto
 
 
 async def test_an_override_made_while_cut_off_does_not_undo_a_later_one(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, relay: RedisCutter
 ) -> None:
     """A forces a open while cut off; B later sets auto; when A reconnects, auto stands everywhere."""
-    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, relay)
     response = await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
     assert (await response.json())["shared"] is False
     await asyncio.sleep(0.01)  # a later command, by the same clock
     response = await second.post("/admin/breaker", json={"mode": "auto", "route": "a"}, headers=ADMIN)
     assert (await response.json())["shared"] is True
-    cutter.restore()
+    relay.restore()
     await eventually(lambda: first.app[FLEET].up, within=10.0)
     await asyncio.sleep(0.3)
     assert (breaker(first).mode, breaker(second).mode) == ("auto", "auto")
 
 
 async def test_an_override_made_while_cut_off_reaches_the_fleet_on_reconnection(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, relay: RedisCutter
 ) -> None:
     """Nothing is lost: with no later command, A's change made while cut off is pushed when it is back."""
-    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, relay)
     await first.post("/admin/working", json={"mode": "not_working", "route": "b"}, headers=ADMIN)
-    cutter.restore()
+    relay.restore()
     await eventually(lambda: not second.app[ROUTES]["b"].flag.working, within=10.0)
 
 
 async def test_a_trip_made_while_cut_off_is_shared_on_reconnection(
-    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, cutter: RedisCutter
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, relay: RedisCutter
 ) -> None:
     """A trips a alone while cut off; once A is back, B refuses a too."""
-    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, cutter)
+    first, second = await _pair_with_first_cut_off(make_gateway, sim, redis_server, relay)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     sim.set_faults(SimFaults(), route="a")  # B must learn it from A, not from failures of its own
-    cutter.restore()
+    relay.restore()
     await eventually(lambda: first.app[FLEET].up, within=10.0)
     await eventually(lambda: breaker(second).state == "open", within=1.0)
 
@@ -329,7 +307,7 @@ async def test_a_member_joining_during_the_trial_window_starts_half_open_not_clo
     prefix = redis_server.prefix()
     first = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     await eventually(lambda: breaker(first).state == "half_open", within=2.0)
     late = await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_seconds=0.5)
     before = sim.route_stats("a").requests_total
@@ -365,7 +343,7 @@ async def test_a_trip_published_late_does_not_reopen_the_fleet_after_its_own_clo
 
     link.call = slow_trip_publish  # type: ignore[method-assign]
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     sim.set_faults(SimFaults(), route="a")
     await eventually(lambda: breaker(first).state == "half_open", within=2.0)
     statuses = await _until_served(first, 3.0)  # the first member's trial (nobody else knows the period)

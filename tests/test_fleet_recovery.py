@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -19,31 +18,9 @@ from gateway.app_keys import FLEET, METRICS
 from gateway.fleet.messages import Keys
 from gateway.simulator import SimFaults, Simulator
 from monitoring.processes import eventually
-from tests.fleet_support import ADMIN, Client, breaker, chat, fleet_member, only_route_a, scope_of
+from tests.fleet_support import ADMIN, breaker, chat, fleet_member, only_route_a, scope_of, trip
 from tests.gateway_support import GatewayFactory
 from tests.redis_support import RedisCutter, RedisServer
-
-
-@pytest.fixture(name="raw_redis")
-async def raw_redis_fixture(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    """A plain client to the test's Redis."""
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture(name="relay")
-async def relay_fixture(redis_server: RedisServer) -> AsyncIterator[RedisCutter]:
-    """A relay in front of Redis for one member, which the test can cut or silence."""
-    cutter = RedisCutter(redis_server.port)
-    await cutter.start()
-    yield cutter
-    await cutter.stop()
-
-
-async def _trip(member: Client) -> None:
-    while breaker(member).state != "open":
-        await chat(member)
 
 
 async def test_a_member_that_missed_the_fleets_close_closes_on_reconnection(
@@ -59,7 +36,7 @@ async def test_a_member_that_missed_the_fleets_close_closes_on_reconnection(
         make_gateway, sim, redis_server, prefix, upstreams=one_route, breaker_reset_seconds=30, redis_url=relay.url
     )
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     await eventually(lambda: breaker(second).state == "open", within=1.0)
     relay.cut()
     await eventually(lambda: not second.app[FLEET].up, within=3.0)
@@ -128,7 +105,7 @@ async def test_a_member_that_vanishes_mid_trial_does_not_hold_up_its_peers(
     )
     second = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=one_route, breaker_reset_seconds=0.3)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     await eventually(lambda: breaker(second).state == "open", within=1.0)
     sim.set_faults(SimFaults(slow_first_token=30), route="a")
     await eventually(lambda: breaker(first).state == "half_open", within=2.0)
@@ -153,7 +130,7 @@ async def test_an_operators_fleet_wide_reset_leaves_no_open_period_behind(
     prefix, one_route = redis_server.prefix(), only_route_a(sim)
     first = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=one_route, breaker_reset_seconds=60)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     key = Keys(prefix).trip(scope_of(sim, "a"))
     for _ in range(100):  # the trip's publish is in the background
         if await raw_redis.exists(key):
@@ -197,7 +174,7 @@ async def test_a_close_made_while_cut_off_is_published_on_reconnection(
     )
     second = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=one_route, breaker_reset_seconds=30)
     sim.set_faults(SimFaults(http_status=500), route="a")
-    await _trip(first)
+    await trip(first)
     await eventually(lambda: breaker(second).state == "open", within=1.0)
     relay.cut()
     await eventually(lambda: not first.app[FLEET].up, within=3.0)
@@ -286,7 +263,7 @@ async def test_a_closed_route_shows_no_open_period_after_its_own_trip_comes_back
             breaker_reset_seconds=0.05,
         )
         sim.set_faults(SimFaults(http_status=500), route="a")
-        await _trip(member)
+        await trip(member)
         sim.set_faults(SimFaults(), route="a")
         await asyncio.sleep(0.1)
         assert await chat(member) == 200  # the trial closes it before its own trip comes back

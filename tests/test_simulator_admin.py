@@ -16,8 +16,6 @@ from gateway.simulator import SimFaults, SimStats, Simulator
 from tests.simulator_support import (
     QUESTION,
     chat_body,
-    fixture_session,  # noqa: F401 - fixture
-    fixture_sim,  # noqa: F401 - fixture
     get_json,
     post_chat,
 )

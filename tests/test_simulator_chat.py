@@ -25,8 +25,6 @@ from tests.simulator_support import (
     MODEL,
     QUESTION,
     chat_body,
-    fixture_session,  # noqa: F401 - fixture
-    fixture_sim,  # noqa: F401 - fixture
     parse,
     post_chat,
     text_of,

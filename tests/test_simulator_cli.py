@@ -19,7 +19,6 @@ from gateway.simulator import SimFaults, SimOptions
 from gateway.simulator.cli import add_arguments, options_from_args, run
 from tests.simulator_support import (
     chat_body,
-    fixture_session,  # noqa: F401 - fixture
 )
 
 

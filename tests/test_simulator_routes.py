@@ -20,8 +20,6 @@ from tests.simulator_support import (
     ANSWER,
     _bad_signature,
     chat_body,
-    fixture_session,  # noqa: F401 - fixture
-    fixture_sim,  # noqa: F401 - fixture
     get_json,
     parse,
     post_chat,

@@ -18,8 +18,6 @@ from gateway.simulator import SimFaults, SimOptions, Simulator, create_simulator
 from tests.simulator_support import (
     ANSWER,
     chat_body,
-    fixture_session,  # noqa: F401 - fixture
-    fixture_sim,  # noqa: F401 - fixture
     parse,
     post_chat,
     text_of,
