@@ -27,10 +27,10 @@ import redis.asyncio as redis
 from gateway.events import ProbeFinished
 from gateway.fleet import scripts
 from gateway.fleet.messages import Keys, Probe, encode, probe_fields, stored_working
+from gateway.fleet.share import RouteShare
 
 if TYPE_CHECKING:
     from gateway.fleet.link import RedisLink
-    from gateway.fleet.shared import RouteShare
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.events import BreakerChanged, ProbeFinished
@@ -28,27 +27,15 @@ from gateway.fleet.link import RedisLink
 from gateway.fleet.messages import Closed, Keys, Override, OverrideTarget, Probe, Trip, decode
 from gateway.fleet.overrides import OverrideSharing
 from gateway.fleet.probes import ProbeSharing
-from gateway.fleet.trips import Period, TripSharing
-from gateway.route_pool import Route, RoutePool
+from gateway.fleet.share import RouteShare
+from gateway.fleet.trips import TripSharing
+from gateway.route_pool import RoutePool
 
 log = logging.getLogger(__name__)
 
 # A process waits at most this long to join the fleet before its first probe (each Redis
 # call is bounded far below it; this only guards against a bug keeping the link unsettled).
 JOIN_WAIT_MAX_SECONDS = 5.0
-
-
-@dataclass(eq=False)
-class RouteShare:
-    """What this process knows of one route's fleet state."""
-
-    route: Route
-    period: Period | None = None  # the open period this process is in (ours or the fleet's), if any
-    unpublished_close: Period | None = None  # a close of ours not yet published: retried on re-sync
-    lease_held: bool = False
-    sit_out_until: float = 0.0  # the probe lease is left to peers until then (our path failed)
-    last_result_at: float = 0.0  # when a probe result (ours or a peer's) was last applied here
-    trip_publish: asyncio.Task[Any] | None = None  # our latest trip's publish, which its close must follow
 
 
 class SharedHealth:

@@ -24,7 +24,6 @@ import math
 import random
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -33,10 +32,10 @@ import redis.asyncio as redis
 from gateway.events import BreakerChanged
 from gateway.fleet import scripts
 from gateway.fleet.messages import Closed, Keys, Trip, encode, stored_trip
+from gateway.fleet.share import Period, RouteShare
 
 if TYPE_CHECKING:
     from gateway.fleet.link import RedisLink
-    from gateway.fleet.shared import RouteShare
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +44,6 @@ JITTER: Final = (0.8, 1.2)
 # The trip key outlives the open period by the trial window plus this margin, so a process joining
 # during a trial starts half-open, not closed.
 _TRIAL_MARGIN: Final = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    """The open period a process is in: its id, the scope it is shared in (None: not shared), who began it."""
-
-    trip_id: str
-    scope: str | None
-    origin: str
-    shared: bool  # known to the fleet (published, or learnt from it)
 
 
 class TripSharing:
