@@ -351,3 +351,17 @@ async def test_a_trip_published_late_does_not_reopen_the_fleet_after_its_own_clo
     await asyncio.sleep(2.0)  # the late trip, and the close after it, have been delivered
     assert breaker(second).state == "closed"
     assert await chat(second) == 200
+
+
+async def test_an_adopted_open_period_ends_at_a_jittered_moment(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, raw_redis: redis.Redis
+) -> None:
+    """A peer's 10 s period is adopted for 8 to 12 s, and not for the same length by every member."""
+    prefix = redis_server.prefix()
+    members = [await fleet_member(make_gateway, sim, redis_server, prefix, breaker_reset_max_seconds=60) for _ in range(4)]
+    message = {"v": 1, "kind": "trip", "route": "a", "origin": "peer", "scope": scope_of(sim), "trip_id": "t1"}
+    await raw_redis.publish(Keys(prefix).channel, orjson.dumps({**message, "open_for": 10, "duration": 10}))
+    await eventually(lambda: all(breaker(member).state == "open" for member in members), within=1.0)
+    rests = [breaker(member).retry_after() for member in members]
+    assert all(7.5 <= rest <= 12.0 for rest in rests), rests
+    assert len({round(rest, 2) for rest in rests}) > 1, rests
