@@ -1,4 +1,4 @@
-"""The gateway's listening sockets, bound before anything starts.
+"""The gateway's listening sockets, bound before anything starts, and the supervisor's check that a port is free.
 
 Binding first means a gateway that cannot listen exits before it connects to Redis, takes a
 probe lease or calls the upstream. The options are those of asyncio's ``create_server`` (what
@@ -33,3 +33,11 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socke
             sock.close()
         raise
     return sockets
+
+
+def ensure_free(host: str, port: int) -> None:
+    """Raise ``OSError`` (``EADDRINUSE``) if anything listens on the port, also a deployment sharing it through
+    ``SO_REUSEPORT``: a socket bound without that option conflicts with every listener; TIME_WAIT does not count.
+    """
+    for sock in bind(host, port):
+        sock.close()

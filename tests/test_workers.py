@@ -231,6 +231,11 @@ def _listener(port: int) -> socket.socket:
     return sock
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().split(") ", 1)[1].split()[1])
+
+
 async def test_a_taken_port_ends_the_supervisor_at_once_with_exit_1(launcher: Launcher) -> None:
     """Another program listens on the port: serve --workers 2 exits 1 within seconds, logging the address."""
     port = free_port("127.0.0.1")
@@ -252,3 +257,70 @@ async def test_a_worker_that_cannot_listen_ends_the_supervisor_with_exit_1(fleet
     with await wait_until(taken, within=5, what="the port freed by the killed workers", interval=0.01):
         assert await fleet.exit_code(within=START_LIMIT) == 1, fleet.output()
     assert f"cannot listen on 127.0.0.1:{fleet.port}" in fleet.output()
+
+
+@pytest.mark.parametrize("runtime_dir", ["shared", "own"])
+async def test_a_second_deployment_on_a_held_port_is_refused(
+    launcher: Launcher, fleet: Fleet, tmp_path: Path, runtime_dir: str
+) -> None:
+    """A second serve --workers 2 on a port a running one holds exits 1; only the first one's workers answer.
+
+    ``own``: the second has a runtime directory of its own (another container on the host's network).
+    """
+    first = await fleet.both_workers()
+    env = {"GATEWAY_REDIS_PREFIX": "another-deployment"}
+    if runtime_dir == "own":
+        (tmp_path / "elsewhere").mkdir()
+        env["XDG_RUNTIME_DIR"] = str(tmp_path / "elsewhere")
+    second = await launcher.start(fleet.port, env=env)
+    assert await second.exit_code(within=REFUSAL_LIMIT) == 1, second.output()
+    (line,) = [line for line in second.output().splitlines() if "cannot listen" in line]
+    assert f"address=127.0.0.1:{fleet.port}" in line
+    # Shared: the first one's lock refuses it; own: the bind without SO_REUSEPORT does.
+    assert ("lock file" in line) == (runtime_dir == "shared"), line
+    answering = set()
+    for _ in range(4):
+        answering |= await fleet.pids()
+    assert answering == first
+    assert {_parent(pid) for pid in answering} == {fleet.process.pid}
+
+
+async def test_of_two_deployments_started_together_one_is_refused(launcher: Launcher) -> None:
+    """Two serve --workers 2 started at once on one port (neither listens yet): one exits 1, the other serves."""
+    port = free_port("127.0.0.1")
+    fleets = [
+        await launcher.start(port),
+        await launcher.start(port, env={"GATEWAY_REDIS_PREFIX": "another-deployment"}),
+    ]
+
+    async def one_refused() -> Fleet | None:
+        return next((fleet for fleet in fleets if fleet.process.returncode is not None), None)
+
+    refused = await wait_until(one_refused, within=START_LIMIT, what="one supervisor refused", interval=0.1)
+    assert refused.process.returncode == 1, refused.output()
+    (serving,) = (fleet for fleet in fleets if fleet is not refused)
+    pids = await serving.both_workers()
+    assert {_parent(pid) for pid in pids} == {serving.process.pid}
+    assert serving.process.returncode is None
+
+
+async def test_a_restart_right_after_a_clean_exit_serves_despite_time_wait(launcher: Launcher) -> None:
+    """SIGTERM then start again at once on the same port: connections left in TIME_WAIT do not block it."""
+    port = free_port("127.0.0.1")
+    fleet = await launcher.start(port)
+    await fleet.ready()
+    for _ in range(5):
+        await fleet.get("/healthz", close=True)
+    fleet.process.send_signal(signal.SIGTERM)
+    assert await fleet.exit_code(within=15) == 0
+    assert _time_wait(port) > 0  # the case this test is about
+    again = await launcher.start(port)
+    await again.ready()
+    assert again.process.returncode is None
+
+
+def _time_wait(port: int) -> int:
+    """Connections on the local loopback ``port`` in TIME_WAIT (state 06 of /proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(row[1] == f"0100007F:{port:04X}" and row[3] == "06" for row in rows)
