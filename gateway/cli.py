@@ -104,10 +104,11 @@ def _supervise(ns: argparse.Namespace, settings: Settings) -> int:
     if settings.port == 0:
         print("flowgpt-gateway: --workers needs a fixed port (0 would give each worker its own)", file=sys.stderr)
         return 2
+    # Every flag, --workers too: each worker reports N in /status and on the status page.
     flags = [
         f"--{name.replace('_', '-')}={getattr(ns, name)}"
         for name in _SETTING_FLAGS
-        if name != "workers" and getattr(ns, name, None) is not None
+        if getattr(ns, name, None) is not None
     ]
     supervisor = Supervisor(
         worker_command(flags),

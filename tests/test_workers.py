@@ -319,6 +319,24 @@ async def test_a_restart_right_after_a_clean_exit_serves_despite_time_wait(launc
     assert again.process.returncode is None
 
 
+async def test_workers_given_by_flag_or_env_are_reported_by_every_worker(launcher: Launcher) -> None:
+    """serve --workers 2 (or GATEWAY_WORKERS=2): every worker says 2 in /status and in the page's /ui/data."""
+    for flag in (True, False):
+        fleet = await launcher.start(free_port("127.0.0.1"), flag=flag)
+        await fleet.ready()
+        seen = await fleet.both_workers()
+        for _ in range(20):  # until both workers were asked (SO_REUSEPORT picks one per connection)
+            status = json.loads((await fleet.get("/status"))[1])
+            page = json.loads((await fleet.get("/ui/data"))[1])
+            assert (status["settings"]["workers"], page["workers"]) == (2, 2), (flag, status["pid"], page["pid"])
+            seen -= {status["pid"], page["pid"]}
+            if not seen:
+                break
+        assert not seen, f"not every worker was asked: {seen}"
+        fleet.process.send_signal(signal.SIGTERM)
+        assert await fleet.exit_code(within=15) == 0
+
+
 def _time_wait(port: int) -> int:
     """Connections on the local loopback ``port`` in TIME_WAIT (state 06 of /proc/net/tcp)."""
     with open("/proc/net/tcp") as table:
