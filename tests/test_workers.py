@@ -44,16 +44,19 @@ class Fleet:
         except TimeoutError:
             return None
 
-    async def get(self, path: str, *, close: bool = False) -> tuple[int, str]:
+    async def get(self, path: str) -> tuple[int, str]:
         # A fresh connection per request, so SO_REUSEPORT may hand each one to another worker.
-        # close: ask the server to close first, which leaves its side of the connection in TIME_WAIT.
         connector = aiohttp.TCPConnector(force_close=True)
-        headers = {"Connection": "close"} if close else {}
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.get(self.base + path, headers=headers) as response,
-        ):
+        async with aiohttp.ClientSession(connector=connector) as session, session.get(self.base + path) as response:
             return response.status, await response.text()
+
+    async def closed_by_server(self) -> None:
+        """One request after which the server closes first, leaving its side of the connection in TIME_WAIT."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        await asyncio.wait_for(reader.read(), timeout=10)  # until the server's FIN
+        writer.close()
+        await writer.wait_closed()
 
     async def chat(self) -> int:
         connector = aiohttp.TCPConnector(force_close=True)
@@ -310,7 +313,7 @@ async def test_a_restart_right_after_a_clean_exit_serves_despite_time_wait(launc
     fleet = await launcher.start(port)
     await fleet.ready()
     for _ in range(5):
-        await fleet.get("/healthz", close=True)
+        await fleet.closed_by_server()
     fleet.process.send_signal(signal.SIGTERM)
     assert await fleet.exit_code(within=15) == 0
     assert _time_wait(port) > 0  # the case this test is about
