@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import __version__
+from gateway import __version__, listen
 from gateway.app import create_app, make_route
 from gateway.app_keys import INFLIGHT
 from gateway.logs import configure_logging
@@ -26,7 +26,7 @@ from gateway.redact import mask_url
 from gateway.route_config import parse_routes
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import cli as sim_cli
-from gateway.workers import Supervisor, worker_command
+from gateway.workers import EXIT_CANNOT_LISTEN, Supervisor, worker_command
 
 log = logging.getLogger("gateway")
 DEMO_ROUTES = ("primary", "backup")
@@ -104,12 +104,19 @@ def _supervise(ns: argparse.Namespace, settings: Settings) -> int:
     if settings.port == 0:
         print("flowgpt-gateway: --workers needs a fixed port (0 would give each worker its own)", file=sys.stderr)
         return 2
+    # Every flag, --workers too: each worker reports N in /status and on the status page.
     flags = [
         f"--{name.replace('_', '-')}={getattr(ns, name)}"
         for name in _SETTING_FLAGS
-        if name != "workers" and getattr(ns, name, None) is not None
+        if getattr(ns, name, None) is not None
     ]
-    supervisor = Supervisor(worker_command(flags), workers=settings.workers, grace=settings.shutdown_timeout)
+    supervisor = Supervisor(
+        worker_command(flags),
+        workers=settings.workers,
+        grace=settings.shutdown_timeout,
+        host=settings.host,
+        port=settings.port,
+    )
     return supervisor.run()
 
 
@@ -127,17 +134,24 @@ async def serve(settings: Settings, *, banner: str | None = None, reuse_port: bo
 
     ``reuse_port``: a worker of ``serve --workers N``, sharing the port with its siblings.
     """
+    try:
+        sockets = listen.bind(settings.host, settings.port, reuse_port=reuse_port)
+    except OSError as exc:
+        print(f"flowgpt-gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        # A worker's own code tells its supervisor to stop everything rather than restart it.
+        return EXIT_CANNOT_LISTEN if reuse_port else 1
     app = create_app(settings)
     # The drain below gives in-flight requests their grace; aiohttp's own wait only closes idle keep-alives.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     try:
+        await runner.setup()
+    except BaseException:  # the sockets are nobody's until a site takes them
+        for sock in sockets:
+            sock.close()
+        raise
+    sites = [web.SockSite(runner, sock) for sock in sockets]
+    for site in sites:
         await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        print(f"flowgpt-gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
-        return 1
     log.info(
         "gateway listening url=http://%s:%d routes=%s",
         settings.host,
@@ -161,7 +175,8 @@ async def serve(settings: Settings, *, banner: str | None = None, reuse_port: bo
         log.info("shutting down grace_seconds=%s", settings.shutdown_timeout)
         tracker = app[INFLIGHT]
         tracker.begin_shutdown()  # readiness and liveness fail first,
-        await site.stop()  # then no new connections,
+        for site in sites:
+            await site.stop()  # then no new connections,
         await tracker.drain(settings.shutdown_timeout)  # then in-flight work gets its grace
         await runner.cleanup()
     finally:

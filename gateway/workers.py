@@ -5,6 +5,14 @@ kernel spreads connections across them. The supervisor only watches: it restarts
 dies (with a growing pause if it keeps dying young), forwards SIGTERM/SIGINT so every worker
 drains gracefully, and exits 0 when all of them did.
 
+It fails loudly instead of looking healthy while nothing is served: it exits 1 before starting
+any worker if the port is taken, and stops everything and exits 1 as soon as a worker cannot
+listen (``EXIT_CANNOT_LISTEN``). Because ``SO_REUSEPORT`` would let a second deployment share the
+port silently, the supervisor holds an exclusive ``flock`` on a lock file named after host and port
+for its lifetime (two deployments started together, neither listening yet), and before starting
+the workers binds the port without ``SO_REUSEPORT`` (a listener of any kind: another container, a
+plain ``serve``).
+
 Metrics: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before any
 worker starts; every worker writes its samples there and answers ``/metrics`` with the sum over
 all workers, live and dead (counters never go back when a worker is replaced).
@@ -13,8 +21,11 @@ Workers agree on upstream health through Redis (``GATEWAY_REDIS_URL`` is require
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,9 +40,12 @@ from typing import Final
 
 from prometheus_client import multiprocess
 
+from gateway import listen
+
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+EXIT_CANNOT_LISTEN: Final = 3  # a worker's: neither 1 (an unhandled error) nor 2 (a bad setting)
 _POLL_SECONDS: Final = 0.1
 _YOUNG_SECONDS: Final = 5.0  # a worker that dies sooner than this is restarted after a pause
 _RESTART_PAUSE_MAX: Final = 10.0
@@ -49,17 +63,30 @@ class _Worker:
 class Supervisor:
     """Starts, watches and stops the workers; :meth:`run` returns the exit code."""
 
-    def __init__(self, command: Sequence[str], *, workers: int, grace: float) -> None:
+    def __init__(self, command: Sequence[str], *, workers: int, grace: float, host: str, port: int) -> None:
         self._command = list(command)
         self._count = workers
         self._grace = grace
+        self._host, self._port = host, port
         self._stopping = False
+        self._failed = False  # a worker could not listen: exit 1 whatever the others do
         self._workers: list[_Worker] = []
         self._metrics_dir = ""
         self._owns_metrics_dir = MULTIPROC_ENV not in os.environ
 
     def run(self) -> int:
-        """Supervise until SIGTERM/SIGINT, then drain every worker."""
+        """Supervise until SIGTERM/SIGINT (or a worker cannot listen), then drain every worker."""
+        try:
+            lock = claim_port(self._host, self._port)
+        except OSError as exc:
+            log.error("cannot listen, exiting address=%s:%d reason=%r", self._host, self._port, exc.strerror)
+            return 1
+        try:
+            return self._supervise()
+        finally:
+            os.close(lock)
+
+    def _supervise(self) -> int:
         self._metrics_dir = _fresh_metrics_dir()
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -68,7 +95,12 @@ class Supervisor:
             while not self._stopping:
                 time.sleep(_POLL_SECONDS)
                 for position, worker in enumerate(self._workers):
-                    if worker.process.poll() is not None and not self._stopping:
+                    if worker.process.poll() is None or self._stopping:
+                        continue
+                    if worker.process.returncode == EXIT_CANNOT_LISTEN:
+                        log.error("a worker cannot listen, stopping every worker address=%s:%d", self._host, self._port)
+                        self._stopping = self._failed = True
+                    else:
                         self._workers[position] = self._replace(worker)
             return self._stop_all()
         finally:
@@ -117,7 +149,32 @@ class Supervisor:
                 codes.append(worker.process.wait())
         log.info("supervisor stopped codes=%s", codes)
         # A worker still starting has no requests yet; SIGTERM's default action is a clean stop for it.
-        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+        return 0 if not self._failed and all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def claim_port(host: str, port: int) -> int:
+    """Hold this host and port for one deployment: a locked file descriptor, or ``OSError`` saying why not.
+
+    The lock is released with the process however it ends, so a restart is never blocked by a
+    stale file; the file itself stays, empty.
+    """
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", host) or "all"
+    path = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"flowgpt-gateway-{name}-{port}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EADDRINUSE, f"another serve --workers holds the port (lock file {path})") from None
+    try:
+        listen.ensure_free(host, port)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _fresh_metrics_dir() -> str:
