@@ -21,6 +21,7 @@
         ├── UpstreamTimeoutError      504  timeout (phase: connect, first_token, idle, total)
         ├── UpstreamStatusError       http_status (non-2xx)
         │   ├── UpstreamRateLimitedError  rate_limited (429/402, keeps Retry-After)
+        │   │   └── AllRoutesRateLimitedError  429: every route tried answered 429
         │   ├── UpstreamBlockedError      blocked (Cloudflare page on 403)
         │   └── UpstreamAuthError         auth (401)
         ├── UpstreamProtocolError     protocol (HTML 200, nothing but garbage)
@@ -33,6 +34,7 @@ rejection: see :func:`counts_against_upstream`.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Final, Literal, get_args
 
 UpstreamErrorKind = Literal[
@@ -43,6 +45,12 @@ UpstreamErrorKind = Literal[
 TimeoutPhase = Literal["connect", "first_token", "idle", "total"]
 # The kinds in declaration order, read from the Literal so the two cannot drift apart.
 UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = get_args(UpstreamErrorKind)
+RETRY_AFTER_MAX: Final = 86400.0  # a day; longer is noise
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """The whole seconds a ``Retry-After`` header carries; any number of seconds in a message uses it too."""
+    return max(1, math.ceil(min(seconds, RETRY_AFTER_MAX)))
 
 
 class GatewayError(Exception):
@@ -211,6 +219,17 @@ class UpstreamRateLimitedError(UpstreamStatusError):
     """429 or 402 from the upstream; ``retry_after`` keeps its Retry-After."""
 
     kind = "rate_limited"
+
+
+class AllRoutesRateLimitedError(UpstreamRateLimitedError):
+    """Every route tried answered 429 and nothing else did: the client's answer is a 429, so SDKs back off."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        seconds = retry_after_seconds(retry_after)
+        super().__init__(f"{message}; retry in {seconds} s", upstream_status=429, retry_after=seconds)
 
 
 class UpstreamBlockedError(UpstreamStatusError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import re
 import secrets
 import time
@@ -21,6 +20,7 @@ from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    retry_after_seconds,
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
@@ -95,7 +95,7 @@ def error_response(error: GatewayError) -> web.Response:
     """The single place where an error becomes an HTTP response."""
     response = web.Response(body=orjson.dumps(error_body(error)), status=error.status, content_type="application/json")
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(min(error.retry_after, 86400.0))))
+        response.headers["Retry-After"] = str(retry_after_seconds(error.retry_after))
     return response
 
 

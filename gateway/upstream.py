@@ -36,6 +36,7 @@ from gateway.errors import (
     counts_against_upstream,
     is_retryable,
 )
+from gateway.rate_limits import RateLimits
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 
 if TYPE_CHECKING:
@@ -147,11 +148,12 @@ class UpstreamService:
         retryable_seen = False  # some failure of this request may clear up on a second try
         retrying = False  # the next attempt is a retry after a pause (counted on the route it goes to)
         last_error: UpstreamError | None = None
+        limits = RateLimits()
         while True:
             route = self.routes.pick(failed_routes)
             if route is None:
                 if last_error is not None:
-                    raise last_error
+                    raise limits.answer(last_error)
                 raise self._refused(self.routes.refusal())
             try:
                 ticket = route.breaker.admit()
@@ -172,11 +174,14 @@ class UpstreamService:
                 if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
                     raise  # a rejection would be rejected by every route alike
                 last_error = exc
+                limits.saw(exc)
                 retryable_seen = retryable_seen or is_retryable(exc)
                 failed_routes.add(route.name)
                 if self.routes.any_admits(failed_routes):
                     if not self._may_try_again(attempts, 0.0, deadline):
-                        raise
+                        if limits.answer(exc) is exc:
+                            raise
+                        raise limits.answer(exc) from exc
                     log.info("failing over from_route=%s kind=%s", route.name, exc.kind)
                     route.metrics.failovers.inc()
                 else:
@@ -184,7 +189,9 @@ class UpstreamService:
                     # admits a call, if some failure may clear up.
                     delay = self._retry_delay(exc, attempts, deadline) if retryable_seen else None
                     if delay is None:
-                        raise
+                        if limits.answer(exc) is exc:
+                            raise
+                        raise limits.answer(exc) from exc
                     log.info(
                         "retrying upstream after route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind
                     )

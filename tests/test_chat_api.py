@@ -190,7 +190,7 @@ def _fault_cases() -> list[Any]:
             "HTML content",
             id="503-html",
         ),
-        pytest.param(SimFaults(http_status=429, retry_after=30), 502, "upstream_rate_limited", "rate limit", id="429"),
+        pytest.param(SimFaults(http_status=429, retry_after=30), 429, "upstream_rate_limited", "retry in 30 s", id="429"),
         pytest.param(SimFaults(http_status=402), 502, "upstream_rate_limited", "rate limit", id="402"),
         pytest.param(
             SimFaults(http_status=403, http_body=CLOUDFLARE_BODY),
@@ -220,7 +220,7 @@ async def test_faults_before_the_first_token(
     assert response.status == status
     error = (await response.json())["error"]
     assert error["code"] == code
-    assert error["type"] == "upstream_error"
+    assert error["type"] == ("rate_limit_error" if status == 429 else "upstream_error")
     assert message_part in error["message"]
     if faults.http_status == 429:
         assert response.headers["Retry-After"] == "30"

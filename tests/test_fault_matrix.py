@@ -81,12 +81,13 @@ FAULTS: Final = (
     Fault(
         "429-retry-after",
         SimFaults(http_status=429, retry_after=30),
-        502,
+        429,
         "upstream_rate_limited",
         "rate_limited",
         retry_after="30",
     ),
-    Fault("429", SimFaults(http_status=429), 502, "upstream_rate_limited", "rate_limited", retries=2),
+    # Every attempt a 429 with no Retry-After: the client's 429 says 1 s.
+    Fault("429", SimFaults(http_status=429), 429, "upstream_rate_limited", "rate_limited", retries=2, retry_after="1"),
     Fault("402", SimFaults(http_status=402), 502, "upstream_rate_limited", "rate_limited"),
     Fault("401", SimFaults(http_status=401), 502, "upstream_auth", "auth"),
     Fault("403-plain", SimFaults(http_status=403, http_body="Forbidden"), 502, "upstream_http_status", "http_status"),
@@ -214,7 +215,7 @@ async def _request(gateway: Client, fault: Fault, *, stream: bool) -> None:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == fault.code
-    assert error["type"] == "upstream_error"
+    assert error["type"] == ("rate_limit_error" if fault.status == 429 else "upstream_error")
     assert error["param"] is None
     assert isinstance(error["message"], str)
     assert error["message"]
