@@ -33,5 +33,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic cl
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
+# Refused fields dropped under GATEWAY_DROP_PARAMS, comma-separated: the x-gateway-dropped-params header.
+DROPPED_PARAMS = web.RequestKey("dropped_params", str)
 # The status to record when it differs from the response's (a stream whose client was cut: 499).
 STATUS_OVERRIDE = web.RequestKey("status_override", int)

@@ -5,6 +5,8 @@
     GatewayError                      status, OpenAI type and code, message
     ├── RequestError                  the caller's fault (4xx); never trips the breaker
     │   ├── InvalidRequestError       400  invalid_request / invalid_json
+    │   ├── UnsupportedParameterError 400  unsupported_parameter (a field FlowGpt cannot honour)
+    │   ├── UnsupportedContentError   400  unsupported_content (a message shape or part it cannot carry)
     │   ├── AuthenticationError       401  invalid_api_key
     │   ├── ForbiddenError            403  forbidden (a wrong admin token)
     │   ├── NotFoundError             404  not_found
@@ -88,6 +90,18 @@ class RequestError(GatewayError):
 
 class InvalidRequestError(RequestError):
     """Malformed JSON or a field that fails validation."""
+
+
+class UnsupportedParameterError(RequestError):
+    """A request field the gateway refuses by name (see gateway/fields.py)."""
+
+    default_code = "unsupported_parameter"
+
+
+class UnsupportedContentError(RequestError):
+    """A message shape or content part FlowGpt cannot carry (see gateway/message_shapes.py)."""
+
+    default_code = "unsupported_content"
 
 
 class AuthenticationError(RequestError):

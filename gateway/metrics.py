@@ -22,6 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.errors import UPSTREAM_ERROR_KINDS
+from gateway.fields import REFUSABLE
 from gateway.route_config import DEFAULT_ROUTE
 from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, UpstreamFamilies
 
@@ -73,6 +74,14 @@ class Metrics:
         families = UpstreamFamilies(reg)
         self.routes = {name: RouteMetrics(families, provider, name) for name in routes}
         self.rejections = {reason: rejections.labels(provider, reason) for reason in ADMISSION_REASONS}
+        dropped = Counter(
+            "gateway_dropped_params_total",
+            "Refused request fields dropped under GATEWAY_DROP_PARAMS, by field.",
+            ["param"],
+            registry=reg,
+        )
+        # One series per refusable field of the table: the label never takes client input.
+        self.dropped_params = {param: dropped.labels(param) for param in REFUSABLE}
         # Only with GATEWAY_REDIS_URL: without a fleet there is no shared state to lose.
         self._shared_state_up = (
             Gauge(

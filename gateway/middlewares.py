@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from aiohttp import web
 
-from gateway.app_keys import API_KEYS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
+from gateway.app_keys import API_KEYS, DROPPED_PARAMS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
@@ -85,10 +85,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: echo the id on every response, streams included."""
+    """on_response_prepare: echo the id on every response, streams included, and name any dropped fields."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
+    dropped = request.get(DROPPED_PARAMS)
+    if dropped is not None:
+        response.headers["x-gateway-dropped-params"] = dropped
 
 
 def error_response(error: GatewayError) -> web.Response:

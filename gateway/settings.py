@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     upstream_max_line_bytes: int = Field(1024 * 1024, ge=1024)
     # Several ways to reach FlowGpt (JSON list); unset: one route "default" from the three above.
     upstreams: Annotated[tuple[RouteSpec, ...], NoDecode] = ()
+    # Refused request fields (gateway/fields.py) are dropped instead, as LiteLLM's drop_params does.
+    drop_params: bool = False
 
     # Fleet: processes on one host (workers) and replicas share upstream health through Redis.
     redis_url: SecretStr | None = None  # unset: every process decides alone

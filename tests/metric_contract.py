@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
+from gateway.fields import REFUSABLE
 from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS
 
@@ -78,6 +79,7 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "state": frozenset(BREAKER_STATES),
     "to_state": frozenset(BREAKER_STATES),
     "result": frozenset(PROBE_RESULTS),
+    "param": frozenset(REFUSABLE),
 }
 
 

@@ -52,7 +52,7 @@ async def test_streaming_completion(gateway: Client) -> None:
 
 
 async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Simulator) -> None:
-    """System, history and content parts are translated into FlowGpt's body."""
+    """System, history and content parts (joined by a newline) are translated into FlowGpt's body."""
     body = {
         "model": "claude-v2",
         "temperature": 1.5,
@@ -72,7 +72,7 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
     assert sent["system"] == "Be brief.\nNo emojis."
     assert sent["question"] == "Bye"
     assert sent["temperature"] == 1.5
-    assert sent["history"][1:] == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+    assert sent["history"][1:] == [{"role": "user", "content": "Hi \nthere"}, {"role": "assistant", "content": "Hello!"}]
 
 
 @pytest.mark.parametrize(
@@ -85,8 +85,8 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
         (
             b'{"model": "gpt-3.5-turbo", "messages": [{"role": "tool", "content": "x"}]}',
             400,
-            "invalid_request",
-            "messages.0.role",
+            "unsupported_content",
+            "messages.0",
         ),
         (
             b'{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": 5}]}',

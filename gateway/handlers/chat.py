@@ -10,7 +10,16 @@ import orjson
 from aiohttp import web
 
 from gateway.answer import Answer
-from gateway.app_keys import CLOCK, INFLIGHT, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
+from gateway.app_keys import (
+    CLOCK,
+    DROPPED_PARAMS,
+    INFLIGHT,
+    METRICS,
+    SETTINGS,
+    STATUS_OVERRIDE,
+    STREAM_RESPONSE,
+    UPSTREAM,
+)
 from gateway.client_writes import ClientStalledError, ClientWriteGuard
 from gateway.errors import (
     GatewayError,
@@ -60,7 +69,9 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     limit = app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-    chat = parse_chat_request(await _read_body(request))
+    chat, dropped = parse_chat_request(await _read_body(request), drop_params=app[SETTINGS].drop_params)
+    if dropped:
+        _report_dropped(request, dropped)
     try:
         model = resolve_model(chat.model)
     except UnknownModelError:
@@ -141,6 +152,14 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
                 await response.write_eof()
         return response
+
+
+def _report_dropped(request: web.Request, dropped: tuple[str, ...]) -> None:
+    """Count the dropped fields and name them in the answer's headers (its error's too)."""
+    counters = request.app[METRICS].dropped_params
+    for param in dropped:
+        counters[param].inc()
+    request[DROPPED_PARAMS] = ",".join(dropped)
 
 
 def _write_guard(request: web.Request, answer: Answer) -> ClientWriteGuard:
