@@ -142,18 +142,38 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def completion(completion_id: str, model: str, text: str) -> dict[str, Any]:
-    """A non-streaming ``chat.completion`` object (FlowGpt reports no token usage)."""
-    return {
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object (the gateway's own cl100k_base counts: FlowGpt reports none)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion(
+    completion_id: str,
+    model: str,
+    text: str,
+    *,
+    finish_reason: str = "stop",
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A non-streaming ``chat.completion`` object."""
+    body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         ],
         "system_fingerprint": None,
     }
+    if usage is not None:
+        body["usage"] = usage
+    return body
 
 
 class ChunkEncoder:
@@ -161,12 +181,10 @@ class ChunkEncoder:
 
     def __init__(self, completion_id: str, model: str) -> None:
         created = int(time.time())
-        self._head = (
-            orjson.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model})[
-                :-1
-            ]
-            + b',"system_fingerprint":null,"choices":[{"index":0,"logprobs":null,"delta":'
-        )
+        self._prefix = orjson.dumps(
+            {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        )[:-1]
+        self._head = self._prefix + b',"system_fingerprint":null,"choices":[{"index":0,"logprobs":null,"delta":'
 
     def role(self) -> bytes:
         """The first chunk: announces the assistant role."""
@@ -176,9 +194,18 @@ class ChunkEncoder:
         """One text delta."""
         return self._event(b'{"content":' + orjson.dumps(text) + b"}", b"null")
 
-    def stop(self) -> bytes:
-        """The last chunk, with the finish reason, followed by ``[DONE]``."""
-        return self._event(b"{}", b'"stop"') + b"data: [DONE]\n\n"
+    def stop(self, finish_reason: str = "stop", usage: dict[str, int] | None = None) -> bytes:
+        """The last chunk with the finish reason, the usage chunk (empty ``choices``) if asked for, and ``[DONE]``."""
+        end = self._event(b"{}", orjson.dumps(finish_reason))
+        if usage is not None:
+            end += (
+                b"data: "
+                + self._prefix
+                + b',"system_fingerprint":null,"choices":[],"usage":'
+                + orjson.dumps(usage)
+                + b"}\n\n"
+            )
+        return end + b"data: [DONE]\n\n"
 
     def _event(self, delta: bytes, finish_reason: bytes) -> bytes:
         return b"data: " + self._head + delta + b',"finish_reason":' + finish_reason + b"}]}\n\n"

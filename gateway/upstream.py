@@ -10,7 +10,8 @@ Before the first text fragment, a failure that counts against a route moves the 
 to another route that admits it (a failover), else it may be retried on the same route;
 both are bounded by ``retry_max``, the retry budget and the deadline. A per-request
 rejection is never retried anywhere. After the first fragment nothing is retried: the
-client already has part of an answer.
+client already has part of an answer. A non-streamed answer is read whole inside its attempt,
+so a failure while it is read is handled like one before the first token (it is replayed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.answer import Answer
+from gateway.answer import Answer, read_whole
 from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
@@ -41,6 +42,7 @@ from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 
 if TYPE_CHECKING:
     from gateway.breaker import Ticket
+    from gateway.cutter import Cutter
     from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
@@ -104,8 +106,12 @@ class UpstreamService:
         return error
 
     @asynccontextmanager
-    async def answer(self, prompt: ChatPrompt) -> AsyncIterator[Answer]:
+    async def answer(self, prompt: ChatPrompt, *, whole: Callable[[], Cutter] | None = None) -> AsyncIterator[Answer]:
         """Admit the request and yield an answer whose first fragment has arrived.
+
+        With ``whole`` (non-streamed requests) the answer is read to its end into a fresh cutter per
+        attempt before it is yielded, and a failure while reading is failed over or retried like one
+        before the first token: the client has seen nothing.
 
         Raises an AdmissionError (nothing was sent upstream) or the UpstreamError of the
         last attempt. A client that goes away (cancellation) is no upstream failure. The caller
@@ -119,7 +125,7 @@ class UpstreamService:
         try:
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
-            answer = await self._open_with_failover(prompt, deadline)
+            answer = await self._open_with_failover(prompt, deadline, whole)
             try:
                 yield answer
             finally:
@@ -142,7 +148,9 @@ class UpstreamService:
             await route.breaker.completed(answer.ticket)
         route.breaker.release(answer.ticket)
 
-    async def _open_with_failover(self, prompt: ChatPrompt, deadline: float) -> Answer:
+    async def _open_with_failover(
+        self, prompt: ChatPrompt, deadline: float, whole: Callable[[], Cutter] | None
+    ) -> Answer:
         failed_routes: set[str] = set()
         attempts = 0  # retries and failovers made so far
         retryable_seen = False  # some failure of this request may clear up on a second try
@@ -167,7 +175,8 @@ class UpstreamService:
                 route.metrics.retries.inc()
                 retrying = False
             try:
-                stream, first, started = await self._attempt(route, prompt, deadline)
+                cutter = whole() if whole is not None else None
+                stream, first, started = await self._attempt(route, prompt, deadline, cutter)
             except BaseException as exc:
                 await route.breaker.failed(ticket, exc)
                 route.breaker.release(ticket)
@@ -203,7 +212,7 @@ class UpstreamService:
             await route.breaker.answered(ticket)
             if ticket.trial:
                 route.breaker.release(ticket)  # the trial is decided: let the next caller in
-            return Answer(route, ticket, stream, first, started, deadline)
+            return Answer(route, ticket, stream, first, started, deadline, cutter)
 
     @staticmethod
     async def _trial_confirmed(route: Route, ticket: Ticket) -> bool:
@@ -236,8 +245,10 @@ class UpstreamService:
         room = deadline - (self._clock() + delay)
         return room >= min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) and self._budget.try_acquire()
 
-    async def _attempt(self, route: Route, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
-        """One upstream attempt on ``route`` up to the first text fragment."""
+    async def _attempt(
+        self, route: Route, prompt: ChatPrompt, deadline: float, cutter: Cutter | None
+    ) -> tuple[FlowGptStream, str, float]:
+        """One upstream attempt on ``route`` up to the first text fragment (with ``cutter``, to the answer's end)."""
         metrics = route.metrics
         metrics.selected.inc()
         metrics.upstream_requests.inc()
@@ -260,6 +271,9 @@ class UpstreamService:
                     # Cut short by the request's own deadline: the route was not given its full limit.
                     own_deadline=phase == "total",
                 ) from exc
+            metrics.first_token.observe(self._clock() - started)
+            if cutter is not None:
+                await read_whole(stream, first, cutter)
         except BaseException as exc:
             if stream is not None:
                 await stream.aclose()
@@ -269,5 +283,4 @@ class UpstreamService:
             if isinstance(exc, UpstreamError):
                 metrics.upstream_errors[exc.kind].inc()
             raise
-        metrics.first_token.observe(self._clock() - started)
         return stream, first, started

@@ -17,7 +17,8 @@ from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.fields import REFUSABLE
-from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
+from gateway.flowgpt.protocol import MODELS
+from gateway.metrics import ADMISSION_REASONS, PROVIDER, TOKEN_DIRECTIONS, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -80,6 +81,8 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "to_state": frozenset(BREAKER_STATES),
     "result": frozenset(PROBE_RESULTS),
     "param": frozenset(REFUSABLE),
+    "direction": frozenset(TOKEN_DIRECTIONS),
+    "model": frozenset(MODELS),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import orjson
@@ -18,9 +19,11 @@ from gateway.app_keys import (
     SETTINGS,
     STATUS_OVERRIDE,
     STREAM_RESPONSE,
+    TOKENS,
     UPSTREAM,
 )
 from gateway.client_writes import ClientStalledError, ClientWriteGuard
+from gateway.cutter import Cutter
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -30,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
+from gateway.handlers.reply import Reply
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
 
@@ -78,14 +82,25 @@ async def _complete(request: web.Request) -> web.StreamResponse:
         raise ModelNotFoundError(
             f"the model '{chat.model[:100]}' does not exist; GET /v1/models lists the available ones", param="model"
         ) from None
-    prompt = ChatPrompt(model, tuple(m.to_flowgpt() for m in chat.messages), chat.temperature)
+    messages = tuple(m.to_flowgpt() for m in chat.messages)
+    prompt = ChatPrompt(model, messages, chat.temperature)
+    counter = app[TOKENS]
+    reply = Reply(
+        model=model,
+        prompt_tokens=counter.prompt((m.role, m.content) for m in messages),
+        include_usage=chat.include_usage,
+        cutter=functools.partial(Cutter, stops=chat.stop_texts, limit=chat.token_limit, counter=counter),
+    )
     app[INFLIGHT].refuse_if_draining()  # the drain may have begun while the body arrived
     # Leaving this scope, on cancellation (client gone) too, drops the upstream connection at once.
-    async with upstream.answer(prompt) as answer:
-        if chat.stream:
-            return await _stream(request, answer, model)
-        text = await answer.read_all()
-    body = orjson.dumps(completion(new_completion_id(), model, text))
+    if chat.stream:
+        async with upstream.answer(prompt) as answer:
+            return await _stream(request, answer, reply)
+    async with upstream.answer(prompt, whole=reply.cutter) as answer:
+        assert answer.whole is not None
+        text, finish_reason = answer.whole.text, answer.whole.finish_reason or "stop"
+        usage = reply.settle(app[METRICS], answer.route.name, text, counter)
+    body = orjson.dumps(completion(new_completion_id(), model, text, finish_reason=finish_reason, usage=usage))
     response = web.Response(body=body, content_type="application/json")
     if len(body) < GUARD_BODY_BYTES:
         return response  # it fits the transport's buffer: writing it cannot wait on the client
@@ -114,21 +129,32 @@ async def _read_body(request: web.Request) -> bytes:
         raise RequestTimeoutError(f"request body not received within {seconds:g}s") from None
 
 
-async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
+async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.StreamResponse:
     app = request.app
     response = web.StreamResponse(headers=SSE_HEADERS)
     request[STREAM_RESPONSE] = response
     await response.prepare(request)
-    encoder = ChunkEncoder(new_completion_id(), model)
+    encoder = ChunkEncoder(new_completion_id(), reply.model)
+    cutter = reply.cutter()
     try:
         async with _write_guard(request, answer) as guard:
             await guard.write(response, encoder.role())
             try:
                 async for fragment in answer:
-                    await guard.write(response, encoder.content(fragment))
-                await guard.write(response, encoder.stop())
+                    if text := cutter.feed(fragment):
+                        await guard.write(response, encoder.content(text))
+                    if cutter.finish_reason is not None:
+                        answer.finish_early()  # leaving the scope cancels the rest upstream
+                        break
+                else:
+                    if text := cutter.end():
+                        await guard.write(response, encoder.content(text))
+                usage = reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                end = encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None)
+                await guard.write(response, end)
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
+                reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)
             return response
