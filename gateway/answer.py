@@ -19,15 +19,22 @@ if TYPE_CHECKING:
 
 
 async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
-    """Feed a whole answer to ``cutter`` until it ends or the cutter has enough (non-streamed requests)."""
+    """Feed a whole answer to ``cutter`` until it ends or the cutter has enough (non-streamed requests).
+
+    A failure here is marked replayable: the client has seen nothing, so another attempt may answer.
+    """
     cutter.feed(first)
-    while cutter.finish_reason is None:
-        try:
-            fragment = await anext(stream)
-        except StopAsyncIteration:
-            cutter.end()
-            return
-        cutter.feed(fragment)
+    try:
+        while cutter.finish_reason is None:
+            try:
+                fragment = await anext(stream)
+            except StopAsyncIteration:
+                cutter.end()
+                return
+            cutter.feed(fragment)
+    except UpstreamError as exc:
+        exc.replayable = True
+        raise
 
 
 class Answer:

@@ -191,6 +191,9 @@ class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
     kind: UpstreamErrorKind = "http_status"
+    # Set on a failure while a non-streamed answer was being read: its client has seen nothing yet,
+    # so the call may be made again, like a failure before the first token.
+    replayable: bool = False
 
     def _code(self) -> str:
         # The code mirrors the metrics kind, so a client's error and a dashboard agree.
@@ -301,7 +304,9 @@ def counts_against_upstream(error: UpstreamError) -> bool:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Whether a failure before the first token may be retried."""
+    """Whether a failure before the first token (or while a non-streamed answer was read) may be retried."""
+    if isinstance(error, UpstreamError) and error.replayable:
+        return True
     if isinstance(error, UpstreamTimeoutError):
         return error.retryable_timeout
     if isinstance(error, UpstreamRateLimitedError):

@@ -94,9 +94,12 @@ FAULTS: Final = (
     Fault("403-cloudflare", SimFaults(http_status=403, http_body="cloudflare"), 502, "upstream_blocked", "blocked"),
     Fault("slow-first-token", SimFaults(slow_first_token=1.0), 504, "upstream_timeout", "timeout", retries=2),
     Fault("stall-at-start", SimFaults(stall_after=0), 504, "upstream_timeout", "timeout", retries=2),
-    Fault("stall-after", SimFaults(stall_after=CUT), 504, "upstream_timeout", "timeout", mid_stream=True),
+    # After the first token a plain answer is replayed (its client has seen nothing); a stream is not.
+    Fault("stall-after", SimFaults(stall_after=CUT), 504, "upstream_timeout", "timeout", mid_stream=True, retries=2),
     Fault("reset-at-start", SimFaults(reset_after=0), 502, "upstream_interrupted", "interrupted"),
-    Fault("reset-after", SimFaults(reset_after=CUT), 502, "upstream_interrupted", "interrupted", mid_stream=True),
+    Fault(
+        "reset-after", SimFaults(reset_after=CUT), 502, "upstream_interrupted", "interrupted", mid_stream=True, retries=2
+    ),
     Fault("garbage", SimFaults(garbage_ratio=1.0)),
     Fault("html-200", SimFaults(html_200=True), 502, "upstream_protocol", "protocol"),
     Fault("empty-stream", SimFaults(empty_stream=True), 502, "upstream_protocol", "protocol"),
@@ -261,7 +264,7 @@ async def test_fault_cell(make_gateway: GatewayFactory, sim: Simulator, fault: F
 
 @pytest.mark.parametrize("fault", _fault_params(FAULTS))
 async def test_fault_cell_with_retries(make_gateway: GatewayFactory, sim: Simulator, fault: Fault) -> None:
-    """With retry_max=2 only retryable faults before the first token are retried, each attempt counted."""
+    """With retry_max=2 retryable faults before the first token, and any fault while a plain answer is read, are retried."""
     gateway = await _warm_gateway(make_gateway, retry_max=2, breaker_fail_max=10)
     baseline = _baseline(gateway)
     before = await scrape(gateway)
