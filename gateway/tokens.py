@@ -81,6 +81,8 @@ class TokenCounter:
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding
         self._chunks = regex.compile(CL100K_PATTERN)
+        # Roles repeat in every prompt: counted once.
+        self._roles = {role: self.count(role) for role in ("system", "developer", "user", "assistant")}
 
     def chunks(self, text: str) -> list[str]:
         """The pre-tokenizer's pieces of ``text``: no token crosses from one to the next."""
@@ -93,8 +95,10 @@ class TokenCounter:
 
     def prompt(self, messages: Iterable[tuple[str, str]]) -> int:
         """Prompt tokens of ``(role, content)`` messages, counted as OpenAI counts chat prompts."""
+        roles = self._roles
         return TOKENS_PER_REPLY + sum(
-            TOKENS_PER_MESSAGE + self.count(role) + self.count(content) for role, content in messages
+            TOKENS_PER_MESSAGE + (roles.get(role) or self.count(role)) + self.count(content)
+            for role, content in messages
         )
 
     def head(self, text: str, limit: int) -> str:
