@@ -213,6 +213,14 @@ def render(summary: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> str:
             f"empty loop {_fmt(rows['empty loop'], 3)} µs; one access-log line "
             f"{_fmt(rows['access log line at INFO (for scale)'], 2)} µs)"
         )
+    tokens = summary.get("token_count")
+    if tokens:
+        per = {name: _fmt(tokens[f"cutter_{name}_us_per_fragment"], 2) for name in ("plain", "stop", "max_tokens")}
+        lines.append(
+            f"token counting (usage): {_fmt(tokens['count_us_per_1000_tokens'], 0)} µs per 1,000 tokens; cutter per "
+            f"fragment of ~{_fmt(tokens['tokens_per_fragment'], 1)} tokens: {per['plain']} µs plain, "
+            f"{per['stop']} µs with stop, {per['max_tokens']} µs with max_tokens"
+        )
     profile = summary.get("profile")
     if profile:
         lines.append(f"profile: {profile['path']} ({profile['samples']} samples); top self time:")

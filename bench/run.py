@@ -356,6 +356,19 @@ class Bench:
         data: dict[str, Any] = json.loads(completed.stdout)
         return data
 
+    def token_count(self) -> dict[str, Any]:
+        """The token-counting micro-benchmark, in its own process."""
+        print("token-counting micro-benchmark", flush=True)
+        completed = subprocess.run(
+            [PYTHON, "-m", "bench.token_count", "--json", "--number", "50" if self.ns.quick else "200"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=clean_env(),
+        )
+        data: dict[str, Any] = json.loads(completed.stdout)
+        return data
+
     def profile(self) -> dict[str, Any]:
         """py-spy on the gateway while wrk drives it at c=64 (non-streaming)."""
         seconds = self.ns.profile_seconds
@@ -466,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["memory"] = bench.memory()
         if "micro" not in ns.skip:
             summary["metrics_overhead"] = bench.metrics_overhead()
+            summary["token_count"] = bench.token_count()
     finally:
         bench.close()
     meta["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

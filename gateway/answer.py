@@ -13,8 +13,28 @@ from gateway.errors import UpstreamError
 
 if TYPE_CHECKING:
     from gateway.breaker import Ticket
+    from gateway.cutter import Cutter
     from gateway.flowgpt.client import FlowGptStream
     from gateway.route_pool import Route
+
+
+async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
+    """Feed a whole answer to ``cutter`` until it ends or the cutter has enough (non-streamed requests).
+
+    A failure here is marked replayable: the client has seen nothing, so another attempt may answer.
+    """
+    cutter.feed(first)
+    try:
+        while cutter.finish_reason is None:
+            try:
+                fragment = await anext(stream)
+            except StopAsyncIteration:
+                cutter.end()
+                return
+            cutter.feed(fragment)
+    except UpstreamError as exc:
+        exc.replayable = True
+        raise
 
 
 class Answer:
@@ -23,10 +43,17 @@ class Answer:
     It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
     """
 
-    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket")
+    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket", "whole")
 
     def __init__(
-        self, route: Route, ticket: Ticket, stream: FlowGptStream, first: str, started: float, deadline: float
+        self,
+        route: Route,
+        ticket: Ticket,
+        stream: FlowGptStream,
+        first: str,
+        started: float,
+        deadline: float,
+        whole: Cutter | None = None,
     ) -> None:
         self.route = route
         self.ticket = ticket
@@ -34,13 +61,19 @@ class Answer:
         self.stream = stream
         self._first: str | None = first
         self.deadline = deadline  # a reading of the service's clock
-        self.completed = False
+        # A non-streamed answer arrives whole (already read into its cutter): nothing is left to iterate.
+        self.whole = whole
+        self.completed = whole is not None
+        if whole is not None:
+            self._first = None
         self.error: UpstreamError | None = None
 
     def __aiter__(self) -> Answer:
         return self
 
     async def __anext__(self) -> str:
+        if self.whole is not None:
+            raise StopAsyncIteration
         if self._first is not None:
             first, self._first = self._first, None
             return first
@@ -52,6 +85,13 @@ class Answer:
         except UpstreamError as exc:
             self.error = exc
             raise
+
+    def finish_early(self) -> None:
+        """The gateway has all it needs (a stop sequence, the token limit): the upstream answered well.
+
+        Leaving the scope then cancels the rest of the upstream answer and settles it as completed.
+        """
+        self.completed = True
 
     async def read_all(self) -> str:
         """The whole answer as one string."""

@@ -8,6 +8,7 @@ another component's fields.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -25,6 +26,7 @@ from gateway.app_keys import (
     ROUTES,
     SETTINGS,
     STARTED_AT,
+    TOKENS,
     UPSTREAM,
 )
 from gateway.breaker import CircuitBreaker
@@ -42,6 +44,7 @@ from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
 from gateway.scope import Scopes
 from gateway.settings import Settings
+from gateway.tokens import shared_counter
 from gateway.upstream import Timeouts, UpstreamService
 from gateway.working import WorkingFlag
 
@@ -67,6 +70,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app[INFLIGHT] = InFlightTracker()
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    app.cleanup_ctx.append(_tokens_context)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_request_id_header)
 
@@ -85,6 +89,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource and r.method != "HEAD"]
     )
     return app
+
+
+async def _tokens_context(app: web.Application) -> AsyncIterator[None]:
+    """Load and verify the token encoding once per process, off the event loop; a bad file stops start-up."""
+    app[TOKENS] = await asyncio.to_thread(shared_counter)
+    yield
 
 
 async def _upstream_context(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from gateway.route_pool import RoutePool
 from gateway.settings import Settings
 from gateway.status_page.cache import Reused
 from gateway.status_page.sampler import Sampler
+from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,9 +30,12 @@ FLEET = web.AppKey("fleet", SharedHealth)
 STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI is not off
 # The page's JSON body and view, built at most once a second (only while GATEWAY_UI is not off).
 STATUS_SNAPSHOT: web.AppKey[Reused[tuple[bytes, dict[str, Any]]]] = web.AppKey("status_snapshot")
+TOKENS = web.AppKey("tokens", TokenCounter)  # cl100k_base, loaded in the background at start-up
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
+# Refused fields dropped under GATEWAY_DROP_PARAMS, comma-separated: the x-gateway-dropped-params header.
+DROPPED_PARAMS = web.RequestKey("dropped_params", str)
 # The status to record when it differs from the response's (a stream whose client was cut: 499).
 STATUS_OVERRIDE = web.RequestKey("status_override", int)

@@ -24,13 +24,19 @@ from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.redact import mask_url
 from gateway.route_config import parse_routes
-from gateway.settings import Settings, describe_validation_error
+from gateway.settings import Settings, describe_validation_error, env_name
 from gateway.simulator import cli as sim_cli
 from gateway.workers import EXIT_CANNOT_LISTEN, Supervisor, worker_command
 
 log = logging.getLogger("gateway")
 DEMO_ROUTES = ("primary", "backup")
-EXIT_BAD_SETTINGS = 64  # EX_USAGE of sysexits.h
+# EX_USAGE of sysexits.h, from every command: probe's 2 means "no route works", so 2 cannot mean this.
+EXIT_BAD_SETTINGS = 64
+DESCRIPTION = (
+    "The FlowGpt gateway: an OpenAI-compatible API in front of FlowGpt. "
+    "Commands: serve (the gateway), sim (the upstream simulator), demo (both together), "
+    "probe (one health probe of every route)."
+)
 ORPHAN_CHECK_SECONDS = 0.5
 
 # CLI flag -> settings field; flags override GATEWAY_* variables.
@@ -55,12 +61,27 @@ def load_settings(ns: argparse.Namespace, **forced: Any) -> Settings:
     return Settings(**{**overrides, **forced})
 
 
+def settings_epilog() -> str:
+    """Where the settings are described, and every variable's name."""
+    names = ", ".join(env_name(name) for name in Settings.model_fields)
+    return (
+        "Settings come from GATEWAY_* environment variables; the flags above override theirs. "
+        "README.md, section Settings, describes each one and its default; GET /status shows the values "
+        f"in force (secrets masked). The variables: {names}."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="flowgpt-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flowgpt-gateway", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway (upstream: GATEWAY_UPSTREAM_URL)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway (upstream: GATEWAY_UPSTREAM_URL)",
+        description="Run the gateway until SIGTERM or SIGINT, then drain in-flight requests.",
+        epilog=settings_epilog(),
+    )
     _add_setting_flags(serve, list(_SETTING_FLAGS))
     serve.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     sim = commands.add_parser("sim", help="run the FlowGpt-compatible upstream simulator")
@@ -87,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(ns)
     except ValidationError as exc:
         print(f"flowgpt-gateway: {describe_validation_error(exc)}", file=sys.stderr)
-        # probe's 2 means "no route works"; a deploy check must tell a bad setting from that.
-        return EXIT_BAD_SETTINGS if ns.command == "probe" else 2
+        return EXIT_BAD_SETTINGS
     configure_logging(settings.log_format, settings.log_level, settings.scrubber())
     if ns.command == "serve" and settings.workers > 1 and not ns.as_worker:
         return _supervise(ns, settings)
@@ -103,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _supervise(ns: argparse.Namespace, settings: Settings) -> int:
     if settings.port == 0:
         print("flowgpt-gateway: --workers needs a fixed port (0 would give each worker its own)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTINGS
     # Every flag, --workers too: each worker reports N in /status and on the status page.
     flags = [
         f"--{name.replace('_', '-')}={getattr(ns, name)}"

@@ -5,6 +5,8 @@
     GatewayError                      status, OpenAI type and code, message
     ├── RequestError                  the caller's fault (4xx); never trips the breaker
     │   ├── InvalidRequestError       400  invalid_request / invalid_json
+    │   ├── UnsupportedParameterError 400  unsupported_parameter (a field FlowGpt cannot honour)
+    │   ├── UnsupportedContentError   400  unsupported_content (a message shape or part it cannot carry)
     │   ├── AuthenticationError       401  invalid_api_key
     │   ├── ForbiddenError            403  forbidden (a wrong admin token)
     │   ├── NotFoundError             404  not_found
@@ -21,6 +23,7 @@
         ├── UpstreamTimeoutError      504  timeout (phase: connect, first_token, idle, total)
         ├── UpstreamStatusError       http_status (non-2xx)
         │   ├── UpstreamRateLimitedError  rate_limited (429/402, keeps Retry-After)
+        │   │   └── AllRoutesRateLimitedError  429: every route tried answered 429
         │   ├── UpstreamBlockedError      blocked (Cloudflare page on 403)
         │   └── UpstreamAuthError         auth (401)
         ├── UpstreamProtocolError     protocol (HTML 200, nothing but garbage)
@@ -33,6 +36,7 @@ rejection: see :func:`counts_against_upstream`.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Final, Literal, get_args
 
 UpstreamErrorKind = Literal[
@@ -43,6 +47,12 @@ UpstreamErrorKind = Literal[
 TimeoutPhase = Literal["connect", "first_token", "idle", "total"]
 # The kinds in declaration order, read from the Literal so the two cannot drift apart.
 UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = get_args(UpstreamErrorKind)
+RETRY_AFTER_MAX: Final = 86400.0  # a day; longer is noise
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """The whole seconds a ``Retry-After`` header carries; any number of seconds in a message uses it too."""
+    return max(1, math.ceil(min(seconds, RETRY_AFTER_MAX)))
 
 
 class GatewayError(Exception):
@@ -80,6 +90,18 @@ class RequestError(GatewayError):
 
 class InvalidRequestError(RequestError):
     """Malformed JSON or a field that fails validation."""
+
+
+class UnsupportedParameterError(RequestError):
+    """A request field the gateway refuses by name (see gateway/fields.py)."""
+
+    default_code = "unsupported_parameter"
+
+
+class UnsupportedContentError(RequestError):
+    """A message shape or content part FlowGpt cannot carry (see gateway/message_shapes.py)."""
+
+    default_code = "unsupported_content"
 
 
 class AuthenticationError(RequestError):
@@ -169,6 +191,9 @@ class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
     kind: UpstreamErrorKind = "http_status"
+    # Set on a failure while a non-streamed answer was being read: its client has seen nothing yet,
+    # so the call may be made again, like a failure before the first token.
+    replayable: bool = False
 
     def _code(self) -> str:
         # The code mirrors the metrics kind, so a client's error and a dashboard agree.
@@ -230,6 +255,17 @@ class UpstreamRateLimitedError(UpstreamStatusError):
     kind = "rate_limited"
 
 
+class AllRoutesRateLimitedError(UpstreamRateLimitedError):
+    """Every route tried answered 429 and nothing else did: the client's answer is a 429, so SDKs back off."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        seconds = retry_after_seconds(retry_after)
+        super().__init__(f"{message}; retry in {seconds} s", upstream_status=429, retry_after=seconds)
+
+
 class UpstreamBlockedError(UpstreamStatusError):
     """A Cloudflare challenge page instead of an answer."""
 
@@ -285,7 +321,9 @@ def counts_against_upstream(error: UpstreamError) -> bool:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Whether a failure before the first token may be retried."""
+    """Whether a failure before the first token (or while a non-streamed answer was read) may be retried."""
+    if isinstance(error, UpstreamError) and error.replayable:
+        return True
     if isinstance(error, UpstreamTimeoutError):
         return error.retryable_timeout
     if isinstance(error, UpstreamRateLimitedError):

@@ -22,11 +22,14 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.errors import UPSTREAM_ERROR_KINDS
+from gateway.fields import REFUSABLE
+from gateway.flowgpt.protocol import MODELS
 from gateway.route_config import DEFAULT_ROUTE
 from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, UpstreamFamilies
 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
+TOKEN_DIRECTIONS: Final = ("prompt", "completion")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
 # The method label takes only methods the gateway routes; anything a client invents is "other".
 OTHER_METHOD: Final = "other"
@@ -73,6 +76,27 @@ class Metrics:
         families = UpstreamFamilies(reg)
         self.routes = {name: RouteMetrics(families, provider, name) for name in routes}
         self.rejections = {reason: rejections.labels(provider, reason) for reason in ADMISSION_REASONS}
+        dropped = Counter(
+            "gateway_dropped_params_total",
+            "Refused request fields dropped under GATEWAY_DROP_PARAMS, by field.",
+            ["param"],
+            registry=reg,
+        )
+        # One series per refusable field of the table: the label never takes client input.
+        self.dropped_params = {param: dropped.labels(param) for param in REFUSABLE}
+        tokens = Counter(
+            "gateway_tokens_total",
+            "Tokens of answered requests (cl100k_base estimates), by route, model and direction.",
+            ["route", "model", "direction"],
+            registry=reg,
+        )
+        # model is a resolved FlowGpt model (never the client's string): routes x models x 2 series.
+        self._tokens = {
+            (route, model, direction): tokens.labels(route, model, direction)
+            for route in routes
+            for model in MODELS
+            for direction in TOKEN_DIRECTIONS
+        }
         # Only with GATEWAY_REDIS_URL: without a fleet there is no shared state to lose.
         self._shared_state_up = (
             Gauge(
@@ -104,6 +128,11 @@ class Metrics:
         """The fleet link came up or went down."""
         if self._shared_state_up is not None:
             self._shared_state_up.set(1 if up else 0)
+
+    def count_tokens(self, route: str, model: str, *, prompt: int, completion: int) -> None:
+        """One answer's prompt and completion tokens."""
+        self._tokens[(route, model, "prompt")].inc(prompt)
+        self._tokens[(route, model, "completion")].inc(completion)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
         """One finished inbound request; an unrouted method is labelled ``other``."""

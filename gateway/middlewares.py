@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import re
 import secrets
 import time
@@ -14,13 +13,14 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from aiohttp import web
 
-from gateway.app_keys import API_KEYS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
+from gateway.app_keys import API_KEYS, DROPPED_PARAMS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    retry_after_seconds,
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
@@ -85,17 +85,20 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: echo the id on every response, streams included."""
+    """on_response_prepare: echo the id on every response, streams included, and name any dropped fields."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id
+    dropped = request.get(DROPPED_PARAMS)
+    if dropped is not None:
+        response.headers["x-gateway-dropped-params"] = dropped
 
 
 def error_response(error: GatewayError) -> web.Response:
     """The single place where an error becomes an HTTP response."""
     response = web.Response(body=orjson.dumps(error_body(error)), status=error.status, content_type="application/json")
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(min(error.retry_after, 86400.0))))
+        response.headers["Retry-After"] = str(retry_after_seconds(error.retry_after))
     return response
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from gateway.errors import GatewayError, InvalidRequestError
+from gateway.fields import screen
 from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
+from gateway.message_shapes import screen_messages
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
+_StopText = Annotated[StrictStr, Field(min_length=1)]
+# Union members add their type name to a validation error's location; these are left out of ``param``.
+_TYPE_PIECES: Final = frozenset({"str", "int", "float", "bool", "none", "list[TextPart]", "list[str]", "StreamOptions"})
 
 
 def chat_request_body(content: str, *, stream: bool = False, model: str = DEFAULT_MODEL) -> dict[str, Any]:
@@ -29,16 +34,34 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One message; ``developer`` is OpenAI's newer name for ``system``."""
+    """One message; ``developer`` is OpenAI's newer name for ``system``.
+
+    Tool messages, tool calls and non-text parts are refused before this model sees them
+    (:mod:`gateway.message_shapes`).
+    """
 
     model_config = _TOLERANT
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
+    content: StrictStr | list[TextPart] | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def to_flowgpt(self) -> Message:
-        """Collapse the content to one string and the role to FlowGpt's three."""
-        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        """Collapse the content to one string (text parts joined by newlines) and the role to FlowGpt's three."""
+        content = self.content
+        text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
         return Message(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: only ``include_usage`` changes anything."""
+
+    model_config = _TOLERANT
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -50,6 +73,28 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool = False
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[_StopText], Field(max_length=4)] | None = None
+    stream_options: StreamOptions | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        """The completion's token limit: the smaller of ``max_tokens`` and ``max_completion_tokens``."""
+        limits = [limit for limit in (self.max_tokens, self.max_completion_tokens) if limit is not None]
+        return min(limits) if limits else None
+
+    @property
+    def stop_texts(self) -> tuple[str, ...]:
+        """The stop sequences, none, one or up to four."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
 
     @model_validator(mode="after")
     def _has_question(self) -> ChatCompletionRequest:
@@ -58,14 +103,19 @@ class ChatCompletionRequest(BaseModel):
         return self
 
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    """Decode and validate a request body; errors name the offending field."""
+def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCompletionRequest, tuple[str, ...]]:
+    """Decode, screen and validate a request body; errors name the offending field.
+
+    Returns the request and the refused fields dropped (only with ``drop_params``; else they are refused).
+    """
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
+    screen_messages(data.get("messages"))
+    dropped = screen(data, drop=drop_params)
     try:
         chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -73,7 +123,9 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         field = ".".join(str(piece) for piece in first["loc"]) or None
         # Union members add their type name to the location; keep the path a client can act on.
         if field:
-            field = ".".join(p for p in field.split(".") if p not in ("str", "list[TextPart]", "float", "int"))
+            field = ".".join(
+                p for p in field.split(".") if p not in _TYPE_PIECES and not p.startswith(("function-", "constrained-"))
+            )
         where = f"'{field}'" if field else "request"
         raise InvalidRequestError(f"invalid {where}: {first['msg']}", param=field) from None
     # FlowGpt answers the last message as its question and rejects an empty one. Refuse it here:
@@ -82,7 +134,7 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     if not chat.messages[last].to_flowgpt().content:
         param = f"messages.{last}.content"
         raise InvalidRequestError(f"invalid '{param}': the last message must not be empty", param=param)
-    return chat
+    return chat, dropped
 
 
 def new_completion_id() -> str:
@@ -90,18 +142,38 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def completion(completion_id: str, model: str, text: str) -> dict[str, Any]:
-    """A non-streaming ``chat.completion`` object (FlowGpt reports no token usage)."""
-    return {
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object (the gateway's own cl100k_base counts: FlowGpt reports none)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion(
+    completion_id: str,
+    model: str,
+    text: str,
+    *,
+    finish_reason: str = "stop",
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A non-streaming ``chat.completion`` object."""
+    body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         ],
         "system_fingerprint": None,
     }
+    if usage is not None:
+        body["usage"] = usage
+    return body
 
 
 class ChunkEncoder:
@@ -109,12 +181,10 @@ class ChunkEncoder:
 
     def __init__(self, completion_id: str, model: str) -> None:
         created = int(time.time())
-        self._head = (
-            orjson.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model})[
-                :-1
-            ]
-            + b',"system_fingerprint":null,"choices":[{"index":0,"logprobs":null,"delta":'
-        )
+        self._prefix = orjson.dumps(
+            {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        )[:-1]
+        self._head = self._prefix + b',"system_fingerprint":null,"choices":[{"index":0,"logprobs":null,"delta":'
 
     def role(self) -> bytes:
         """The first chunk: announces the assistant role."""
@@ -124,9 +194,18 @@ class ChunkEncoder:
         """One text delta."""
         return self._event(b'{"content":' + orjson.dumps(text) + b"}", b"null")
 
-    def stop(self) -> bytes:
-        """The last chunk, with the finish reason, followed by ``[DONE]``."""
-        return self._event(b"{}", b'"stop"') + b"data: [DONE]\n\n"
+    def stop(self, finish_reason: str = "stop", usage: dict[str, int] | None = None) -> bytes:
+        """The last chunk with the finish reason, the usage chunk (empty ``choices``) if asked for, and ``[DONE]``."""
+        end = self._event(b"{}", orjson.dumps(finish_reason))
+        if usage is not None:
+            end += (
+                b"data: "
+                + self._prefix
+                + b',"system_fingerprint":null,"choices":[],"usage":'
+                + orjson.dumps(usage)
+                + b"}\n\n"
+            )
+        return end + b"data: [DONE]\n\n"
 
     def _event(self, delta: bytes, finish_reason: bytes) -> bytes:
         return b"data: " + self._head + delta + b',"finish_reason":' + finish_reason + b"}]}\n\n"

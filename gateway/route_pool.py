@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError
+from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError, retry_after_seconds
 from gateway.scope import Scopes
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class RoutePool:
         """
         refusals = [error for error in (route.refusal() for route in self._routes) if error is not None]
         if not refusals:  # a route admitted again while we looked: tell the caller to come straight back
-            return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+            return _come_back()
         earliest = min(_retry_after(error) for error in refusals)
         not_working = [error for error in refusals if isinstance(error, UpstreamNotWorkingError)]
         if len(not_working) == len(self._routes):
@@ -104,14 +104,29 @@ class RoutePool:
         else:
             circuits = [error for error in refusals if isinstance(error, CircuitOpenError)]
             if not circuits:  # the routes that work admitted again while we looked
-                return CircuitOpenError("no route admitted the call; retry", retry_after=0.0)
+                return _come_back()
             chosen = min(circuits, key=_retry_after)
-        chosen.retry_after = earliest
-        return chosen
+        return _agreeing(chosen, earliest)
 
     def working(self) -> bool:
         """Whether at least one route's working flag is on."""
         return any(route.flag.working for route in self._routes)
+
+
+def _come_back() -> CircuitOpenError:
+    return CircuitOpenError(f"no route admitted the call; retry in {retry_after_seconds(0.0)} s", retry_after=0.0)
+
+
+def _agreeing(error: AdmissionError, retry_after: float) -> AdmissionError:
+    """``error`` with ``retry_after``, its message's "retry in N s" saying the same whole seconds as the header.
+
+    The chosen refusal may be one route's while the earliest Retry-After is another's.
+    """
+    error.retry_after = retry_after
+    reason, _, _ = error.message.partition("; retry in ")
+    error.message = f"{reason}; retry in {retry_after_seconds(retry_after)} s"
+    error.args = (error.message,)
+    return error
 
 
 def _retry_after(error: AdmissionError) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
     upstream_max_line_bytes: int = Field(1024 * 1024, ge=1024)
     # Several ways to reach FlowGpt (JSON list); unset: one route "default" from the three above.
     upstreams: Annotated[tuple[RouteSpec, ...], NoDecode] = ()
+    # Refused request fields (gateway/fields.py) are dropped instead, as LiteLLM's drop_params does.
+    drop_params: bool = False
 
     # Fleet: processes on one host (workers) and replicas share upstream health through Redis.
     redis_url: SecretStr | None = None  # unset: every process decides alone
@@ -108,7 +111,23 @@ class Settings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _parse_routes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip():
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                # Where, not what: the text may hold tokens and proxy credentials.
+                raise ValueError(
+                    f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (character {exc.pos})"
+                ) from None
         return parse_routes(value)
+
+    @field_validator("upstream_token", mode="before")
+    @classmethod
+    def _token_not_empty(cls, value: Any) -> Any:
+        # Unset means the anonymous token; set but empty is a mistake (a template not filled in).
+        if value == "":
+            raise ValueError("is set but empty: unset it for the anonymous token, or give the token")
+        return value
 
     @field_validator("upstream_url", "upstream_proxy")
     @classmethod
@@ -233,11 +252,14 @@ def env_name(field: str) -> str:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line naming the variable(s) at fault, for start-up failures."""
+    """One sentence naming the variable(s) at fault, for start-up failures."""
     parts = []
     for item in error.errors():
         where = ".".join(str(piece) for piece in item["loc"] if isinstance(piece, str))
         message = item["msg"].removeprefix("Value error, ")
         # A check across fields names its variables in its message already.
         parts.append(f"{env_name(where)}: {message}" if where else message)
-    return "invalid setting " + "; ".join(parts)
+    only = error.errors()[0] if len(parts) == 1 else None
+    if only is not None and any(isinstance(piece, str) for piece in only["loc"]):
+        return "invalid setting " + parts[0]  # "invalid setting GATEWAY_PORT: ..."
+    return "invalid settings: " + "; ".join(parts)  # "invalid settings: set GATEWAY_UPSTREAMS or ..., not both"

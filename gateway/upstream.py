@@ -10,7 +10,8 @@ Before the first text fragment, a failure that counts against a route moves the 
 to another route that admits it (a failover), else it may be retried on the same route;
 both are bounded by ``retry_max``, the retry budget and the deadline. A per-request
 rejection is never retried anywhere. After the first fragment nothing is retried: the
-client already has part of an answer.
+client already has part of an answer. A non-streamed answer is read whole inside its attempt,
+so a failure while it is read is handled like one before the first token (it is replayed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.answer import Answer
+from gateway.answer import Answer, read_whole
 from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
@@ -36,9 +37,11 @@ from gateway.errors import (
     counts_against_upstream,
     is_retryable,
 )
+from gateway.rate_limits import RateLimits
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 
 if TYPE_CHECKING:
+    from gateway.cutter import Cutter
     from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
@@ -102,8 +105,12 @@ class UpstreamService:
         return error
 
     @asynccontextmanager
-    async def answer(self, prompt: ChatPrompt) -> AsyncIterator[Answer]:
+    async def answer(self, prompt: ChatPrompt, *, whole: Callable[[], Cutter] | None = None) -> AsyncIterator[Answer]:
         """Admit the request and yield an answer whose first fragment has arrived.
+
+        With ``whole`` (non-streamed requests) the answer is read to its end into a fresh cutter per
+        attempt before it is yielded, and a failure while reading is failed over or retried like one
+        before the first token: the client has seen nothing.
 
         Raises an AdmissionError (nothing was sent upstream) or the UpstreamError of the
         last attempt. A client that goes away (cancellation) is no upstream failure. The caller
@@ -117,7 +124,7 @@ class UpstreamService:
         try:
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
-            answer = await self._open_with_failover(prompt, deadline)
+            answer = await self._open_with_failover(prompt, deadline, whole)
             try:
                 yield answer
             finally:
@@ -140,17 +147,20 @@ class UpstreamService:
             await route.breaker.completed(answer.ticket)
         route.breaker.release(answer.ticket)
 
-    async def _open_with_failover(self, prompt: ChatPrompt, deadline: float) -> Answer:
+    async def _open_with_failover(
+        self, prompt: ChatPrompt, deadline: float, whole: Callable[[], Cutter] | None
+    ) -> Answer:
         failed_routes: set[str] = set()
         attempts = 0  # retries and failovers made so far
         retryable_seen = False  # some failure of this request may clear up on a second try
         retrying = False  # the next attempt is a retry after a pause (counted on the route it goes to)
         last_error: UpstreamError | None = None
+        limits = RateLimits()
         while True:
             route = self.routes.pick(failed_routes)
             if route is None:
                 if last_error is not None:
-                    raise last_error
+                    raise limits.answer(last_error)
                 raise self._refused(self.routes.refusal())
             try:
                 ticket = route.breaker.admit()
@@ -161,18 +171,22 @@ class UpstreamService:
                 route.metrics.retries.inc()
                 retrying = False
             try:
-                stream, first, started = await self._attempt(route, prompt, deadline)
+                cutter = whole() if whole is not None else None
+                stream, first, started = await self._attempt(route, prompt, deadline, cutter)
             except BaseException as exc:
                 await route.breaker.failed(ticket, exc)
                 route.breaker.release(ticket)
                 if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
                     raise  # a rejection would be rejected by every route alike
                 last_error = exc
+                limits.saw(exc)
                 retryable_seen = retryable_seen or is_retryable(exc)
                 failed_routes.add(route.name)
                 if self.routes.any_admits(failed_routes):
                     if not self._may_try_again(attempts, 0.0, deadline):
-                        raise
+                        if limits.answer(exc) is exc:
+                            raise
+                        raise limits.answer(exc) from exc
                     log.info("failing over from_route=%s kind=%s", route.name, exc.kind)
                     route.metrics.failovers.inc()
                 else:
@@ -180,7 +194,9 @@ class UpstreamService:
                     # admits a call, if some failure may clear up.
                     delay = self._retry_delay(exc, attempts, deadline) if retryable_seen else None
                     if delay is None:
-                        raise
+                        if limits.answer(exc) is exc:
+                            raise
+                        raise limits.answer(exc) from exc
                     log.info(
                         "retrying upstream after route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind
                     )
@@ -192,7 +208,7 @@ class UpstreamService:
             await route.breaker.answered(ticket)
             if ticket.trial:
                 route.breaker.release(ticket)  # the trial is decided: let the next caller in
-            return Answer(route, ticket, stream, first, started, deadline)
+            return Answer(route, ticket, stream, first, started, deadline, cutter)
 
     def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float) -> float | None:
         """Seconds to wait before another try after ``error``, or None when none may be made."""
@@ -213,8 +229,10 @@ class UpstreamService:
         room = deadline - (self._clock() + delay)
         return room >= min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) and self._budget.try_acquire()
 
-    async def _attempt(self, route: Route, prompt: ChatPrompt, deadline: float) -> tuple[FlowGptStream, str, float]:
-        """One upstream attempt on ``route`` up to the first text fragment."""
+    async def _attempt(
+        self, route: Route, prompt: ChatPrompt, deadline: float, cutter: Cutter | None
+    ) -> tuple[FlowGptStream, str, float]:
+        """One upstream attempt on ``route`` up to the first text fragment (with ``cutter``, to the answer's end)."""
         metrics = route.metrics
         metrics.selected.inc()
         metrics.upstream_requests.inc()
@@ -237,6 +255,9 @@ class UpstreamService:
                     # Cut short by the request's own deadline: the route was not given its full limit.
                     own_deadline=phase == "total",
                 ) from exc
+            metrics.first_token.observe(self._clock() - started)
+            if cutter is not None:
+                await read_whole(stream, first, cutter)
         except BaseException as exc:
             if stream is not None:
                 await stream.aclose()
@@ -246,5 +267,4 @@ class UpstreamService:
             if isinstance(exc, UpstreamError):
                 metrics.upstream_errors[exc.kind].inc()
             raise
-        metrics.first_token.observe(self._clock() - started)
         return stream, first, started

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
+from gateway.fields import REFUSABLE
+from gateway.flowgpt.protocol import MODELS
+from gateway.metrics import ADMISSION_REASONS, PROVIDER, TOKEN_DIRECTIONS, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -79,6 +81,9 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "to_state": frozenset(BREAKER_STATES),
     "source": frozenset(TRANSITION_SOURCES),
     "result": frozenset(PROBE_RESULTS),
+    "param": frozenset(REFUSABLE),
+    "direction": frozenset(TOKEN_DIRECTIONS),
+    "model": frozenset(MODELS),
 }
 
 

@@ -11,7 +11,11 @@ import pytest
 
 @pytest.mark.parametrize(
     ("module", "args"),
-    [("bench.metrics_overhead", ["--json", "--number", "20", "--repeat", "1"]), ("bench.route_pick", ["--number", "20"])],
+    [
+        ("bench.metrics_overhead", ["--json", "--number", "20", "--repeat", "1"]),
+        ("bench.route_pick", ["--number", "20"]),
+        ("bench.token_count", ["--json", "--number", "2", "--repeat", "1"]),
+    ],
 )
 def test_micro_benchmarks_run(module: str, args: list[str]) -> None:
     """Each micro-benchmark exits 0 and prints its result line (a renamed metric or API breaks it)."""
@@ -21,5 +25,7 @@ def test_micro_benchmarks_run(module: str, args: list[str]) -> None:
     assert completed.returncode == 0, completed.stderr
     if module == "bench.metrics_overhead":
         assert json.loads(completed.stdout)["metrics_total_us"] > 0
+    elif module == "bench.token_count":
+        assert json.loads(completed.stdout)["count_us_per_1000_tokens"] > 0
     else:
         assert completed.stdout.startswith("route pool per request: 1 route ")

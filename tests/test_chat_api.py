@@ -52,7 +52,7 @@ async def test_streaming_completion(gateway: Client) -> None:
 
 
 async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Simulator) -> None:
-    """System, history and content parts are translated into FlowGpt's body."""
+    """System, history and content parts (joined by a newline) are translated into FlowGpt's body."""
     body = {
         "model": "claude-v2",
         "temperature": 1.5,
@@ -72,7 +72,7 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
     assert sent["system"] == "Be brief.\nNo emojis."
     assert sent["question"] == "Bye"
     assert sent["temperature"] == 1.5
-    assert sent["history"][1:] == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+    assert sent["history"][1:] == [{"role": "user", "content": "Hi \nthere"}, {"role": "assistant", "content": "Hello!"}]
 
 
 @pytest.mark.parametrize(
@@ -85,8 +85,8 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
         (
             b'{"model": "gpt-3.5-turbo", "messages": [{"role": "tool", "content": "x"}]}',
             400,
-            "invalid_request",
-            "messages.0.role",
+            "unsupported_content",
+            "messages.0",
         ),
         (
             b'{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": 5}]}',
@@ -190,7 +190,7 @@ def _fault_cases() -> list[Any]:
             "HTML content",
             id="503-html",
         ),
-        pytest.param(SimFaults(http_status=429, retry_after=30), 502, "upstream_rate_limited", "rate limit", id="429"),
+        pytest.param(SimFaults(http_status=429, retry_after=30), 429, "upstream_rate_limited", "retry in 30 s", id="429"),
         pytest.param(SimFaults(http_status=402), 502, "upstream_rate_limited", "rate limit", id="402"),
         pytest.param(
             SimFaults(http_status=403, http_body=CLOUDFLARE_BODY),
@@ -220,7 +220,7 @@ async def test_faults_before_the_first_token(
     assert response.status == status
     error = (await response.json())["error"]
     assert error["code"] == code
-    assert error["type"] == "upstream_error"
+    assert error["type"] == ("rate_limit_error" if status == 429 else "upstream_error")
     assert message_part in error["message"]
     if faults.http_status == 429:
         assert response.headers["Retry-After"] == "30"

@@ -81,21 +81,25 @@ FAULTS: Final = (
     Fault(
         "429-retry-after",
         SimFaults(http_status=429, retry_after=30),
-        502,
+        429,
         "upstream_rate_limited",
         "rate_limited",
         retry_after="30",
     ),
-    Fault("429", SimFaults(http_status=429), 502, "upstream_rate_limited", "rate_limited", retries=2),
+    # Every attempt a 429 with no Retry-After: the client's 429 says 1 s.
+    Fault("429", SimFaults(http_status=429), 429, "upstream_rate_limited", "rate_limited", retries=2, retry_after="1"),
     Fault("402", SimFaults(http_status=402), 502, "upstream_rate_limited", "rate_limited"),
     Fault("401", SimFaults(http_status=401), 502, "upstream_auth", "auth"),
     Fault("403-plain", SimFaults(http_status=403, http_body="Forbidden"), 502, "upstream_http_status", "http_status"),
     Fault("403-cloudflare", SimFaults(http_status=403, http_body="cloudflare"), 502, "upstream_blocked", "blocked"),
     Fault("slow-first-token", SimFaults(slow_first_token=1.0), 504, "upstream_timeout", "timeout", retries=2),
     Fault("stall-at-start", SimFaults(stall_after=0), 504, "upstream_timeout", "timeout", retries=2),
-    Fault("stall-after", SimFaults(stall_after=CUT), 504, "upstream_timeout", "timeout", mid_stream=True),
+    # After the first token a plain answer is replayed (its client has seen nothing); a stream is not.
+    Fault("stall-after", SimFaults(stall_after=CUT), 504, "upstream_timeout", "timeout", mid_stream=True, retries=2),
     Fault("reset-at-start", SimFaults(reset_after=0), 502, "upstream_interrupted", "interrupted"),
-    Fault("reset-after", SimFaults(reset_after=CUT), 502, "upstream_interrupted", "interrupted", mid_stream=True),
+    Fault(
+        "reset-after", SimFaults(reset_after=CUT), 502, "upstream_interrupted", "interrupted", mid_stream=True, retries=2
+    ),
     Fault("garbage", SimFaults(garbage_ratio=1.0)),
     Fault("html-200", SimFaults(html_200=True), 502, "upstream_protocol", "protocol"),
     Fault("empty-stream", SimFaults(empty_stream=True), 502, "upstream_protocol", "protocol"),
@@ -214,7 +218,7 @@ async def _request(gateway: Client, fault: Fault, *, stream: bool) -> None:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == fault.code
-    assert error["type"] == "upstream_error"
+    assert error["type"] == ("rate_limit_error" if fault.status == 429 else "upstream_error")
     assert error["param"] is None
     assert isinstance(error["message"], str)
     assert error["message"]
@@ -260,7 +264,7 @@ async def test_fault_cell(make_gateway: GatewayFactory, sim: Simulator, fault: F
 
 @pytest.mark.parametrize("fault", _fault_params(FAULTS))
 async def test_fault_cell_with_retries(make_gateway: GatewayFactory, sim: Simulator, fault: Fault) -> None:
-    """With retry_max=2 only retryable faults before the first token are retried, each attempt counted."""
+    """With retry_max=2 retryable faults before the first token, and any fault while a plain answer is read, are retried."""
     gateway = await _warm_gateway(make_gateway, retry_max=2, breaker_fail_max=10)
     baseline = _baseline(gateway)
     before = await scrape(gateway)
@@ -338,7 +342,7 @@ async def test_breaker_opens_at_fail_max(
 async def test_fault_cell_on_one_of_three_routes(
     make_gateway: GatewayFactory, sim: Simulator, fault: Fault, stream: bool
 ) -> None:
-    """A fault on the route tried first costs the client nothing unless it strikes after the first token."""
+    """A fault on the route tried first costs the client nothing unless it strikes a stream after its first token."""
     # Route a is picked first: weights 1000 against 0.001 make another first pick a one-in-a-million
     # event (with weight 1, one run in ten had a cell flake). "refused" points a at a dead port.
     url_a = f"http://127.0.0.1:{free_port()}{UPSTREAM_PATH}" if fault.faults is None else sim.route_url("a")
@@ -352,7 +356,8 @@ async def test_fault_cell_on_one_of_three_routes(
         sim.set_faults(fault.faults, route="a")
     sim.stats.reset()
 
-    served_elsewhere = fault.fails and not fault.mid_stream
+    # A plain answer broken after its first token is replayed elsewhere: its client has seen nothing.
+    served_elsewhere = fault.fails and (not fault.mid_stream or not stream)
     await _request(gateway, Fault(fault.id, None) if served_elsewhere else fault, stream=stream)
 
     after = await scrape(gateway)

@@ -379,7 +379,7 @@ async def test_a_trickling_error_body_keeps_its_status(
         if status == 413:
             assert (response.status, code) == (413, "upstream_rejected_request")
         else:
-            assert (response.status, code, response.headers.get("Retry-After")) == (502, "upstream_rate_limited", "7")
+            assert (response.status, code, response.headers.get("Retry-After")) == (429, "upstream_rate_limited", "7")
     if status == 413:
         assert gateway.app[ROUTES]["default"].breaker.consecutive_failures == 0
 

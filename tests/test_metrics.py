@@ -72,7 +72,7 @@ async def test_success_moves_exactly_the_right_series(gateway: Client) -> None:
 def _error_cases() -> list[Any]:
     return [
         pytest.param(SimFaults(http_status=500), False, "http_status", 502, id="http_status"),
-        pytest.param(SimFaults(http_status=429), False, "rate_limited", 502, id="rate_limited"),
+        pytest.param(SimFaults(http_status=429), False, "rate_limited", 429, id="rate_limited"),
         pytest.param(SimFaults(http_status=403, http_body="cloudflare"), False, "blocked", 502, id="blocked"),
         pytest.param(SimFaults(http_status=401), False, "auth", 502, id="auth"),
         pytest.param(SimFaults(html_200=True), False, "protocol", 502, id="protocol"),

@@ -174,15 +174,15 @@ async def test_no_retry_after_the_first_byte(make_gateway: GatewayFactory, sim: 
 async def test_non_retryable_errors_are_not_retried(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """Auth failures, Cloudflare blocks and 429s whose Retry-After exceeds the deadline go straight back."""
     gateway = await make_gateway(retry_max=2, timeout_total=5)
-    for faults in (
-        SimFaults(http_status=401),
-        SimFaults(http_status=403, http_body="cloudflare"),
-        SimFaults(http_status=429, retry_after=60),
+    for faults, status in (
+        (SimFaults(http_status=401), 502),
+        (SimFaults(http_status=403, http_body="cloudflare"), 502),
+        (SimFaults(http_status=429, retry_after=60), 429),
     ):
         sim.faults = faults
         before = sim.stats.requests_total
         response = await gateway.post(CHAT, json=chat_body())
-        assert response.status == 502
+        assert response.status == status
         assert sim.stats.requests_total == before + 1
     assert response.headers["Retry-After"] == "60"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 from typing import Any
 
 import pytest
@@ -246,7 +247,8 @@ async def test_status_lists_routes_with_masked_secrets(make_gateway: GatewayFact
         ('[{"name": "a", "proxy": "user:secret@host:1"}]', "route 'a': proxy: must be an http:// or https:// URL"),
         ('[{"url": "http://x"}]', "route #1: name: Field required"),
         ('[{"name": "a", "weight": 0}]', "route 'a': weight: Input should be greater than 0"),
-        ("not json", "must be a JSON list of routes"),
+        ("not json", "is not valid JSON: Expecting value at line 1 column 1 (character 0)"),
+        ('{"name": "a"}', "must be a JSON list of routes"),
     ],
 )
 def test_a_bad_route_list_stops_start_up_naming_the_variable_and_route(value: str, message: str) -> None:
@@ -292,7 +294,10 @@ async def test_after_every_route_failed_a_retry_goes_to_any_route_that_admits(
 ) -> None:
     """b fails and trips while a failed once: the retry goes back to a (retryable failure seen), not a 502."""
     upstreams = json.dumps(
-        [{"name": "a", "url": sim.route_url("a"), "weight": 1000}, {"name": "b", "url": sim.route_url("b"), "weight": 0.001}]
+        [
+            {"name": "a", "url": sim.route_url("a"), "weight": 1000},
+            {"name": "b", "url": sim.route_url("b"), "weight": 0.001},
+        ]
     )
     gateway = await make_gateway(upstreams=upstreams, breaker_fail_max=2, retry_max=2, retry_budget_min=100)
     sim.set_faults(SimFaults(http_status=503), route="b")
@@ -311,7 +316,10 @@ async def test_a_timeout_cut_short_by_the_deadline_does_not_count_against_the_ne
 ) -> None:
     """a hangs; b, failed over to with less than its first-token limit left, times out: b is not blamed."""
     upstreams = json.dumps(
-        [{"name": "a", "url": sim.route_url("a"), "weight": 1000}, {"name": "b", "url": sim.route_url("b"), "weight": 0.001}]
+        [
+            {"name": "a", "url": sim.route_url("a"), "weight": 1000},
+            {"name": "b", "url": sim.route_url("b"), "weight": 0.001},
+        ]
     )
     gateway = await make_gateway(
         upstreams=upstreams, timeout_first_token=2.0, timeout_total=3.2, breaker_fail_max=2, retry_max=2
@@ -328,7 +336,7 @@ async def test_a_timeout_cut_short_by_the_deadline_does_not_count_against_the_ne
 async def test_all_down_retry_after_is_the_earliest_whatever_the_reason(
     make_gateway: GatewayFactory, sim: Simulator
 ) -> None:
-    """a not working (probe again in about 1 s), b forced open for 30 s: circuit_open with Retry-After 1."""
+    """a not working (probe again in about 1 s), b forced open for 30 s: circuit_open with Retry-After 1, said alike in the message."""
     gateway = await routed_gateway(make_gateway, sim, probe_unhealthy_threshold=1)
     routes = gateway.app[ROUTES]
     sim.set_faults(BLOCKED, route="a")
@@ -336,8 +344,25 @@ async def test_all_down_retry_after_is_the_earliest_whatever_the_reason(
     routes["b"].breaker.force_open()
     routes["c"].breaker.force_open()
     response = await gateway.post(CHAT, json=chat_body())
-    assert (response.status, (await response.json())["error"]["code"]) == (503, "circuit_open")
+    error = (await response.json())["error"]
+    assert (response.status, error["code"]) == (503, "circuit_open")
     assert response.headers["Retry-After"] == "1"
+    assert error["message"].endswith("; retry in 1 s")
+
+
+async def test_open_breakers_message_and_header_agree(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """a not working (about 1 s), b and c tripped open for 30 s: the message says the header's seconds, not b's 30."""
+    gateway = await routed_gateway(make_gateway, sim, probe_unhealthy_threshold=1, breaker_fail_max=1, retry_max=2)
+    routes = gateway.app[ROUTES]
+    for name in NAMES:
+        sim.set_faults(BLOCKED, route=name)
+    await routes["a"].prober.probe_once()
+    await gateway.post(CHAT, json=chat_body())  # fails on b and c, which open
+    assert (routes["b"].breaker.state, routes["c"].breaker.state) == ("open", "open")
+    response = await gateway.post(CHAT, json=chat_body())
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], response.headers["Retry-After"]) == (503, "circuit_open", "1")
+    assert re.findall(r"(\d+) s\b", error["message"]) == ["1"]
 
 
 async def test_weights_hold_under_concurrency(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -383,5 +408,3 @@ def test_routes_and_the_single_upstream_settings_are_not_mixed() -> None:
     with pytest.raises(ValidationError) as info:
         Settings(upstreams='[{"name": "a"}]', upstream_url="http://127.0.0.1:1/x")
     assert "set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_URL, not both" in describe_validation_error(info.value)
-
-

@@ -38,8 +38,8 @@ def test_cli_builds_options_and_only_given_faults() -> None:
 
 
 def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
-    """run() refuses invalid settings with exit code 2 and a message."""
-    assert run(_parse("--garbage-ratio", "3")) == 2
+    """run() refuses invalid settings with exit code 64 (like every command) and a message."""
+    assert run(_parse("--garbage-ratio", "3")) == 64
     assert "garbage_ratio" in capsys.readouterr().err
 
 

@@ -90,6 +90,24 @@ async def test_empty_stream_has_no_lines(sim: Simulator, session: aiohttp.Client
     assert await post_chat(session, sim) == (200, "application/x-ndjson", b"")
 
 
+@pytest.mark.parametrize("chunk_delay", [0.0, 0.01], ids=["one-write", "paced"])
+async def test_answer_pieces_are_the_text_events(session: aiohttp.ClientSession, chunk_delay: float) -> None:
+    """answer_pieces: the text events are exactly those pieces, in order, whatever the pacing."""
+    pieces = ("Hello, wor", "ld. EN", "D and more")
+    async with Simulator(SimOptions(chunk_delay=chunk_delay), SimFaults(answer_pieces=pieces)) as sim:
+        status, _, raw = await post_chat(session, sim)
+    objects, _ = parse(raw)
+    assert status == 200
+    assert tuple(o["data"] for o in objects if o.get("event") == "text") == pieces
+
+
+def test_answer_pieces_must_not_be_empty() -> None:
+    """An empty list or an empty piece is refused (an empty text event would be skipped by clients)."""
+    for bad in ((), ("a", "")):
+        with pytest.raises(ValidationError):
+            SimFaults(answer_pieces=bad)
+
+
 # --- rejections --------------------------------------------------------------------
 
 

@@ -105,6 +105,12 @@ class FlowGptClient:
             )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeoutError("timed out connecting to the upstream", phase="connect") from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise UpstreamConnectError(f"cannot resolve the upstream host {exc.host!r} (DNS)") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to the upstream at {exc.host}:{exc.port}: {type(exc).__name__}"
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamConnectError(f"cannot reach the upstream: {type(exc).__name__}") from exc
         try:

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import orjson
 from aiohttp import web
 
 from gateway.answer import Answer
-from gateway.app_keys import CLOCK, INFLIGHT, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
+from gateway.app_keys import (
+    CLOCK,
+    DROPPED_PARAMS,
+    INFLIGHT,
+    METRICS,
+    SETTINGS,
+    STATUS_OVERRIDE,
+    STREAM_RESPONSE,
+    TOKENS,
+    UPSTREAM,
+)
 from gateway.client_writes import ClientStalledError, ClientWriteGuard
+from gateway.cutter import Cutter
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -21,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
+from gateway.handlers.reply import Reply
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
 
@@ -60,21 +73,34 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     limit = app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-    chat = parse_chat_request(await _read_body(request))
+    chat, dropped = parse_chat_request(await _read_body(request), drop_params=app[SETTINGS].drop_params)
+    if dropped:
+        _report_dropped(request, dropped)
     try:
         model = resolve_model(chat.model)
     except UnknownModelError:
         raise ModelNotFoundError(
             f"the model '{chat.model[:100]}' does not exist; GET /v1/models lists the available ones", param="model"
         ) from None
-    prompt = ChatPrompt(model, tuple(m.to_flowgpt() for m in chat.messages), chat.temperature)
+    messages = tuple(m.to_flowgpt() for m in chat.messages)
+    prompt = ChatPrompt(model, messages, chat.temperature)
+    counter = app[TOKENS]
+    reply = Reply(
+        model=model,
+        prompt_tokens=counter.prompt((m.role, m.content) for m in messages),
+        include_usage=chat.include_usage,
+        cutter=functools.partial(Cutter, stops=chat.stop_texts, limit=chat.token_limit, counter=counter),
+    )
     app[INFLIGHT].refuse_if_draining()  # the drain may have begun while the body arrived
     # Leaving this scope, on cancellation (client gone) too, drops the upstream connection at once.
-    async with upstream.answer(prompt) as answer:
-        if chat.stream:
-            return await _stream(request, answer, model)
-        text = await answer.read_all()
-    body = orjson.dumps(completion(new_completion_id(), model, text))
+    if chat.stream:
+        async with upstream.answer(prompt) as answer:
+            return await _stream(request, answer, reply)
+    async with upstream.answer(prompt, whole=reply.cutter) as answer:
+        assert answer.whole is not None
+        text, finish_reason = answer.whole.text, answer.whole.finish_reason or "stop"
+        usage = reply.settle(app[METRICS], answer.route.name, text, counter)
+    body = orjson.dumps(completion(new_completion_id(), model, text, finish_reason=finish_reason, usage=usage))
     response = web.Response(body=body, content_type="application/json")
     if len(body) < GUARD_BODY_BYTES:
         return response  # it fits the transport's buffer: writing it cannot wait on the client
@@ -103,21 +129,32 @@ async def _read_body(request: web.Request) -> bytes:
         raise RequestTimeoutError(f"request body not received within {seconds:g}s") from None
 
 
-async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
+async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.StreamResponse:
     app = request.app
     response = web.StreamResponse(headers=SSE_HEADERS)
     request[STREAM_RESPONSE] = response
     await response.prepare(request)
-    encoder = ChunkEncoder(new_completion_id(), model)
+    encoder = ChunkEncoder(new_completion_id(), reply.model)
+    cutter = reply.cutter()
     try:
         async with _write_guard(request, answer) as guard:
             await guard.write(response, encoder.role())
             try:
                 async for fragment in answer:
-                    await guard.write(response, encoder.content(fragment))
-                await guard.write(response, encoder.stop())
+                    if text := cutter.feed(fragment):
+                        await guard.write(response, encoder.content(text))
+                    if cutter.finish_reason is not None:
+                        answer.finish_early()  # leaving the scope cancels the rest upstream
+                        break
+                else:
+                    if text := cutter.end():
+                        await guard.write(response, encoder.content(text))
+                usage = reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                end = encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None)
+                await guard.write(response, end)
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
+                reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)
             return response
@@ -141,6 +178,14 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
                 await response.write_eof()
         return response
+
+
+def _report_dropped(request: web.Request, dropped: tuple[str, ...]) -> None:
+    """Count the dropped fields and name them in the answer's headers (its error's too)."""
+    counters = request.app[METRICS].dropped_params
+    for param in dropped:
+        counters[param].inc()
+    request[DROPPED_PARAMS] = ",".join(dropped)
 
 
 def _write_guard(request: web.Request, answer: Answer) -> ClientWriteGuard:

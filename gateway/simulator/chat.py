@@ -12,7 +12,16 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.simulator.answers import HTML, JSON, META_LINES, NDJSON, answer_lines, expected_answer, long_answer_lines
+from gateway.simulator.answers import (
+    HTML,
+    JSON,
+    META_LINES,
+    NDJSON,
+    answer_lines,
+    expected_answer,
+    long_answer_lines,
+    text_line,
+)
 from gateway.simulator.contract import ChatBody, auth_problem, describe_error
 from gateway.simulator.faults import GARBAGE_LINES, MAINTENANCE_PAGE, SimFaults, split_error_body
 from gateway.simulator.routes import DEFAULT_ROUTE, Route, RouteError
@@ -181,9 +190,10 @@ async def _send_answer(
     cuts = [n for n in (faults.reset_after, faults.stall_after) if n is not None]
     cut = min(cuts) if cuts else None
     head = META_LINES if options.meta_events else b""
+    chosen = None if faults.answer_pieces is None else tuple(text_line(piece) for piece in faults.answer_pieces)
     if options.chunk_delay == 0 and faults.answer_bytes is None:
         # Benchmark path: the whole body in one write, garbage drawn only when asked for.
-        lines = answer_lines(answer, options.chunks)[:cut]
+        lines = (chosen if chosen is not None else answer_lines(answer, options.chunks))[:cut]
         if faults.garbage_ratio > 0:
             lines = tuple(_garbage(call, faults) + line for line in lines)
         data = head + b"".join(lines)
@@ -194,9 +204,9 @@ async def _send_answer(
         # One write per event: a long answer is made lazily and each write waits for
         # a slow reader to drain, so it never piles up in memory.
         events: Iterable[bytes] = (
-            answer_lines(answer, options.chunks)
-            if faults.answer_bytes is None
-            else long_answer_lines(answer, faults.answer_bytes)
+            long_answer_lines(answer, faults.answer_bytes)
+            if faults.answer_bytes is not None
+            else chosen or answer_lines(answer, options.chunks)
         )
         if head:
             await response.write(head)

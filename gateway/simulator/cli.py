@@ -98,13 +98,16 @@ async def _serve(sim: Simulator) -> None:
         await stop.wait()
 
 
+EXIT_BAD_SETTINGS: Final = 64  # the same code as the gateway's commands (EX_USAGE)
+
+
 def run(ns: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 on bad settings, 1 if it cannot listen."""
+    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 64 on bad settings (like the others), 1 if it cannot listen."""
     try:
         options, faults = options_from_args(ns)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         print(f"invalid simulator settings: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTINGS
     sim = Simulator(options, faults, host=ns.host, port=ns.port)
     try:
         asyncio.run(_serve(sim))

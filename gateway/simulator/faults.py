@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Final
+from typing import Annotated, Final
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,7 +64,7 @@ class SimFaults(BaseModel):
     alone (``reject_over_bytes`` > ``reject_marker``); they skip the ``ratio`` draw but
     each rejection counts towards ``count``. A request they let through is then faulted
     by ``ratio``: ``http_status`` (its body cut by ``error_body_chunks``) > ``html_200``
-    > ``empty_stream`` > a stream shaped by ``answer_bytes``, ``slow_first_token``,
+    > ``empty_stream`` > a stream shaped by ``answer_pieces``, ``answer_bytes``, ``slow_first_token``,
     ``garbage_ratio``, ``stall_after`` and ``reset_after``. Frozen: replace the whole
     object to change faults.
     """
@@ -81,6 +81,8 @@ class SimFaults(BaseModel):
     error_chunk_delay: float = Field(default=0.05, ge=0)
     slow_first_token: float = Field(default=0.0, ge=0)
     answer_bytes: int | None = Field(default=None, ge=1, le=MAX_ANSWER_BYTES)
+    # The answer's text events, exactly these pieces (so tests know where an upstream chunk ends).
+    answer_pieces: tuple[Annotated[str, Field(min_length=1)], ...] | None = Field(default=None, min_length=1)
     stall_after: int | None = Field(default=None, ge=0)
     reset_after: int | None = Field(default=None, ge=0)
     garbage_ratio: float = Field(default=0.0, ge=0, le=1)
