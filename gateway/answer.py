@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import UpstreamError
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from gateway.breaker import Ticket
     from gateway.cutter import Cutter
     from gateway.flowgpt.client import FlowGptStream
@@ -43,7 +45,7 @@ class Answer:
     It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
     """
 
-    __slots__ = ("_first", "completed", "deadline", "error", "route", "started", "stream", "ticket", "whole")
+    __slots__ = ("_first", "completed", "deadline", "error", "route", "span", "started", "stream", "ticket", "whole")
 
     def __init__(
         self,
@@ -54,8 +56,10 @@ class Answer:
         started: float,
         deadline: float,
         whole: Cutter | None = None,
+        span: Span | None = None,
     ) -> None:
         self.route = route
+        self.span = span  # the attempt's trace span, ended when the answer is settled
         self.ticket = ticket
         self.started = started
         self.stream = stream

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gateway import __version__
 from gateway.app_keys import (
     API_KEYS,
     CLOCK,
@@ -27,6 +29,7 @@ from gateway.app_keys import (
     SETTINGS,
     STARTED_AT,
     TOKENS,
+    TRACING,
     UPSTREAM,
 )
 from gateway.breaker import CircuitBreaker
@@ -45,12 +48,18 @@ from gateway.route_pool import Route, RoutePool
 from gateway.scope import Scopes
 from gateway.settings import Settings
 from gateway.tokens import shared_counter
+from gateway.tracing import Tracing
 from gateway.upstream import Timeouts, UpstreamService
 from gateway.working import WorkingFlag
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
-    """Build the gateway. No I/O happens here; the HTTP session, the routes and their probes start with the app."""
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.monotonic, span_exporter: SpanExporter | None = None
+) -> web.Application:
+    """Build the gateway. No I/O happens here; the HTTP session, the routes and their probes start with the app.
+
+    ``span_exporter`` turns tracing on with that exporter (tests); otherwise ``GATEWAY_OTLP_ENDPOINT`` decides.
+    """
     app = web.Application(
         middlewares=[observe, errors, api_key_auth],
         client_max_size=settings.max_body_bytes,
@@ -70,6 +79,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app[INFLIGHT] = InFlightTracker()
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    tracing = app[TRACING] = Tracing(
+        endpoint=settings.otlp_endpoint,
+        propagate_upstream=settings.otlp_propagate_upstream,
+        exporter=span_exporter,
+        version=__version__,
+    )
+    app.on_cleanup.append(lambda _: tracing.shutdown())
     app.cleanup_ctx.append(_tokens_context)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_request_id_header)
@@ -106,7 +122,8 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
     app[HTTP_SESSION] = session
-    routes = RoutePool([make_route(session, spec, settings, metrics, clock) for spec in settings.routes()])
+    tracing = app[TRACING]
+    routes = RoutePool([make_route(session, spec, settings, metrics, clock, tracing) for spec in settings.routes()])
     app[ROUTES] = routes
     app[UPSTREAM] = UpstreamService(
         routes,
@@ -125,6 +142,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
             backoff_max=settings.retry_backoff_max,
         ),
         clock=clock,
+        tracing=app[TRACING],
     )
     fleet = None
     if settings.redis_url is not None:
@@ -163,6 +181,7 @@ def make_route(
     settings: Settings,
     metrics: Metrics,
     clock: Callable[[], float] = time.monotonic,
+    tracing: Tracing | None = None,
 ) -> Route:
     """One route as its settings describe it, wired through its own event bus (also used by ``probe``)."""
     events = EventBus()
@@ -185,7 +204,7 @@ def make_route(
         clock=clock,
         events=events,
     )
-    client = make_client(session, spec, settings, route_metrics, clock)
+    client = make_client(session, spec, settings, route_metrics, clock, tracing)
     prober = Prober(
         client,
         flag,
@@ -197,6 +216,7 @@ def make_route(
         prompt=settings.probe_prompt,
         clock=clock,
         scrub=settings.scrubber(),
+        tracing=tracing,
     )
     events.subscribe(ProbeFinished, flag.probe_finished)
     events.subscribe(ProbeFinished, breaker.probe_finished)
@@ -221,6 +241,7 @@ def make_client(
     settings: Settings,
     observer: ClientObserver,
     clock: Callable[[], float] = time.monotonic,
+    tracing: Tracing | None = None,
 ) -> FlowGptClient:
     """The FlowGpt client of one route."""
     return FlowGptClient(
@@ -234,4 +255,5 @@ def make_client(
         clock=clock,
         route=spec.name,
         scrub=settings.scrubber(),
+        add_headers=tracing.inject if tracing is not None and tracing.propagate_upstream else None,
     )

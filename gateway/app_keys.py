@@ -16,6 +16,7 @@ from gateway.settings import Settings
 from gateway.status_page.cache import Reused
 from gateway.status_page.sampler import Sampler
 from gateway.tokens import TokenCounter
+from gateway.tracing import Tracing
 from gateway.upstream import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -34,6 +35,7 @@ TOKENS = web.AppKey("tokens", TokenCounter)  # cl100k_base, loaded in the backgr
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
+TRACING = web.AppKey("tracing", Tracing)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
 # Refused fields dropped under GATEWAY_DROP_PARAMS, comma-separated: the x-gateway-dropped-params header.
 DROPPED_PARAMS = web.RequestKey("dropped_params", str)

@@ -29,6 +29,7 @@ from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, 
 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
+_TRACE_ID_CHARS: Final = len("trace_id") + 32
 TOKEN_DIRECTIONS: Final = ("prompt", "completion")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
 # The method label takes only methods the gateway routes; anything a client invents is "other".
@@ -134,7 +135,9 @@ class Metrics:
         self._tokens[(route, model, "prompt")].inc(prompt)
         self._tokens[(route, model, "completion")].inc(completion)
 
-    def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
+    def observe_http(
+        self, route: str, method: str, status: int, seconds: float, request_id: str | None, trace_id: str | None = None
+    ) -> None:
         """One finished inbound request; an unrouted method is labelled ``other``."""
         if method not in self._methods:
             method = OTHER_METHOD
@@ -150,7 +153,11 @@ class Metrics:
             histogram.observe(seconds)
         else:
             # OpenMetrics caps an exemplar's labels at 128 characters, "request_id" included.
-            histogram.observe(seconds, exemplar={"request_id": request_id[:EXEMPLAR_ID_CHARS]})
+            if trace_id is None:
+                exemplar = {"request_id": request_id[:EXEMPLAR_ID_CHARS]}
+            else:  # 32 hex characters: the request id gives up room for them
+                exemplar = {"request_id": request_id[: EXEMPLAR_ID_CHARS - _TRACE_ID_CHARS], "trace_id": trace_id}
+            histogram.observe(seconds, exemplar=exemplar)
 
     def precreate_routes(self, routes: list[tuple[str, str]]) -> None:
         """Create the success series of the known routes so rate() works from the first scrape.

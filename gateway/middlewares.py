@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import Span, Status, StatusCode
 
-from gateway.app_keys import API_KEYS, DROPPED_PARAMS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE
+from gateway.app_keys import API_KEYS, DROPPED_PARAMS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE, TRACING
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
@@ -24,6 +25,7 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
+from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -47,7 +49,19 @@ def route_template(request: web.Request) -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: request id, one access-log line and the HTTP metrics for every request."""
+    """Outermost: request id, one access-log line and the HTTP metrics for every request, in a server span."""
+    tracing = request.app.get(TRACING)
+    if tracing is None or not tracing.enabled:
+        return await _observe(request, handler, None)
+    route = route_template(request)
+    with tracing.server_span(f"{request.method} {route}", request.headers) as span:
+        span.set_attribute("http.request.method", request.method)
+        span.set_attribute("http.route", route)
+        span.set_attribute("url.path", request.path[:200])
+        return await _observe(request, handler, span)
+
+
+async def _observe(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
@@ -68,8 +82,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = route_template(request)
         app = request.app
+        trace_id = None
+        if span is not None:
+            span.set_attribute("gateway.request_id", request_id)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            trace_id = Tracing.trace_id()
         try:
-            app[METRICS].observe_http(route, request.method, status, elapsed, request_id)
+            app[METRICS].observe_http(route, request.method, status, elapsed, request_id, trace_id)
         except Exception:  # metrics must never turn an answered request into a failure
             log.exception("recording request metrics failed")
         access_log = app[SETTINGS].access_log

@@ -15,10 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import SpanKind
+
 from gateway.errors import GatewayError, UpstreamError
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, ProbeResult
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import Message, resolve_model
+from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
     from gateway.flowgpt.client import FlowGptClient
@@ -45,6 +48,7 @@ class Prober:
         jitter: float = 0.1,
         may_probe: Callable[[], bool] = lambda: True,
         scrub: Callable[[str], str] = lambda text: text,
+        tracing: Tracing | None = None,
     ) -> None:
         self._client = client
         self._flag = flag
@@ -60,6 +64,7 @@ class Prober:
         # An upstream's error may quote what it was sent (a token, the prompt): scrubbed once, here,
         # so /readyz, /status, the logs, the status page and the fleet never see it.
         self._scrub = scrub
+        self._tracing = tracing
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -82,7 +87,20 @@ class Prober:
             self.trigger()
 
     async def probe_once(self) -> ProbeResult:
-        """One probe straight through the client, bypassing admission; records the result."""
+        """One probe straight through the client, bypassing admission; records the result (and a span)."""
+        if self._tracing is None or not self._tracing.enabled:
+            return await self._probe()
+        attributes = {"gateway.route": self._flag.route, "gen_ai.request.model": self._prompt.model}
+        tracer = self._tracing.tracer
+        with tracer.start_as_current_span("probe flowgpt", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            result = await self._probe()
+            if result.ok:
+                span.set_attribute("gateway.outcome", "success")
+            else:
+                Tracing.failed(span, result.kind or "error")
+            return result
+
+    async def _probe(self) -> ProbeResult:
         started = self._clock()
         error: str | None = None
         kind: str | None = None

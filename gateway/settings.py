@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # Status page at / (issue 14): on, off (404), or admin (needs GATEWAY_ADMIN_TOKEN as its password).
     ui: Literal["on", "off", "admin"] = "on"
     ui_refresh_seconds: float = Field(5.0, ge=0.1, le=300)  # how often the open page asks for fresh data
+    # Traces: an OTLP/HTTP collector (base URL or its /v1/traces URL); unset: no tracing at all.
+    otlp_endpoint: str | None = None
+    otlp_propagate_upstream: bool = False  # send traceparent to FlowGpt (a third party): off by default
     ui_sample_seconds: float = Field(5.0, ge=0.05, le=60)  # the sparklines' step; their ring is fixed-size
 
     @field_validator("api_keys", mode="before")

@@ -24,6 +24,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import SpanKind
+
 from gateway.answer import Answer, read_whole
 from gateway.errors import (
     AdmissionError,
@@ -39,8 +41,11 @@ from gateway.errors import (
 )
 from gateway.rate_limits import RateLimits
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
+from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from gateway.cutter import Cutter
     from gateway.flowgpt.client import ChatPrompt, FlowGptStream
     from gateway.limiter import ConcurrencyLimiter
@@ -75,8 +80,10 @@ class UpstreamService:
         timeouts: Timeouts,
         retry: RetryPolicy,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.routes = routes
+        self._tracing = tracing or Tracing(endpoint=None)
         self.limiter = limiter
         self._budget = budget
         self._metrics = metrics
@@ -146,6 +153,12 @@ class UpstreamService:
         elif answer.completed:
             await route.breaker.completed(answer.ticket)
         route.breaker.release(answer.ticket)
+        if answer.span is not None:
+            if answer.error is not None:
+                Tracing.failed(answer.span, answer.error.kind)
+            else:
+                answer.span.set_attribute("gateway.outcome", "completed" if answer.completed else "cut_short")
+            answer.span.end()
 
     async def _open_with_failover(
         self, prompt: ChatPrompt, deadline: float, whole: Callable[[], Cutter] | None
@@ -167,13 +180,17 @@ class UpstreamService:
             except CircuitOpenError:
                 failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
+            reason = "retry" if retrying else "failover" if attempts else "first"
             if retrying:
                 route.metrics.retries.inc()
                 retrying = False
+            span = self._attempt_span(route, prompt, attempts, reason)
             try:
                 cutter = whole() if whole is not None else None
                 stream, first, started = await self._attempt(route, prompt, deadline, cutter)
             except BaseException as exc:
+                if span is not None:
+                    _end_failed(span, exc)
                 await route.breaker.failed(ticket, exc)
                 route.breaker.release(ticket)
                 if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
@@ -208,7 +225,26 @@ class UpstreamService:
             await route.breaker.answered(ticket)
             if ticket.trial:
                 route.breaker.release(ticket)  # the trial is decided: let the next caller in
-            return Answer(route, ticket, stream, first, started, deadline, cutter)
+            if span is not None:
+                span.set_attribute("gateway.first_token_seconds", round(self._clock() - started, 6))
+            return Answer(route, ticket, stream, first, started, deadline, cutter, span)
+
+    def _attempt_span(self, route: Route, prompt: ChatPrompt, attempt: int, reason: str) -> Span | None:
+        """A client span for one upstream attempt (None when tracing is off: no cost per attempt)."""
+        if not self._tracing.enabled:
+            return None
+        return self._tracing.tracer.start_span(
+            "chat flowgpt",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "flowgpt",
+                "gen_ai.request.model": prompt.model,
+                "gateway.route": route.name,
+                "gateway.attempt": attempt + 1,
+                "gateway.attempt.reason": reason,
+            },
+        )
 
     def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float) -> float | None:
         """Seconds to wait before another try after ``error``, or None when none may be made."""
@@ -268,3 +304,15 @@ class UpstreamService:
                 metrics.upstream_errors[exc.kind].inc()
             raise
         return stream, first, started
+
+
+def _end_failed(span: Span, exc: BaseException) -> None:
+    """End an attempt's span with its outcome: the upstream error's kind (and status), or why it stopped."""
+    if isinstance(exc, UpstreamError):
+        Tracing.failed(span, exc.kind)
+        status = getattr(exc, "upstream_status", None)
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+    else:
+        span.set_attribute("gateway.outcome", "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
+    span.end()

@@ -70,9 +70,11 @@ class FlowGptClient:
         clock: Callable[[], float] = time.monotonic,
         route: str = DEFAULT_ROUTE,
         scrub: Callable[[str], str] | None = None,
+        add_headers: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self._session = session
         self._scrub = scrub
+        self._add_headers = add_headers  # e.g. traceparent, when an operator allows it
         self._route = route  # named in log lines
         self._clock = clock
         self._url = url
@@ -98,6 +100,8 @@ class FlowGptClient:
         like g4f did).
         """
         headers = signed_headers(self._token.get_secret_value())
+        if self._add_headers is not None:
+            self._add_headers(headers)
         body = orjson.dumps(build_body(prompt.model, prompt.messages, prompt.temperature))
         try:
             response = await self._session.post(
