@@ -11,7 +11,9 @@ first event applies the pending period end before its own row (reads never chang
 
 Rules worth knowing: outcomes (success, failure, neutral) of a ticket from an older generation are
 dropped; the aiobreaker counter (:mod:`gateway.breaker_counter`) decides whether a failure trips and
-the event carries its verdict.
+the event carries its verdict. A broken model must not cut off the others: when a trip would happen
+but every failure of the streak came from one model while another model's success came last before
+it, only that model is refused for an open period (``refused``), and the route stays closed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateway.breaker_state import (
     Phase,
     ProbeSuccess,
     Publish,
+    RefuseModel,
     StartTimer,
     State,
     Step,
@@ -109,10 +112,16 @@ def _success(state: State, event: Success, now: float) -> Step:
 
 
 def _failure(state: State, event: Failure, now: float) -> Step:
-    """count; a trip opens the route (b1)"""
+    """count; a trip opens the route, or refuses one model if the streak is its alone"""
     streak = state.streak | {event.model}
     if not event.tripped:
         return replace(state, streak=streak), ()
+    model = event.model
+    if model is not None and streak == {model} and state.last_ok not in (None, model):
+        until = now + state.duration
+        refused = tuple(sorted({**dict(state.refused), model: until}.items()))
+        kept = replace(state, generation=state.generation + 1, streak=frozenset(), last_ok=None, refused=refused)
+        return kept, (SyncCounter("closed"), RefuseModel(model, until))
     return _open(state, now, length=state.duration, duration=state.duration, by_traffic=True, cause=event.cause)
 
 

@@ -886,3 +886,17 @@ async def test_stop_cancels_the_open_period_timer() -> None:
     await asyncio.sleep(0.1)
     assert recorder.changes == [("closed", "open")]  # the timer did not run: nothing announced the period's end
     assert breaker.state == "half_open"  # while a read still tells the truth of the clock
+
+
+async def test_a_model_is_refused_alone_and_unknown_models_share_one_bucket(make_breaker: BreakerFactory) -> None:
+    """After another model's success, a streak of one model refuses that model only; unknown models count as one."""
+    breaker = make_breaker(known_models=("good", "bad"))
+    await breaker.completed(breaker.admit("good"))
+    first = breaker.admit("new-1")
+    assert first.model == "*"
+    await stream_broke(breaker, first)
+    await stream_broke(breaker, breaker.admit("new-1"))
+    refusal = breaker.decision("new-2").error  # the bucket, not just the model that failed
+    assert refusal is not None
+    assert (refusal.code, refusal.retry_after) == ("circuit_open", 30.0)
+    assert (state_of(breaker), breaker.decision("bad").admitted, breaker.decision().admitted) == ("closed", True, True)

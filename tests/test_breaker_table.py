@@ -22,6 +22,7 @@ from gateway.breaker_state import (
     Phase,
     ProbeSuccess,
     Publish,
+    RefuseModel,
     StartTimer,
     State,
     Success,
@@ -195,6 +196,56 @@ def test_a_peer_cannot_open_a_route_forever_or_shorten_it() -> None:
 def test_a_probe_that_began_before_the_trip_does_not_end_the_period() -> None:
     """b3 only for probes that started after the period began."""
     assert transition(START["open"], ProbeSuccess(started=90.0), NOW) == same("open")
+
+
+# -- a broken model must not cut off the others --------------------------------------------------
+
+
+def failing(
+    model: str | None, *, last_ok: str | None, streak: frozenset[str | None]
+) -> tuple[State, tuple[Effect, ...]]:
+    """The step for a tripping failure of ``model`` after a streak and the latest success's model."""
+    state = replace(START["closed"], streak=streak, last_ok=last_ok)
+    return transition(state, Failure(1, tripped=True, model=model, cause="connect"), NOW)
+
+
+def test_a_streak_of_one_model_after_another_models_success_refuses_only_that_model() -> None:
+    """Every failure from model m while model n answered last: m is refused for a period, the route stays closed."""
+    state, effects = failing("m", last_ok="n", streak=frozenset({"m"}))
+    assert effects == (SyncCounter("closed"), RefuseModel("m", NOW + 10.0))
+    assert (state.phase, state.generation, state.refused, state.streak, state.last_ok) == (
+        "closed",
+        2,
+        (("m", NOW + 10.0),),
+        frozenset(),
+        None,
+    )
+    refused = decide(state, NOW + 1.0, "m")
+    assert (refused.admitted, refused.retry_after) == (False, 9.0)
+    assert refused.error is not None
+    assert refused.error.code == "circuit_open"
+    assert "'m'" in str(refused.error)
+    assert decide(state, NOW + 1.0, "n").admitted
+    assert decide(state, NOW + 1.0).admitted
+    assert decide(state, NOW + 10.0, "m").admitted  # the refusal ends on time without a step
+    later, _ = transition(state, Neutral(2, trial=False), NOW + 10.0)
+    assert later.refused == ()
+
+
+@pytest.mark.parametrize(
+    ("model", "last_ok", "streak"),
+    [
+        ("m", "n", frozenset({"n", "m"})),  # the streak spans models
+        ("m", None, frozenset({"m"})),  # no other model is known to work
+        ("m", "m", frozenset({"m"})),  # the model that failed is the one that worked last
+        (None, "n", frozenset({None})),  # the model was not told
+    ],
+)
+def test_otherwise_the_whole_route_opens(model: str | None, last_ok: str | None, streak: frozenset[str | None]) -> None:
+    """Failures spanning models, unknown models, or no evidence that another model works: the route opens (b1)."""
+    state, effects = failing(model, last_ok=last_ok, streak=streak)
+    assert state.phase == "open"
+    assert isinstance(effects[-1], Publish)
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -434,8 +434,7 @@ def test_an_upstream_url_without_a_host_stops_start_up_in_one_line() -> None:
 BROKEN_MODEL = "gpt-4-turbo"
 
 
-@pytest.mark.xfail(reason="issue 19 item 6: one broken model opens the whole route", strict=True)
-async def test_a_broken_model_does_not_cut_off_the_others(make_gateway: GatewayFactory, sim: Simulator) -> None:
+async def test_arrow_m1_a_broken_model_does_not_cut_off_the_others(make_gateway: GatewayFactory, sim: Simulator) -> None:
     """m1: one model failing 5xx is refused alone (503 naming it, Retry-After); callers of the other models keep getting 200."""
     gateway = await make_gateway(breaker_fail_max=3, retry_max=0)
     sim.faults = SimFaults(http_status=500, models=(BROKEN_MODEL,))
@@ -452,3 +451,16 @@ async def test_a_broken_model_does_not_cut_off_the_others(make_gateway: GatewayF
         response = await gateway.post(CHAT, json=chat_body(model=model))
         assert response.status == 200, (model, await response.text())
     assert gateway.app[ROUTES]["default"].breaker.state == "closed"
+
+
+async def test_arrow_m2_failures_that_span_models_open_the_whole_route(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """m2: when the failing streak spans models (the upstream itself is down), the route opens for every model (b1)."""
+    gateway = await make_gateway(breaker_fail_max=3, retry_max=0)
+    assert (await gateway.post(CHAT, json=chat_body(model="claude-v2"))).status == 200
+    sim.faults = SimFaults(http_status=500)
+    for model in ("gpt-4-turbo", "gpt-3.5-turbo", "gpt-4-turbo"):
+        assert (await gateway.post(CHAT, json=chat_body(model=model))).status == 502
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
+    refused = await gateway.post(CHAT, json=chat_body(model="claude-v2"))
+    assert refused.status == 503
+    assert (await refused.json())["error"]["message"].startswith("circuit breaker 'default' is open")
