@@ -1,29 +1,22 @@
 """The upstream circuit breaker: a thin shell around the pure table in :mod:`gateway.breaker_table`.
 
-The shell owns what is not pure: the injected monotonic ``clock``, the loop timer that
-fires the period end (so gauges and readiness change without traffic), the aiobreaker
-failure counter (:class:`gateway.breaker_counter.FailureCounter`, contained) and the event
-bus. Every command turns into one event for :func:`gateway.breaker_table.transition`; the
-effects are applied after the step, the ``BreakerChanged`` announcement last.
+The shell owns what is not pure: the injected monotonic ``clock``, the loop timer that fires
+the period end (so gauges and readiness change without traffic), the aiobreaker counter
+(:mod:`gateway.breaker_counter`, contained) and the bus. Each command is one event for
+:func:`gateway.breaker_table.transition`; effects apply after the step, announcements last.
+Reads are queries: an open period whose end passed reads half-open, and nothing is published
+or changed by reading. :meth:`CircuitBreaker.decision` is the one admission question.
 
-* Reads are queries: nothing is published or changed by reading. An open period whose
-  end passed on the clock reads as half-open; the timer (or the next command) applies it.
-* :meth:`CircuitBreaker.decision` is the one admission question; :meth:`CircuitBreaker.admit`
-  the command that takes a trial slot, after applying a pending period end.
-* A call is admitted with a :class:`Ticket` (the generation it belongs to, the model it is
-  for); outcomes of older generations are dropped. What counts: an :class:`UpstreamError`
-  for which ``counts_against_upstream`` holds. Everything else is neutral: it neither
-  counts nor resets the count, and a trial that ends so frees its slot.
-* Models are bounded: a model outside ``known_models`` is counted as the one bucket ``*``.
-
-Fleet: trips and closes of other processes arrive through :meth:`CircuitBreaker.trip` and
-:meth:`CircuitBreaker.close_from_fleet`. Operator modes win over everything.
+A call is admitted with a :class:`Ticket` (its generation and model); outcomes of older
+generations are dropped. Only an :class:`UpstreamError` for which ``counts_against_upstream``
+holds is a failure; anything else is neutral. Models outside ``known_models`` share one bucket.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import Final, TypedDict
 
@@ -83,13 +76,13 @@ class CircuitBreaker:
         self._known = frozenset(known_models)
         self._clock = clock
         self._events = events or EventBus()
+        self._outbox: deque[BreakerChanged] = deque()  # announcements of applied steps, published in order
+        self._publishing = False
         self._timer = PeriodTimer(clock=clock, on_fire=lambda: self._step(st.PeriodEnd()))
-
-    # -- queries (no side effects) -----------------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
-        """The st.effective state (a forced mode decides it); an open period that has ended reads half-open."""
+        """The effective state (a forced mode decides it); an open period that has ended reads half-open."""
         return st.effective(self._state, self._clock())
 
     @property
@@ -136,12 +129,9 @@ class CircuitBreaker:
             "open_duration": self._state.duration,
         }
 
-    # -- admitted calls ----------------------------------------------------------------------
-
     def admit(self, model: str | None = None) -> Ticket:
         """Admit one call for ``model`` or raise ``CircuitOpenError``; always :meth:`release` the ticket."""
-        if st.due(self._state, self._clock()):
-            self._step(st.PeriodEnd())
+        self._catch_up()
         decision = self.decision(model)
         if decision.error is not None:
             raise decision.error
@@ -176,8 +166,6 @@ class CircuitBreaker:
                 await self._counter.replay(None)  # at zero aiobreaker's closed-state success changes nothing
             self._step(st.Success(ticket.generation, ticket.model))
 
-    # -- operator, probe and fleet control ---------------------------------------------------
-
     def force_open(self) -> None:
         """Refuse every call until :meth:`automatic` or :meth:`force_closed`."""
         self._step(st.Override("forced_open"))
@@ -200,12 +188,8 @@ class CircuitBreaker:
             self.probe_recovered(probe_started=event.started)
 
     def trip(self, open_for: float, duration: float) -> bool:
-        """Another process opened this route: refuse for ``open_for`` s; ``duration`` is its open period.
-
-        Returns whether the breaker changed (a forced mode ignores the fleet's trips).
-        """
-        if st.due(self._state, self._clock()):
-            self._step(st.PeriodEnd())
+        """A peer opened this route for ``open_for`` s (its period: ``duration``); whether this breaker changed."""
+        self._catch_up()
         before = (self._state.phase, self._state.open_until)
         self._step(st.FleetTrip(open_for, duration))
         return (self._state.phase, self._state.open_until) != before
@@ -218,23 +202,38 @@ class CircuitBreaker:
         """Cancel the open-period timer (the app is shutting down)."""
         self._timer.cancel()
 
-    # -- the shell ---------------------------------------------------------------------------
-
     def _bucket(self, model: str | None) -> str | None:
         return model if model is None or model in self._known else OTHER_MODELS
 
     def _counts(self, ticket: Ticket) -> bool:
         return ticket.counted and ticket.generation == self._state.generation
 
+    def _catch_up(self) -> None:
+        """Commands first apply a pending period end, so what they decide on is what they announce."""
+        if st.due(self._state, self._clock()):
+            self._step(st.PeriodEnd())
+
     def _step(self, event: st.Event) -> None:
-        """One transition; its effects are applied after the state is in place, the announcement last."""
+        """One transition; effects apply once the state is in place, announcements after all of them.
+
+        A listener that calls back into the breaker (the fleet does) queues its own announcements
+        behind the current ones, so nobody observes a half-done step and the order holds.
+        """
         self._state, effects = transition(self._state, event, self._clock())
         for effect in effects:
             self._apply(effect)
+        if self._publishing:
+            return
+        self._publishing = True
+        try:
+            while self._outbox:
+                self._events.publish(self._outbox.popleft())
+        finally:
+            self._publishing = False
 
     def _apply(self, effect: st.Effect) -> None:
         if isinstance(effect, st.SyncCounter):
-            self._sync_counter(effect.to)
+            self._counter.follow(effect.to)
         elif isinstance(effect, st.StartTimer):
             self._timer.arm(effect.until)  # early on an injected clock: the table re-arms it
         elif isinstance(effect, st.CancelTimer):
@@ -242,18 +241,7 @@ class CircuitBreaker:
         elif isinstance(effect, st.RefuseModel):
             log.warning("breaker refuses model breaker=%s model=%s until=%.1f", self.name, effect.model, effect.until)
         elif isinstance(effect, st.Publish):
-            change = effect.change
-            level = logging.WARNING if change.new == "open" else logging.INFO
-            log.log(level, "breaker state change breaker=%s old=%s new=%s mode=%s", *_fields(change))
-            self._events.publish(change)
-
-    def _sync_counter(self, to: BreakerState) -> None:
-        """aiobreaker follows the table; a close always zeroes its count, the others only move it."""
-        if to == "closed":
-            self._counter.close()
-        elif self._counter.state != to:
-            (self._counter.open if to == "open" else self._counter.half_open)()
-
-
-def _fields(change: BreakerChanged) -> tuple[str, str, str, str]:
-    return change.breaker, change.old, change.new, change.mode
+            old, new, mode = effect.change.old, effect.change.new, effect.change.mode
+            level = logging.WARNING if new == "open" else logging.INFO
+            log.log(level, "breaker state change breaker=%s old=%s new=%s mode=%s", self.name, old, new, mode)
+            self._outbox.append(effect.change)

@@ -900,3 +900,22 @@ async def test_a_model_is_refused_alone_and_unknown_models_share_one_bucket(make
     assert refusal is not None
     assert (refusal.code, refusal.retry_after) == ("circuit_open", 30.0)
     assert (state_of(breaker), breaker.decision("bad").admitted, breaker.decision().admitted) == ("closed", True, True)
+
+
+async def test_a_listener_that_calls_back_sees_whole_steps_in_order(clock: FakeClock) -> None:
+    """A subscriber that commands the breaker mid-announcement queues behind it: the announced changes form one chain."""
+    bus = EventBus()
+    seen: list[tuple[BreakerState, BreakerState]] = []
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=10, clock=clock, events=bus)
+
+    def meddle(event: BreakerChanged) -> None:
+        seen.append((event.old, event.new))
+        if event.new == "half_open":
+            breaker.close_from_fleet()  # calls back while the period end and the trip are being announced
+
+    bus.subscribe(BreakerChanged, meddle)
+    await stream_broke(breaker)
+    clock.advance(10)
+    assert breaker.trip(5.0, 10.0)  # applies the due period end (a whole step), then the peer's trip
+    assert seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("closed", "open")]
+    assert (state_of(breaker), breaker.open_until) == ("open", clock.now + 5.0)
