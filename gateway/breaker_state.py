@@ -214,15 +214,19 @@ class Decision:
         return 0.0 if self.error is None or self.error.retry_after is None else self.error.retry_after
 
 
+_ADMITTED: Final = Decision(True)
+_TRIAL: Final = Decision(True, trial=True)
+
+
 def _refuse(message: str, retry_after: float, *, half_open: bool = False) -> Decision:
     return Decision(False, error=CircuitOpenError(message, retry_after=retry_after, half_open=half_open))
 
 
 def decide(state: State, now: float, model: str | None = None) -> Decision:
     """The admission answer for a call for ``model`` (None: any model) at ``now``; changes nothing."""
+    if state.phase == "forced_closed" or (state.phase == "closed" and not state.refused):
+        return _ADMITTED  # the hot path: every pick asks every route
     name = state.limits.name
-    if state.phase == "forced_closed":
-        return Decision(True)
     if state.phase == "forced_open":
         return _refuse(f"circuit breaker {name!r} is forced open by an operator", state.duration)
     shown = effective(state, now)
@@ -239,7 +243,4 @@ def decide(state: State, now: float, model: str | None = None) -> Decision:
         return _refuse(
             f"circuit breaker {name!r} refuses model {model!r} (it keeps failing); retry in {math.ceil(left)} s", left
         )
-    return Decision(True, trial=shown == "half_open")
-
-
-# -- the steps ------------------------------------------------------------------------------------
+    return _TRIAL if shown == "half_open" else _ADMITTED
