@@ -72,6 +72,13 @@ class FailureCounter:
         """Closed with zero failures."""
         self._breaker.close()
 
+    def follow(self, to: BreakerState) -> None:
+        """Move to the breaker's state ``to``; ``closed`` always zeroes the count, the others only move."""
+        if to == "closed":
+            self.close()
+        elif self.state != to:
+            (self.open if to == "open" else self.half_open)()
+
     async def replay(self, error: Exception | None) -> None:
         """Count one finished call: ``error`` (a failure) or None (a success); never raises ``error``."""
 

@@ -41,13 +41,13 @@ class Route:
     scopes: Scopes  # what its fleet state is shared with
     inflight: int = field(default=0)
 
-    def refusal(self) -> AdmissionError | None:
-        """Why this route would refuse a call now (working flag first), or None when it admits one."""
-        return self.flag.admission_error() or self.breaker.refusal()
+    def refusal(self, model: str | None = None) -> AdmissionError | None:
+        """Why this route would refuse a call for ``model`` now (working flag first), or None when it admits one."""
+        return self.flag.admission_error() or self.breaker.decision(model).error
 
-    def admits(self) -> bool:
-        """Whether a call would be admitted now; builds no error."""
-        return self.flag.working and self.breaker.admits()
+    def admits(self, model: str | None = None) -> bool:
+        """Whether a call for ``model`` would be admitted now (the same query as :meth:`refusal`)."""
+        return self.flag.working and self.breaker.decision(model).admitted
 
 
 class RoutePool:
@@ -72,12 +72,12 @@ class RoutePool:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> Route | None:
-        """A route that admits a call now and is not in ``exclude``, or None."""
+    def pick(self, exclude: frozenset[str] | set[str] = frozenset(), model: str | None = None) -> Route | None:
+        """A route that admits a call for ``model`` now and is not in ``exclude``, or None."""
         if len(self._routes) == 1:
             only = self._routes[0]
-            return only if only.name not in exclude and only.admits() else None
-        candidates = [route for route in self._routes if route.name not in exclude and route.admits()]
+            return only if only.name not in exclude and only.admits(model) else None
+        candidates = [route for route in self._routes if route.name not in exclude and route.admits(model)]
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         first, second = self._rng.choices(candidates, weights=[route.weight for route in candidates], k=2)
@@ -85,16 +85,16 @@ class RoutePool:
         # first draw, so an idle pool follows the weights exactly.
         return second if second.inflight * first.weight < first.inflight * second.weight else first
 
-    def any_admits(self, exclude: frozenset[str] | set[str] = frozenset()) -> bool:
-        """Whether some route outside ``exclude`` would take a call now."""
-        return any(route.name not in exclude and route.admits() for route in self._routes)
+    def any_admits(self, exclude: frozenset[str] | set[str] = frozenset(), model: str | None = None) -> bool:
+        """Whether some route outside ``exclude`` would take a call for ``model`` now."""
+        return any(route.name not in exclude and route.admits(model) for route in self._routes)
 
-    def refusal(self) -> AdmissionError:
+    def refusal(self, model: str | None = None) -> AdmissionError:
         """The refusal when no route admits: ``upstream_not_working`` if none works, else the breakers'.
 
         Retry-After is the earliest of any route's, whichever kind of refusal it comes from.
         """
-        refusals = [error for error in (route.refusal() for route in self._routes) if error is not None]
+        refusals = [error for error in (route.refusal(model) for route in self._routes) if error is not None]
         if not refusals:  # a route admitted again while we looked: tell the caller to come straight back
             return _come_back()
         earliest = min(_retry_after(error) for error in refusals)

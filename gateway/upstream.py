@@ -170,13 +170,13 @@ class UpstreamService:
         last_error: UpstreamError | None = None
         limits = RateLimits()
         while True:
-            route = self.routes.pick(failed_routes)
+            route = self.routes.pick(failed_routes, prompt.model)
             if route is None:
                 if last_error is not None:
                     raise limits.answer(last_error)
-                raise self._refused(self.routes.refusal())
+                raise self._refused(self.routes.refusal(prompt.model))
             try:
-                ticket = route.breaker.admit()
+                ticket = route.breaker.admit(prompt.model)
             except CircuitOpenError:
                 failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
@@ -199,7 +199,7 @@ class UpstreamService:
                 limits.saw(exc)
                 retryable_seen = retryable_seen or is_retryable(exc)
                 failed_routes.add(route.name)
-                if self.routes.any_admits(failed_routes):
+                if self.routes.any_admits(failed_routes, prompt.model):
                     if not self._may_try_again(attempts, 0.0, deadline):
                         if limits.answer(exc) is exc:
                             raise
@@ -209,7 +209,7 @@ class UpstreamService:
                 else:
                     # Every route has failed this request (or refuses): a pause, then any route that still
                     # admits a call, if some failure may clear up.
-                    delay = self._retry_delay(exc, attempts, deadline) if retryable_seen else None
+                    delay = self._retry_delay(exc, attempts, deadline, prompt.model) if retryable_seen else None
                     if delay is None:
                         if limits.answer(exc) is exc:
                             raise
@@ -246,9 +246,9 @@ class UpstreamService:
             },
         )
 
-    def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float) -> float | None:
+    def _retry_delay(self, error: UpstreamError, attempts: int, deadline: float, model: str) -> float | None:
         """Seconds to wait before another try after ``error``, or None when none may be made."""
-        if not self.routes.any_admits():
+        if not self.routes.any_admits(model=model):
             return None  # every route refuses now: do not pile on
         delay = backoff_delay(attempts, base=self._retry.backoff_base, cap=self._retry.backoff_max)
         if isinstance(error, UpstreamRateLimitedError) and error.retry_after is not None:

@@ -1,4 +1,4 @@
-"""The breaker adapter: aiobreaker's counting with each of its known flaws contained."""
+"""The breaker shell through its real interface (admit, failed, answered, completed, release): aiobreaker's flaws contained."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn, Self, TypeVar
 
 import pytest
 
@@ -126,6 +126,30 @@ def utcnow_warns_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
         source.utcnow()
 
 
+T = TypeVar("T")
+
+
+async def guarded(breaker: CircuitBreaker, fn: Callable[[], Awaitable[T]], *, defer_success: bool = False) -> T:
+    """One call as the upstream service makes it: admit, run, tell the outcome, release the ticket.
+
+    ``defer_success`` leaves a success to the caller's own ``completed`` (a stream that is still being read).
+    """
+    ticket = breaker.admit()
+    try:
+        try:
+            result = await fn()
+        except BaseException as error:
+            await breaker.failed(ticket, error)
+            raise  # the original error, also for the call that tripped the breaker
+        if ticket.trial:
+            await breaker.answered(ticket)
+        elif not defer_success:
+            await breaker.completed(ticket)
+        return result
+    finally:
+        breaker.release(ticket)
+
+
 def state_of(breaker: CircuitBreaker) -> BreakerState:
     """The state read afresh (mypy would otherwise keep a narrowed property across awaits)."""
     return breaker.state
@@ -142,7 +166,7 @@ async def fail() -> NoReturn:
 async def trip(breaker: CircuitBreaker, times: int = 2) -> None:
     for _ in range(times):
         with pytest.raises(UpstreamConnectError):
-            await breaker.call(fail)
+            await guarded(breaker, fail)
 
 
 async def stream_broke(breaker: CircuitBreaker, ticket: Ticket | None = None, error: UpstreamError | None = None) -> None:
@@ -162,7 +186,7 @@ async def start_a_hanging_call(breaker: CircuitBreaker) -> asyncio.Task[str]:
         await asyncio.Event().wait()
         return "never"
 
-    task = asyncio.create_task(breaker.call(hang))
+    task = asyncio.create_task(guarded(breaker, hang))
     await started.wait()
     return task
 
@@ -197,7 +221,7 @@ async def test_int_timings_are_accepted_and_trip(clock: FakeClock) -> None:
     assert state_of(breaker) == "open"
     assert breaker.retry_after() == 30.0
     clock.advance(30)
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert state_of(breaker) == "closed"
 
 
@@ -215,7 +239,7 @@ async def test_guards_the_coroutine_that_opens_a_stream_and_stream_failures_trip
 
     # Two concurrent streams open fine (successes), then both break mid-way.
     tickets = [breaker.admit(), breaker.admit()]
-    streams = [await breaker.call(open_stream), await breaker.call(open_stream)]
+    streams = [await guarded(breaker, open_stream), await guarded(breaker, open_stream)]
     assert breaker.consecutive_failures == 0
     for failures, (ticket, stream) in enumerate(zip(tickets, streams, strict=True), start=1):
         with pytest.raises(UpstreamInterruptedError) as exc_info:
@@ -233,7 +257,7 @@ async def test_deferred_success_lets_streams_that_always_break_trip_it(breaker: 
         return "first token"
 
     for _ in range(2):  # fail_max of the fixture breaker
-        assert await breaker.call(open_stream, defer_success=True) == "first token"
+        assert await guarded(breaker, open_stream, defer_success=True) == "first token"
         await stream_broke(breaker)
     assert state_of(breaker) == "open"
 
@@ -246,22 +270,19 @@ async def test_deferred_success_counts_when_the_stream_ends(breaker: CircuitBrea
 
     await stream_broke(breaker)
     ticket = breaker.admit()
-    await breaker.call(open_stream, defer_success=True)
+    await guarded(breaker, open_stream, defer_success=True)
     assert breaker.consecutive_failures == 1
     await breaker.completed(ticket)
     breaker.release(ticket)
     assert breaker.consecutive_failures == 0
 
 
-async def test_async_generator_functions_are_refused_without_counting(breaker: CircuitBreaker) -> None:
-    """Passing an async generator function (aiobreaker would count a TypeError) raises TypeError and counts nothing."""
-
-    async def stream() -> AsyncIterator[str]:
-        yield "never reached"
-
-    with pytest.raises(TypeError, match="async generator"):
-        await breaker.call(stream)  # type: ignore[arg-type]
-    assert breaker.consecutive_failures == 0
+async def test_a_ticket_released_without_an_outcome_counts_nothing(breaker: CircuitBreaker) -> None:
+    """Only failed()/answered()/completed() count: an admitted call released without one (a stream object made, never read) is neutral."""
+    await stream_broke(breaker)
+    for _ in range(5):
+        breaker.release(breaker.admit())
+    assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 1)
 
 
 async def test_half_open_admits_a_single_trial(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -277,7 +298,7 @@ async def test_half_open_admits_a_single_trial(breaker: CircuitBreaker, clock: F
         await release.wait()
         return "ok"
 
-    tasks = [asyncio.create_task(breaker.call(trial)) for _ in range(5)]
+    tasks = [asyncio.create_task(guarded(breaker, trial)) for _ in range(5)]
     for _ in range(3):
         await asyncio.sleep(0)
     assert reached == 1
@@ -303,10 +324,10 @@ async def test_half_open_calls_sets_the_number_of_trials(make_breaker: BreakerFa
         await release.wait()
         return "ok"
 
-    first, second = asyncio.create_task(breaker.call(trial)), asyncio.create_task(breaker.call(trial))
+    first, second = asyncio.create_task(guarded(breaker, trial)), asyncio.create_task(guarded(breaker, trial))
     await asyncio.sleep(0)
     with pytest.raises(CircuitOpenError) as exc_info:
-        await breaker.call(trial)
+        await guarded(breaker, trial)
     assert exc_info.value.half_open
     release.set()
     assert list(await asyncio.gather(first, second)) == ["ok", "ok"]
@@ -317,7 +338,7 @@ async def test_only_consecutive_failures_trip(make_breaker: BreakerFactory) -> N
     breaker = make_breaker(fail_max=3)
     await trip(breaker, 2)
     assert breaker.consecutive_failures == 2
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert breaker.consecutive_failures == 0
     await trip(breaker, 2)
     assert state_of(breaker) == "closed"
@@ -338,7 +359,7 @@ async def test_non_upstream_errors_do_not_count(make_breaker: BreakerFactory) ->
     await trip(breaker, 2)
     for fn in (bad_request, bug, bad_request, bug):
         with pytest.raises((InvalidRequestError, ValueError)):
-            await breaker.call(fn)
+            await guarded(breaker, fn)
     assert state_of(breaker) == "closed"
     assert breaker.consecutive_failures == 2
 
@@ -352,9 +373,9 @@ async def test_a_trial_ending_in_a_gateway_error_decides_nothing(breaker: Circui
         raise RuntimeError("Session is closed")
 
     with pytest.raises(RuntimeError):
-        await breaker.call(bug)
+        await guarded(breaker, bug)
     assert state_of(breaker) == "half_open"
-    assert breaker.refusal() is None  # the next caller gets the trial
+    assert breaker.decision().error is None  # the next caller gets the trial
 
 
 async def test_cancelled_call_is_neither_failure_nor_success(make_breaker: BreakerFactory) -> None:
@@ -375,11 +396,11 @@ async def test_cancelled_trial_keeps_half_open_and_frees_the_slot(
     clock.advance(30)
     trial = await start_a_hanging_call(breaker)
     with pytest.raises(CircuitOpenError):
-        await breaker.call(ok)
+        await guarded(breaker, ok)
     await cancel(trial)
     assert state_of(breaker) == "half_open"
     assert recorder.changes == [("closed", "open"), ("open", "half_open")]
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert state_of(breaker) == "closed"
 
 
@@ -392,9 +413,9 @@ async def test_tripping_call_raises_the_original_error(breaker: CircuitBreaker, 
         raise error from root
 
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
+        await guarded(breaker, fail)
     with pytest.raises(UpstreamConnectError) as exc_info:
-        await breaker.call(fail_with_cause)
+        await guarded(breaker, fail_with_cause)
     assert exc_info.value is error
     assert error.__cause__ is root
     assert error.__context__ is None
@@ -403,7 +424,7 @@ async def test_tripping_call_raises_the_original_error(breaker: CircuitBreaker, 
     # The re-open from a failed trial is aiobreaker's other CircuitBreakerError site.
     clock.advance(30)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
+        await guarded(breaker, fail)
     assert state_of(breaker) == "open"
 
 
@@ -417,11 +438,11 @@ async def test_retry_after_uses_the_injected_clock_in_non_utc_zones(
     clock.advance(12.5)
     assert breaker.retry_after() == 17.5
     with pytest.raises(CircuitOpenError) as exc_info:
-        await breaker.call(ok)
+        await guarded(breaker, ok)
     assert exc_info.value.retry_after == 17.5
     clock.advance(17.5)
     assert breaker.retry_after() == 0.0
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
 
 
 @pytest.mark.usefixtures("utcnow_warns")
@@ -442,7 +463,7 @@ async def test_opens_despite_utcnow_deprecation_with_all_warnings_errors(
         assert state_of(breaker) == "open"
         clock.advance(30)
         with pytest.raises(UpstreamConnectError):
-            await breaker.call(fail)
+            await guarded(breaker, fail)
         assert state_of(breaker) == "open"
 
 
@@ -450,19 +471,19 @@ async def test_error_messages_are_clean(breaker: CircuitBreaker, clock: FakeCloc
     """Refusals carry a readable message and code (aiobreaker's error prints a tuple)."""
     await trip(breaker)
     with pytest.raises(CircuitOpenError) as open_info:
-        await breaker.call(ok)
+        await guarded(breaker, ok)
     assert str(open_info.value) == "circuit breaker 'flowgpt' is open; retry in 30 s"
     assert open_info.value.code == "circuit_open"
     clock.advance(30)
-    task = asyncio.create_task(breaker.call(asyncio.Event().wait))
+    task = asyncio.create_task(guarded(breaker, asyncio.Event().wait))
     await asyncio.sleep(0)
     with pytest.raises(CircuitOpenError) as busy_info:
-        await breaker.call(ok)
+        await guarded(breaker, ok)
     assert str(busy_info.value) == "circuit breaker 'flowgpt' is half-open and its trial call is in progress"
     task.cancel()
     breaker.force_open()
     with pytest.raises(CircuitOpenError) as forced_info:
-        await breaker.call(ok)
+        await guarded(breaker, ok)
     assert str(forced_info.value) == "circuit breaker 'flowgpt' is forced open by an operator"
     for info in (open_info, busy_info, forced_info):
         assert not str(info.value).startswith("(")
@@ -483,12 +504,12 @@ async def test_open_duration_grows_per_failed_trial_up_to_the_cap(
     for _ in range(3):
         clock.advance(breaker.retry_after())
         with pytest.raises(UpstreamConnectError):
-            await breaker.call(fail)
+            await guarded(breaker, fail)
         assert breaker.open_until == clock.now + breaker.current_open_duration
         durations.append(breaker.current_open_duration)
     assert durations == [10.0, 20.0, 35.0, 35.0]
     clock.advance(35.0)
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert breaker.current_open_duration == 10.0
     await trip(breaker)
     assert breaker.retry_after() == 10.0
@@ -505,7 +526,7 @@ async def test_forced_open_refuses_everything(breaker: CircuitBreaker, recorder:
 
     breaker.force_open()
     with pytest.raises(CircuitOpenError) as exc_info:
-        await breaker.call(upstream)
+        await guarded(breaker, upstream)
     assert not reached
     assert exc_info.value.retry_after == 30.0
     assert (breaker.state, breaker.mode, breaker.open_until) == ("open", "forced_open", None)
@@ -550,10 +571,10 @@ async def test_probe_recovered_ends_the_open_period_but_never_closes(
     breaker.probe_recovered()
     assert (state_of(breaker), breaker.open_until, breaker.retry_after()) == ("half_open", None, 0.0)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)  # the trial fails: live traffic has the last word
+        await guarded(breaker, fail)  # the trial fails: live traffic has the last word
     assert (state_of(breaker), breaker.current_open_duration) == ("open", 60.0)
     breaker.probe_recovered()
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 0)
     breaker.probe_recovered()  # closed stays closed
     assert state_of(breaker) == "closed"
@@ -570,7 +591,7 @@ async def test_traffic_trips_are_marked_as_such(
     assert len(opened) == 1
     clock.advance(30)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
+        await guarded(breaker, fail)
     assert len(opened) == 2
     breaker.automatic()
     breaker.force_open()
@@ -589,7 +610,7 @@ async def test_events_carry_plain_state_names(breaker: CircuitBreaker, clock: Fa
     """BreakerChanged has old/new as plain names for a full cycle and for forced changes."""
     await trip(breaker)
     clock.advance(30)
-    await breaker.call(ok)
+    await guarded(breaker, ok)
     breaker.force_open()
     breaker.force_closed()
     breaker.automatic()
@@ -631,7 +652,7 @@ async def test_stale_stream_failure_does_not_decide_a_half_open_trial(
     await stream_broke(breaker, older, UpstreamInterruptedError("an older stream broke"))
     assert state_of(breaker) == "half_open"
     assert len(opened) == 1
-    assert await breaker.call(ok) == "ok"  # the real trial decides
+    assert await guarded(breaker, ok) == "ok"  # the real trial decides
     assert state_of(breaker) == "closed"
 
 
@@ -663,13 +684,13 @@ async def test_outcomes_of_calls_that_outlive_their_state_are_dropped(
             raise error
         return "late"
 
-    late_failure = asyncio.create_task(breaker.call(lambda: slow(UpstreamConnectError("late failure"))))
-    late_success = asyncio.create_task(breaker.call(lambda: slow(None)))
+    late_failure = asyncio.create_task(guarded(breaker, lambda: slow(UpstreamConnectError("late failure"))))
+    late_success = asyncio.create_task(guarded(breaker, lambda: slow(None)))
     await asyncio.sleep(0)
     await trip(breaker)
     clock.advance(30)
     trial_done = asyncio.Event()
-    trial = asyncio.create_task(breaker.call(trial_done.wait))  # half-open, trial in flight
+    trial = asyncio.create_task(guarded(breaker, trial_done.wait))  # half-open, trial in flight
     await asyncio.sleep(0)
     snapshot = breaker.snapshot()
     assert snapshot["state"] == "half_open"
@@ -691,7 +712,7 @@ async def test_calls_admitted_before_a_forced_mode_do_not_count(breaker: Circuit
         await release.wait()
         raise UpstreamConnectError("late failure")
 
-    late = asyncio.create_task(breaker.call(slow_fail))
+    late = asyncio.create_task(guarded(breaker, slow_fail))
     await asyncio.sleep(0)
     breaker.force_closed()
     release.set()
@@ -729,12 +750,12 @@ def test_invalid_settings_are_refused(options: dict[str, Any]) -> None:
 
 async def test_refusal_reports_without_admitting(breaker: CircuitBreaker, clock: FakeClock) -> None:
     """refusal() says what a call would get now and admits nothing (no trial slot taken)."""
-    assert breaker.refusal() is None
+    assert breaker.decision().error is None
     await trip(breaker)
-    refusal = breaker.refusal()
+    refusal = breaker.decision().error
     assert refusal is not None
     assert refusal.code == "circuit_open"
-    assert breaker.refusal() is not None
+    assert breaker.decision().error is not None
     assert state_of(breaker) == "open"
 
 
@@ -744,14 +765,18 @@ async def test_refusal_reports_without_admitting(breaker: CircuitBreaker, clock:
 async def test_arrow_open_to_half_open_when_the_period_ends_without_traffic(
     breaker: CircuitBreaker, clock: FakeClock, recorder: Recorder
 ) -> None:
-    """Arrow open -> half_open (timer): the state, the event and retry_after change on time, with no call."""
+    """Arrow open -> half_open (clock): reads say half_open on time without publishing; the next admission applies it."""
     await trip(breaker)
     clock.advance(breaker.current_open_duration - 0.001)
     assert state_of(breaker) == "open"
     clock.advance(0.001)
     assert breaker.retry_after() == 0.0
     assert state_of(breaker) == "half_open"
+    assert recorder.changes == [("closed", "open")]  # reading announced nothing
+    ticket = breaker.admit()
+    assert ticket.trial
     assert recorder.changes == [("closed", "open"), ("open", "half_open")]
+    breaker.release(ticket)
 
 
 async def test_arrow_open_to_half_open_fires_on_the_loop_timer() -> None:
@@ -761,7 +786,7 @@ async def test_arrow_open_to_half_open_fires_on_the_loop_timer() -> None:
     events.subscribe(BreakerChanged, recorder.breaker_changed)
     breaker = CircuitBreaker(fail_max=1, reset_timeout=0.05, events=events)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
+        await guarded(breaker, fail)
     assert recorder.changes == [("closed", "open")]
     for _ in range(100):  # bounded: at most a second
         await asyncio.sleep(0.01)
@@ -780,7 +805,7 @@ async def test_arrow_closed_to_open_ignores_rejected_requests(breaker: CircuitBr
     await trip(breaker, 1)
     for _ in range(10):
         with pytest.raises(UpstreamRejectedError):
-            await breaker.call(rejected)
+            await guarded(breaker, rejected)
     assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 1)
 
 
@@ -794,9 +819,9 @@ async def test_arrow_half_open_stays_when_the_trial_is_rejected(breaker: Circuit
     await trip(breaker)
     clock.advance(30)
     with pytest.raises(UpstreamRejectedError):
-        await breaker.call(rejected)
+        await guarded(breaker, rejected)
     assert state_of(breaker) == "half_open"
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert state_of(breaker) == "closed"
 
 
@@ -807,7 +832,7 @@ async def test_outcomes_from_before_a_trip_do_not_count_after_it_closed_again(
     older = breaker.admit()
     await trip(breaker)
     clock.advance(30)
-    assert await breaker.call(ok) == "ok"
+    assert await guarded(breaker, ok) == "ok"
     assert state_of(breaker) == "closed"
     await stream_broke(breaker, older)
     await stream_broke(breaker, older)
@@ -839,23 +864,58 @@ async def test_a_trial_from_an_earlier_period_does_not_hold_a_later_one(
     breaker.automatic()
     await trip(breaker)
     clock.advance(30)
-    assert breaker.refusal() is None  # the old trial does not count against this period's slot
+    assert breaker.decision().error is None  # the old trial does not count against this period's slot
     new_trial = breaker.admit()
     breaker.release(old_trial)  # ends late: must not free the new period's slot
-    busy = breaker.refusal()
+    busy = breaker.decision().error
     assert busy is not None
     assert busy.code == "half_open_busy"
     breaker.release(new_trial)
-    assert breaker.refusal() is None
+    assert breaker.decision().error is None
 
 
 async def test_stop_cancels_the_open_period_timer() -> None:
     """stop() (app cleanup) leaves no timer behind that would fire after the app is gone."""
-    breaker = CircuitBreaker(fail_max=1, reset_timeout=0.05)
+    events = EventBus()
+    recorder = Recorder()
+    events.subscribe(BreakerChanged, recorder.breaker_changed)
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=0.05, events=events)
     with pytest.raises(UpstreamConnectError):
-        await breaker.call(fail)
+        await guarded(breaker, fail)
     breaker.stop()
     await asyncio.sleep(0.1)
-    assert breaker.open_until is not None  # the timer did not run: only a state read would end the period now
+    assert recorder.changes == [("closed", "open")]  # the timer did not run: nothing announced the period's end
+    assert breaker.state == "half_open"  # while a read still tells the truth of the clock
 
 
+async def test_a_model_is_refused_alone_and_unknown_models_share_one_bucket(make_breaker: BreakerFactory) -> None:
+    """After another model's success, a streak of one model refuses that model only; unknown models count as one."""
+    breaker = make_breaker(known_models=("good", "bad"))
+    await breaker.completed(breaker.admit("good"))
+    first = breaker.admit("new-1")
+    assert first.model == "*"
+    await stream_broke(breaker, first)
+    await stream_broke(breaker, breaker.admit("new-1"))
+    refusal = breaker.decision("new-2").error  # the bucket, not just the model that failed
+    assert refusal is not None
+    assert (refusal.code, refusal.retry_after) == ("circuit_open", 30.0)
+    assert (state_of(breaker), breaker.decision("bad").admitted, breaker.decision().admitted) == ("closed", True, True)
+
+
+async def test_a_listener_that_calls_back_sees_whole_steps_in_order(clock: FakeClock) -> None:
+    """A subscriber that commands the breaker mid-announcement queues behind it: the announced changes form one chain."""
+    bus = EventBus()
+    seen: list[tuple[BreakerState, BreakerState]] = []
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=10, clock=clock, events=bus)
+
+    def meddle(event: BreakerChanged) -> None:
+        seen.append((event.old, event.new))
+        if event.new == "half_open":
+            breaker.close_from_fleet()  # calls back while the period end and the trip are being announced
+
+    bus.subscribe(BreakerChanged, meddle)
+    await stream_broke(breaker)
+    clock.advance(10)
+    assert breaker.trip(5.0, 10.0)  # applies the due period end (a whole step), then the peer's trip
+    assert seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("closed", "open")]
+    assert (state_of(breaker), breaker.open_until) == ("open", clock.now + 5.0)

@@ -429,3 +429,38 @@ def test_an_upstream_url_without_a_host_stops_start_up_in_one_line() -> None:
     assert describe_validation_error(info.value) == (
         "invalid setting GATEWAY_UPSTREAM_URL: must be an http:// or https:// URL with a host"
     )
+
+
+BROKEN_MODEL = "gpt-4-turbo"
+
+
+async def test_arrow_m1_a_broken_model_does_not_cut_off_the_others(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """m1: one model failing 5xx is refused alone (503 naming it, Retry-After); callers of the other models keep getting 200."""
+    gateway = await make_gateway(breaker_fail_max=3, retry_max=0)
+    sim.faults = SimFaults(http_status=500, models=(BROKEN_MODEL,))
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200  # another model is served
+    for _ in range(3):
+        assert (await gateway.post(CHAT, json=chat_body(model=BROKEN_MODEL))).status == 502
+    refused = await gateway.post(CHAT, json=chat_body(model=BROKEN_MODEL))
+    assert refused.status == 503
+    error = (await refused.json())["error"]
+    assert error["code"] == "circuit_open"
+    assert BROKEN_MODEL in error["message"]
+    assert int(refused.headers["Retry-After"]) > 0
+    for model in ("gpt-3.5-turbo", "claude-v2", "google-gemini", "gpt-3.5-turbo"):
+        response = await gateway.post(CHAT, json=chat_body(model=model))
+        assert response.status == 200, (model, await response.text())
+    assert gateway.app[ROUTES]["default"].breaker.state == "closed"
+
+
+async def test_arrow_m2_failures_that_span_models_open_the_whole_route(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """m2: when the failing streak spans models (the upstream itself is down), the route opens for every model (b1)."""
+    gateway = await make_gateway(breaker_fail_max=3, retry_max=0)
+    assert (await gateway.post(CHAT, json=chat_body(model="claude-v2"))).status == 200
+    sim.faults = SimFaults(http_status=500)
+    for model in ("gpt-4-turbo", "gpt-3.5-turbo", "gpt-4-turbo"):
+        assert (await gateway.post(CHAT, json=chat_body(model=model))).status == 502
+    assert gateway.app[ROUTES]["default"].breaker.state == "open"
+    refused = await gateway.post(CHAT, json=chat_body(model="claude-v2"))
+    assert refused.status == 503
+    assert (await refused.json())["error"]["message"].startswith("circuit breaker 'default' is open")

@@ -29,6 +29,22 @@ from tests.simulator_support import (
 # --- error responses ---------------------------------------------------------------
 
 
+async def test_models_limits_the_faults_to_requests_for_those_models(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """With models set, only requests for those models are faulted; a request for another model is answered."""
+    sim.faults = SimFaults(http_status=500, models=(MODEL,))
+    status, _, _ = await post_chat(session, sim)
+    assert status == 500
+    other = build_body("claude-v2", [Message("user", QUESTION)])
+    status, _, raw = await post_chat(session, sim, other)
+    assert status == 200
+    assert text_of(parse(raw)[0]) == expected_answer("claude-v2", QUESTION)
+    assert sim.stats.faulted_total == 1
+    with pytest.raises(ValidationError):
+        SimFaults(http_status=500, models=())
+
+
 async def test_http_status_fault_sends_json_error(sim: Simulator, session: aiohttp.ClientSession) -> None:
     """http_status answers with that status and a JSON error body by default."""
     sim.faults = SimFaults(http_status=503)

@@ -91,8 +91,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return _reject(tally, 400, message, field)
 
     faults = route.faults
-    if not faults.applies_to(request.headers.get("Authorization")):
-        faults = _HEALTHY  # another account or host: this route is healthy for it
+    if not faults.applies_to(request.headers.get("Authorization"), body.model):
+        faults = _HEALTHY  # another account, host or model: this route is healthy for it
     # The body alone decides a rejection: a test reproduces it by what it sends, not by luck.
     rejection = faults.rejection(raw)
     if rejection is not None:

@@ -92,6 +92,8 @@ class SimFaults(BaseModel):
     count: int | None = Field(default=None, ge=1)  # fault this many requests, then heal by itself
     # Fault only requests signed with this bearer token (one account, or one host's way out); others are healthy.
     only_token: str | None = Field(default=None, min_length=1)
+    # Fault only requests for these FlowGpt models (the body's ``model``); others are healthy.
+    models: tuple[str, ...] | None = Field(default=None, min_length=1)
 
     @cached_property
     def active(self) -> bool:
@@ -103,8 +105,10 @@ class SimFaults(BaseModel):
         """True when a fault other than the rejections is set: the ones ``ratio`` draws for."""
         return self.model_dump(exclude=_NOT_RESPONSE_FAULTS) != _HEALTHY
 
-    def applies_to(self, authorization: str | None) -> bool:
-        """Whether these faults concern a request with this ``Authorization`` header (``only_token``)."""
+    def applies_to(self, authorization: str | None, model: str | None = None) -> bool:
+        """Whether these faults concern a request with this ``Authorization`` header and ``model``."""
+        if self.models is not None and model not in self.models:
+            return False
         return self.only_token is None or authorization == f"Bearer {self.only_token}"
 
     def rejection(self, body: bytes) -> tuple[int, bytes] | None:
@@ -129,7 +133,15 @@ class SimFaults(BaseModel):
         return status, text.encode(), content_type_of(text), headers
 
 
-_NOT_RESPONSE_FAULTS: Final = {"ratio", "count", "reject_over_bytes", "reject_marker", "reject_status", "only_token"}
+_NOT_RESPONSE_FAULTS: Final = {
+    "ratio",
+    "count",
+    "reject_over_bytes",
+    "reject_marker",
+    "reject_status",
+    "only_token",
+    "models",
+}
 _HEALTHY: Final = SimFaults().model_dump(exclude=_NOT_RESPONSE_FAULTS)
 
 
