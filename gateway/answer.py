@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import UpstreamError
+from gateway.overhead import waiting
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -29,7 +30,8 @@ async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
     try:
         while cutter.finish_reason is None:
             try:
-                fragment = await anext(stream)
+                with waiting():
+                    fragment = await anext(stream)
             except StopAsyncIteration:
                 cutter.end()
                 return
@@ -82,7 +84,8 @@ class Answer:
             first, self._first = self._first, None
             return first
         try:
-            return await anext(self.stream)
+            with waiting():
+                return await anext(self.stream)
         except StopAsyncIteration:
             self.completed = True
             raise

@@ -17,6 +17,8 @@ from typing import Self
 
 from aiohttp import web
 
+from gateway.overhead import waiting
+
 
 class ClientStalledError(Exception):
     """The client did not take our bytes within the write timeout (or the total deadline)."""
@@ -58,13 +60,15 @@ class ClientWriteGuard:
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
         """Write ``data``; a write that blocks past its deadline ends the ``async with`` block."""
         self._begin()
-        await response.write(data)
+        with waiting():
+            await response.write(data)
         self._since = None
 
     async def write_eof(self, response: web.StreamResponse) -> None:
         """Finish the response (a ``web.Response`` writes its body here); it always waits for the drain."""
         self._begin()
-        await response.write_eof()
+        with waiting():
+            await response.write_eof()
         self._since = None
 
     def _begin(self) -> None:

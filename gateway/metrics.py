@@ -30,6 +30,8 @@ from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
 _TRACE_ID_CHARS: Final = len("trace_id") + 32
+# From 50 µs (the floor measured in bench/) to a second (a long queue for a slot).
+OVERHEAD_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TOKEN_DIRECTIONS: Final = ("prompt", "completion")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
 # The method label takes only methods the gateway routes; anything a client invents is "other".
@@ -64,6 +66,14 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=reg,
         )
+        overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time a chat request spent in the gateway itself (not waiting on the upstream, the client or a backoff).",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=reg,
+        )
+        self._overhead = {name: overhead.labels(name) for name in routes}
         rejections = Counter(
             "gateway_admission_rejections_total",
             "Requests refused without contacting the upstream.",
@@ -134,6 +144,12 @@ class Metrics:
         """One answer's prompt and completion tokens."""
         self._tokens[(route, model, "prompt")].inc(prompt)
         self._tokens[(route, model, "completion")].inc(completion)
+
+    def observe_overhead(self, route: str, seconds: float) -> None:
+        """The gateway's own time for one chat request that ``route`` answered."""
+        child = self._overhead.get(route)
+        if child is not None:
+            child.observe(seconds)
 
     def observe_http(
         self, route: str, method: str, status: int, seconds: float, request_id: str | None, trace_id: str | None = None

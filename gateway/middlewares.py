@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from opentelemetry.trace import Span, Status, StatusCode
 
+from gateway import overhead
 from gateway.app_keys import API_KEYS, DROPPED_PARAMS, METRICS, REQUEST_ID, SETTINGS, STATUS_OVERRIDE, TRACING
 from gateway.errors import (
     AuthenticationError,
@@ -25,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
+from gateway.overhead import Stopwatch
 from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -62,6 +64,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _observe(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
+    stopwatch = Stopwatch()
+    watch = overhead.CURRENT.set(stopwatch)
+    try:
+        return await _observed(request, handler, span)
+    finally:
+        overhead.CURRENT.reset(watch)
+        if stopwatch.route is not None:  # a chat request that an upstream route answered
+            request.app[METRICS].observe_overhead(stopwatch.route, stopwatch.overhead())
+
+
+async def _observed(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id

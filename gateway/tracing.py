@@ -131,6 +131,10 @@ class Tracing:
         span.set_attribute("error.type", kind)
         span.set_status(Status(StatusCode.ERROR, kind))
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export what is queued now (tests and shutdown); False if it did not finish in ``timeout``."""
+        return self._provider is None or self._provider.force_flush(int(timeout * 1000))
+
     async def shutdown(self) -> None:
         """Flush what is queued (bounded: a hung collector must not hold up the exit) and stop."""
         provider = self._provider

@@ -39,6 +39,7 @@ from gateway.errors import (
     counts_against_upstream,
     is_retryable,
 )
+from gateway.overhead import answered_by, waiting
 from gateway.rate_limits import RateLimits
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
 from gateway.tracing import Tracing
@@ -132,6 +133,7 @@ class UpstreamService:
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
             answer = await self._open_with_failover(prompt, deadline, whole)
+            answered_by(answer.route.name)
             try:
                 yield answer
             finally:
@@ -217,7 +219,8 @@ class UpstreamService:
                     log.info(
                         "retrying upstream after route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind
                     )
-                    await asyncio.sleep(delay)
+                    with waiting():
+                        await asyncio.sleep(delay)
                     failed_routes.clear()
                     retrying = True
                 attempts += 1
@@ -281,9 +284,10 @@ class UpstreamService:
         stream: FlowGptStream | None = None
         try:
             try:
-                async with asyncio.timeout(budget):
-                    stream = await route.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
-                    first = await anext(stream)
+                with waiting():
+                    async with asyncio.timeout(budget):
+                        stream = await route.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
+                        first = await anext(stream)
             except TimeoutError as exc:
                 raise UpstreamTimeoutError(
                     f"no answer from the upstream within {budget:.1f}s",

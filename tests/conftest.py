@@ -58,8 +58,12 @@ async def make_gateway_fixture(sim: Simulator) -> AsyncIterator[GatewayFactory]:
     async def factory(**overrides: Any) -> TestClient[web.Request, web.Application]:
         upstream = overrides.pop("upstream_url", sim.url)
         clock = overrides.pop("clock", None)
+        span_exporter = overrides.pop("span_exporter", None)
         settings = make_settings(upstream, **overrides)
-        app = create_app(settings) if clock is None else create_app(settings, clock=clock)
+        if clock is None:
+            app = create_app(settings, span_exporter=span_exporter)
+        else:
+            app = create_app(settings, clock=clock, span_exporter=span_exporter)
         client: TestClient[web.Request, web.Application] = TestClient(
             TestServer(app, host="127.0.0.1", handler_cancellation=True)
         )

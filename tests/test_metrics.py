@@ -163,3 +163,20 @@ async def test_longest_request_ids_still_get_answers(gateway: Client) -> None:
     assert response.headers["X-Request-ID"] == request_id
     text = await (await gateway.get("/metrics", headers={"Accept": "application/openmetrics-text"})).text()
     assert 'request_id="' + "r" * 118 + '"' in text
+
+
+async def test_the_gateways_own_time_is_counted_per_answered_chat_and_leaves_the_waits_out(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """gateway_overhead_seconds: one sample per answered chat, far below the time spent waiting on a slow upstream."""
+    gateway = await make_gateway()
+    sim.set_faults(SimFaults(slow_first_token=0.2))
+    for stream in (False, True):
+        response = await gateway.post("/v1/chat/completions", json=chat_body(stream=stream))
+        await response.read()
+    samples = await scrape(gateway)
+    assert value(samples, "gateway_overhead_seconds_count", route="default") == 2
+    overhead = value(samples, "gateway_overhead_seconds_sum", route="default")
+    total = value(samples, "gateway_http_request_duration_seconds_sum", route="/v1/chat/completions")
+    assert total > 0.4  # both waited 0.2 s for their first token
+    assert overhead < 0.1, overhead  # the waits are not the gateway's own time

@@ -36,6 +36,7 @@ from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.handlers.reply import Reply
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
+from gateway.overhead import waiting
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ async def _read_body(request: web.Request) -> bytes:
         return await request.read()  # already buffered (small bodies come with the headers): no wait, no timer
     seconds = request.app[SETTINGS].client_read_timeout
     try:
-        async with asyncio.timeout(seconds):
-            return await request.read()
+        with waiting():
+            async with asyncio.timeout(seconds):
+                return await request.read()
     except TimeoutError:
         raise RequestTimeoutError(f"request body not received within {seconds:g}s") from None
 
