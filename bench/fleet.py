@@ -10,55 +10,19 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
 import socket
 import statistics
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from bench.procs import Proc
+from bench.procs import BenchRun, Proc
 from monitoring.processes import free_port
 
 
-class Bench(Protocol):
-    """What this section uses of the benchmark run (bench.run.Bench), without importing it."""
-
-    ns: argparse.Namespace
-    sim: Proc
-    urls: dict[str, str]
-    servers: dict[str, Proc]
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int, cwd: Path | None = None) -> Proc: ...
-
-    @staticmethod
-    def sim_url(proc: Proc) -> str: ...
-
-    @staticmethod
-    def proxy_url(proc: Proc) -> str: ...
-
-    def _start_gateway(
-        self,
-        name: str,
-        upstream: str,
-        *,
-        max_concurrency: int | None,
-        upstreams: str | None = None,
-        extra_env: dict[str, str] | None = None,
-        workers: int = 1,
-    ) -> Proc: ...
-
-    def _nonstream(
-        self, target: str, concurrency: int, duration: float, *, expect_status: int = 200
-    ) -> dict[str, Any]: ...
-
-    def measure(self, scenario: str, target: str, rep: int, run: Any) -> dict[str, Any]: ...
-
-
-def start_redis(bench: Bench) -> Proc | None:
+def start_redis(bench: BenchRun) -> Proc | None:
     """A loopback redis-server for this run, or None (with a note) when it is not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -79,7 +43,7 @@ def start_redis(bench: Bench) -> Proc | None:
     raise RuntimeError(f"redis-server did not answer PING; see {proc.log_path}")
 
 
-def run_fleet(bench: Bench) -> dict[str, Any] | None:
+def run_fleet(bench: BenchRun) -> dict[str, Any] | None:
     """All three measurements; None when Redis is unavailable."""
     redis = start_redis(bench)
     if redis is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import os
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final, Protocol
 
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 PYTHON: Final = sys.executable
@@ -127,3 +128,37 @@ def post_json(url: str, body: bytes, *, token: str | None = None, timeout: float
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), bytes(exc.read())
+
+
+class BenchRun(Protocol):
+    """What a section uses of the benchmark run (bench.run.Bench), so sections need not import it."""
+
+    ns: argparse.Namespace
+    sim: Proc
+    urls: dict[str, str]
+    servers: dict[str, Proc]
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int, cwd: Path | None = None) -> Proc: ...
+
+    @staticmethod
+    def sim_url(proc: Proc) -> str: ...
+
+    @staticmethod
+    def proxy_url(proc: Proc) -> str: ...
+
+    def _start_gateway(
+        self,
+        name: str,
+        upstream: str,
+        *,
+        max_concurrency: int | None,
+        upstreams: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        workers: int = 1,
+    ) -> Proc: ...
+
+    def _nonstream(
+        self, target: str, concurrency: int, duration: float, *, expect_status: int = 200
+    ) -> dict[str, Any]: ...
+
+    def measure(self, scenario: str, target: str, rep: int, run: Any) -> dict[str, Any]: ...

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from bench.fleet import render as fleet_lines
+from bench.tracing import render as tracing_lines
 
 TARGETS: Final = ("direct", "bare", "gateway")
 LABELS: Final = {
@@ -25,6 +26,7 @@ LABELS: Final = {
     "redis_off": "no Redis",
     "redis_on": "Redis",
     "redis_paused": "Redis stop",
+    "traced": "traced",
 }
 MAX_ROUTE_POOL_ADDED_MS: Final = 0.05  # 8 routes instead of 1 may add at most this to the p50 at c=1
 NONSTREAM: Final = (("nonstream_c1", 1), ("nonstream_c16", 16), ("nonstream_c64", 64))
@@ -197,6 +199,9 @@ def render(summary: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> str:
     fleet = summary.get("fleet")
     if fleet:
         lines += ["", *fleet_lines(fleet)]
+    tracing = summary.get("tracing")
+    if tracing:
+        lines += ["", *tracing_lines(tracing)]
     memory = summary.get("memory", {})
     for target, row in memory.items():
         lines.append(

@@ -28,6 +28,7 @@ from bench.fleet import run_fleet
 from bench.loadgen import request_for
 from bench.procs import PYTHON, Proc, compress_large_log, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
+from bench.tracing import run_tracing
 from bench.wrk import run_wrk, write_script, wrk_path
 from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.simulator.routes import route_path
@@ -412,7 +413,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gateway-src", type=Path, help="run the gateway package found in this directory (A/B a change)"
     )
     parser.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="asyncio loop in proxy and gateway")
-    sections = ["main", "breaker", "routes", "fleet", "memory", "micro"]
+    sections = ["main", "breaker", "routes", "fleet", "tracing", "memory", "micro"]
     parser.add_argument("--skip", action="append", default=[], choices=sections)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--profile", action="store_true", help="also profile the gateway at c=64 with py-spy")
@@ -473,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["routes"] = bench.routes()
         if "fleet" not in ns.skip:
             summary["fleet"] = run_fleet(bench)
+        if "tracing" not in ns.skip:
+            summary["tracing"] = run_tracing(bench)
         if ns.profile:
             summary["profile"] = bench.profile()
         if "memory" not in ns.skip:
