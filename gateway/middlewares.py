@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import logging
 import re
-import secrets
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +23,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     retry_after_seconds,
 )
+from gateway.ids import hex_id
 from gateway.logs import request_id_var
 from gateway.openai_schema import error_body
 from gateway.overhead import Stopwatch
@@ -76,7 +76,7 @@ async def _observe(request: web.Request, handler: Handler, span: Span | None) ->
 
 async def _observed(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else secrets.token_hex(16)
+    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else hex_id(16)
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any, Final, Literal
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.fields import screen
 from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
+from gateway.ids import hex_id
 from gateway.message_shapes import screen_messages
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
@@ -139,7 +139,7 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
 
 def new_completion_id() -> str:
     """An OpenAI-style id."""
-    return "chatcmpl-" + secrets.token_hex(12)
+    return "chatcmpl-" + hex_id(12)
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:

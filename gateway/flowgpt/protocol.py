@@ -7,12 +7,13 @@ share one definition of what a valid request looks like.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import string
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+from gateway.ids import hex_id, random_bytes
 
 DEFAULT_UPSTREAM_URL: Final = "https://prod-backend-k8s.flowgpt.com/v3/chat-anonymous"
 UPSTREAM_PATH: Final = "/v3/chat-anonymous"
@@ -103,12 +104,12 @@ def authorization_value(token: str) -> str:
 def signed_headers(token: str, *, now: float | None = None) -> dict[str, str]:
     """Headers for one request: browser headers plus fresh nonce, timestamp and signature."""
     timestamp = str(int(time.time() if now is None else now))
-    nonce = secrets.token_hex(16)
+    nonce = hex_id(16)
     auth = authorization_value(token)
     headers = dict(BROWSER_HEADERS)
     headers["Authorization"] = auth
-    # One random draw for all 19 characters (secrets.choice would make a getrandom() call per character).
-    headers["x-flow-device-id"] = "f-" + "".join(_DEVICE_ALPHABET[b % 36] for b in secrets.token_bytes(19))
+    # One random draw for all 19 characters (unique, not secret: see gateway.ids).
+    headers["x-flow-device-id"] = "f-" + "".join(_DEVICE_ALPHABET[b % 36] for b in random_bytes(19))
     headers["x-nonce"] = nonce
     headers["x-signature"] = signature(timestamp, nonce, auth)
     headers["x-timestamp"] = timestamp
