@@ -30,6 +30,7 @@ BACKOFF_MAX = 5.0
 # connections are pinged: the pool's (calls) and the subscription's, whose pong comes back through
 # the subscription itself, so a subscription that went silent is noticed within two heartbeats.
 HEARTBEAT_SECONDS = 1.0
+CLOSE_STEP_SECONDS = 1.0  # each step of closing the connections, at most
 
 
 class RedisLink:
@@ -179,10 +180,13 @@ class RedisLink:
 
 
 async def _close(client: redis.Redis, pubsub: Any) -> None:
-    """Close the subscription and every pooled socket (also one a cancelled call left checked out)."""
-    with contextlib.suppress(Exception):
-        await pubsub.aclose()
-    with contextlib.suppress(Exception):
-        await client.aclose()
-    with contextlib.suppress(Exception):
-        await client.connection_pool.disconnect(inuse_connections=True)
+    """Close the subscription and every pooled socket (also one a cancelled call left checked out).
+
+    Each step is bounded: a connection a cancelled call left mid-command (or a server that stopped
+    answering) can make redis-py wait on it, and a shutdown must never hang on Redis.
+    """
+    steps = (pubsub.aclose, client.aclose, lambda: client.connection_pool.disconnect(inuse_connections=True))
+    for step in steps:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_STEP_SECONDS):
+                await step()
