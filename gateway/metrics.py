@@ -12,7 +12,7 @@ with the alert rules and dashboards: extend, never rename.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
@@ -28,6 +28,11 @@ from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
+# How a stream that began with 200 ended: ``error`` is the gateway's or the upstream's failure (it
+# burns the client SLO); ``rejected`` the upstream refused this one request and ``client_gone`` the
+# client left or stopped reading (both left out of the SLO).
+StreamOutcome = Literal["completed", "error", "rejected", "client_gone"]
+STREAM_OUTCOMES: Final[tuple[StreamOutcome, ...]] = get_args(StreamOutcome)
 # The method label takes only methods the gateway routes; anything a client invents is "other".
 OTHER_METHOD: Final = "other"
 
@@ -66,6 +71,13 @@ class Metrics:
             ["provider", "reason"],
             registry=reg,
         )
+        stream_outcomes = Counter(
+            "gateway_stream_outcomes_total",
+            "Chat streams (answered 200) by how they ended; error: an error event ended the stream.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.stream_outcomes = {outcome: stream_outcomes.labels(outcome) for outcome in STREAM_OUTCOMES}
         build_info = Gauge(
             "gateway_build_info", "Build information; always 1.", ["version"], registry=reg, multiprocess_mode="livemax"
         )
@@ -104,6 +116,10 @@ class Metrics:
         """The fleet link came up or went down."""
         if self._shared_state_up is not None:
             self._shared_state_up.set(1 if up else 0)
+
+    def stream_ended(self, outcome: StreamOutcome) -> None:
+        """One chat stream ended; ``outcome`` is one of :data:`STREAM_OUTCOMES`."""
+        self.stream_outcomes[outcome].inc()
 
     def observe_http(self, route: str, method: str, status: int, seconds: float, request_id: str | None) -> None:
         """One finished inbound request; an unrouted method is labelled ``other``."""
@@ -155,6 +171,10 @@ class Metrics:
         return {
             "admission_rejections": {
                 r: value("gateway_admission_rejections_total", reason=r) for r in ADMISSION_REASONS
+            },
+            "stream_outcomes": {
+                outcome: self.registry.get_sample_value("gateway_stream_outcomes_total", {"outcome": outcome}) or 0.0
+                for outcome in STREAM_OUTCOMES
             },
             "routes": {route: route_summary(route) for route in self.routes},
         }

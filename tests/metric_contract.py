@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.metrics import ADMISSION_REASONS, PROVIDER, Metrics
+from gateway.metrics import ADMISSION_REASONS, PROVIDER, STREAM_OUTCOMES, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -79,6 +79,7 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "to_state": frozenset(BREAKER_STATES),
     "source": frozenset(TRANSITION_SOURCES),
     "result": frozenset(PROBE_RESULTS),
+    "outcome": frozenset(STREAM_OUTCOMES),
 }
 
 

@@ -14,8 +14,11 @@ from tests.tool_support import REPO_ROOT
 RULE_TESTS_DIR: Final = MONITORING_DIR / "tests"
 RUNBOOK: Final = REPO_ROOT / "docs" / "runbook.md"
 MONITORING_DOC: Final = REPO_ROOT / "docs" / "monitoring.md"
-SLO_TARGET_RECORD: Final = "gateway:upstream_slo:target"
-RUNBOOK_URL_BASE: Final = "https://github.com/flowgpt-gateway/flowgpt-gateway/blob/main/docs/runbook.md"
+SLO_TARGET_RECORD: Final = "gateway:slo:target"
+# Every runbook_url is this template plus an anchor: Prometheus fills in the one setting, the
+# external label runbook_base_url of monitoring/prometheus.yml.
+RUNBOOK_BASE_LABEL: Final = "runbook_base_url"
+RUNBOOK_URL_BASE: Final = "{{ $externalLabels.runbook_base_url }}"
 # Receiver each kind of alert must reach.
 RECEIVER_FOR_SEVERITY: Final[Mapping[str, str]] = {"critical": "pager", "warning": "ticket"}
 WATCHDOG_ALERT: Final = "Watchdog"

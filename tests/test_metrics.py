@@ -163,3 +163,20 @@ async def test_longest_request_ids_still_get_answers(gateway: Client) -> None:
     assert response.headers["X-Request-ID"] == request_id
     text = await (await gateway.get("/metrics", headers={"Accept": "application/openmetrics-text"})).text()
     assert 'request_id="' + "r" * 118 + '"' in text
+
+
+@pytest.mark.parametrize(("faults", "outcome"), [(None, "completed"), (SimFaults(reset_after=2), "error")])
+async def test_stream_outcome_is_counted_once(
+    make_gateway: GatewayFactory, sim: Simulator, faults: SimFaults | None, outcome: str
+) -> None:
+    """A stream answered 200 counts one outcome: ``error`` when an error event ended it (the client SLO's bad)."""
+    gateway = await make_gateway(retry_max=0)
+    if faults is not None:
+        sim.faults = faults
+    before = await scrape(gateway)
+    response = await gateway.post("/v1/chat/completions", json=chat_body("abcdefghijkl", stream=True))
+    assert response.status == 200
+    await response.read()
+    after = await scrape(gateway)
+    for each in LABEL_VALUES["outcome"]:
+        assert delta(before, after, "gateway_stream_outcomes_total", outcome=each) == (each == outcome), each

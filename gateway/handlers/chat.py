@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway.answer import Answer
-from gateway.app_keys import CLOCK, INFLIGHT, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
+from gateway.app_keys import CLOCK, INFLIGHT, METRICS, SETTINGS, STATUS_OVERRIDE, STREAM_RESPONSE, UPSTREAM
 from gateway.client_writes import ClientStalledError, ClientWriteGuard
 from gateway.errors import (
     GatewayError,
@@ -21,6 +21,7 @@ from gateway.errors import (
 )
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
+from gateway.metrics import StreamOutcome
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
 
@@ -112,22 +113,27 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
     try:
         async with _write_guard(request, answer) as guard:
             await guard.write(response, encoder.role())
+            outcome: StreamOutcome = "completed"
             try:
                 async for fragment in answer:
                     await guard.write(response, encoder.content(fragment))
                 await guard.write(response, encoder.stop())
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
+                outcome = "rejected" if exc.status < 500 and exc.status != 429 else "error"
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)
+            app[METRICS].stream_ended(outcome)
             return response
     except ClientStalledError as exc:
         # Not an upstream failure: the answer scope closes the stream without blaming anyone.
         _cut_stalled_client(request, exc)
+        app[METRICS].stream_ended("client_gone")
         return response
     except ConnectionError:  # reset, or "Connection lost" while a write waited for the drain
         log.info("client went away mid-stream")
         _client_gone(request)
+        app[METRICS].stream_ended("client_gone")
         return response
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -140,6 +146,7 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
             async with asyncio.timeout(1.0):
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
                 await response.write_eof()
+        app[METRICS].stream_ended("error")  # the gateway, not the client, ended it
         return response
 
 
