@@ -31,7 +31,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.events import BreakerChanged, EventBus, ProbeFinished
 from gateway.fleet import SharedHealth
 from gateway.flowgpt.client import ClientObserver, FlowGptClient
-from gateway.handlers import admin, chat, models, ops, ui
+from gateway.handlers import admin, chat, models, ops, runbook, ui
 from gateway.inflight import InFlightTracker
 from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app.router.add_get("/status", ops.status)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.scrape_registry()))
     app.router.add_get("/admin/state", admin.get_admin_state)
+    app.router.add_get(runbook.RUNBOOK_PATH, runbook.runbook)
     app.router.add_post("/admin/breaker", admin.set_breaker_mode)
     app.router.add_post("/admin/working", admin.set_working_mode)
     ui.setup(app)  # the status page at / (GATEWAY_UI)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -92,11 +93,16 @@ class Settings(BaseSettings):
     probe_unhealthy_threshold: int = Field(2, ge=1)
     probe_model: str = DEFAULT_MODEL
     probe_prompt: str = "ping"
+    # Start-up: /readyz says 503 "not yet probed" until a route has answered a probe, at most this long.
+    ready_grace: Seconds = 10.0
 
     # Status page at / (issue 14): on, off (404), or admin (needs GATEWAY_ADMIN_TOKEN as its password).
     ui: Literal["on", "off", "admin"] = "on"
     ui_refresh_seconds: float = Field(5.0, ge=0.1, le=300)  # how often the open page asks for fresh data
     ui_sample_seconds: float = Field(5.0, ge=0.05, le=60)  # the sparklines' step; their ring is fixed-size
+    # GET /runbook serves this Markdown file as HTML (alerts link to its headings); unset: the
+    # checkout's docs/runbook.md when the gateway runs from one.
+    runbook_path: Path | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from gateway.handlers.runbook import anchor
 from monitoring.configs import MONITORING_DIR, Rule, iter_rules, load_yaml_mapping
 from tests.tool_support import REPO_ROOT
 
@@ -87,13 +88,7 @@ def promql_expr_test_exprs() -> list[str]:
     ]
 
 
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub generates for a Markdown heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
 def runbook_anchors(path: Path = RUNBOOK) -> set[str]:
     """Anchors of every heading in the runbook."""
     headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    return {github_anchor(heading) for heading in headings}
+    return {anchor(heading) for heading in headings}
