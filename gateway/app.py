@@ -22,6 +22,7 @@ from gateway.app_keys import (
     HTTP_SESSION,
     INFLIGHT,
     METRICS,
+    READY_DEADLINE,
     ROUTES,
     SETTINGS,
     STARTED_AT,
@@ -131,6 +132,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
             probing=settings.probe_enabled,
         )
         fleet.start()
+    app[READY_DEADLINE] = clock() + settings.ready_grace
     if settings.probe_enabled:
         # A process joining a fleet adopts its recent probe results (or takes a lease and probes
         # then) instead of adding a probe per process and route to every restart.

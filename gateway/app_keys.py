@@ -30,6 +30,8 @@ STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI 
 # The page's JSON body and view, built at most once a second (only while GATEWAY_UI is not off).
 STATUS_SNAPSHOT: web.AppKey[Reused[tuple[bytes, dict[str, Any]]]] = web.AppKey("status_snapshot")
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
+# CLOCK reading until which /readyz waits for a first probe answer (start-up + GATEWAY_READY_GRACE).
+READY_DEADLINE = web.AppKey("ready_deadline", float)
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
