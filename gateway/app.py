@@ -26,6 +26,7 @@ from gateway.app_keys import (
     ROUTES,
     SETTINGS,
     STARTED_AT,
+    TIMELINE,
     UPSTREAM,
 )
 from gateway.breaker import CircuitBreaker
@@ -43,6 +44,7 @@ from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
 from gateway.scope import Scopes
 from gateway.settings import Settings
+from gateway.timeline import Timeline
 from gateway.upstream import Timeouts, UpstreamService
 from gateway.working import WorkingFlag
 
@@ -66,6 +68,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotoni
     app[CLOCK] = clock
     app[METRICS] = metrics
     app[INFLIGHT] = InFlightTracker()
+    app[TIMELINE] = Timeline(fail_max=settings.breaker_fail_max, clock=clock)
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     app.cleanup_ctx.append(_upstream_context)
@@ -100,6 +103,8 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     app[HTTP_SESSION] = session
     routes = RoutePool([make_route(session, spec, settings, metrics, clock) for spec in settings.routes()])
     app[ROUTES] = routes
+    for route in routes:
+        app[TIMELINE].watch(route)
     app[UPSTREAM] = UpstreamService(
         routes,
         limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),

@@ -15,6 +15,7 @@ from gateway.route_pool import RoutePool
 from gateway.settings import Settings
 from gateway.status_page.cache import Reused
 from gateway.status_page.sampler import Sampler
+from gateway.timeline import Timeline
 from gateway.upstream import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,6 +27,7 @@ STARTED_AT = web.AppKey("started_at", float)
 INFLIGHT = web.AppKey("inflight", InFlightTracker)
 # Absent without GATEWAY_REDIS_URL.
 FLEET = web.AppKey("fleet", SharedHealth)
+TIMELINE = web.AppKey("timeline", Timeline)  # the routes' last state changes and up/down clocks
 STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI is not off
 # The page's JSON body and view, built at most once a second (only while GATEWAY_UI is not off).
 STATUS_SNAPSHOT: web.AppKey[Reused[tuple[bytes, dict[str, Any]]]] = web.AppKey("status_snapshot")

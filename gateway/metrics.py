@@ -33,6 +33,8 @@ ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "ov
 # client left or stopped reading (both left out of the SLO).
 StreamOutcome = Literal["completed", "error", "rejected", "client_gone"]
 STREAM_OUTCOMES: Final[tuple[StreamOutcome, ...]] = get_args(StreamOutcome)
+ANSWER_CLASSES: Final = ("2xx", "4xx", "5xx")
+CHAT_ROUTE: Final = "/v1/chat/completions"
 # The method label takes only methods the gateway routes; anything a client invents is "other".
 OTHER_METHOD: Final = "other"
 
@@ -139,6 +141,15 @@ class Metrics:
             # OpenMetrics caps an exemplar's labels at 128 characters, "request_id" included.
             histogram.observe(seconds, exemplar={"request_id": request_id[:EXEMPLAR_ID_CHARS]})
 
+    def answers_by_class(self, route: str) -> dict[str, float]:
+        """Inbound answers of one route template so far, by status class (``2xx``, ``4xx`` with 499, ``5xx``)."""
+        totals = dict.fromkeys(ANSWER_CLASSES, 0.0)
+        for (template, _, status), counter in list(self._http_children.items()):
+            key = f"{status // 100}xx"
+            if template == route and key in totals:
+                totals[key] += sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
+        return totals
+
     def precreate_routes(self, routes: list[tuple[str, str]]) -> None:
         """Create the success series of the known routes so rate() works from the first scrape.
 
@@ -166,6 +177,8 @@ class Metrics:
                 "inflight": value("gateway_inflight_requests", route=route),
                 "probes": {r: value("gateway_health_probes_total", route=route, result=r) for r in PROBE_RESULTS},
                 "failovers": self.registry.get_sample_value("gateway_failovers_total", {"from_route": route}) or 0.0,
+                "client_errors": self.registry.get_sample_value("gateway_route_client_errors_total", {"route": route})
+                or 0.0,
             }
 
         return {

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import CLOCK, FLEET, INFLIGHT, METRICS, READY_DEADLINE, ROUTES, SETTINGS, STARTED_AT
+from gateway.app_keys import CLOCK, FLEET, INFLIGHT, METRICS, READY_DEADLINE, ROUTES, SETTINGS, STARTED_AT, TIMELINE
 from gateway.route_pool import Route
 from gateway.settings import describe_route
 
@@ -71,6 +71,7 @@ async def status(request: web.Request) -> web.Response:
         "pid": os.getpid(),  # under serve --workers: which worker answered
         "readiness": readiness,
         "counters": app[METRICS].summary(),
+        "events": app[TIMELINE].events(),  # the last state changes, newest first, with reasons
         "settings": app[SETTINGS].masked(),
         # None: no GATEWAY_REDIS_URL, this process decides alone by design.
         "shared_state": app[FLEET].snapshot() if FLEET in app else None,
