@@ -77,7 +77,7 @@ class WorkingFlag:
         self.last_probe = result
         self.probes_total += 1
         if first and not result.ok and result.kind in FATAL_AT_START:
-            self.consecutive_failures = max(self.consecutive_failures + 1, self._unhealthy_threshold)
+            self.consecutive_failures += 1
             self.consecutive_successes = 0
             self._probed_working = False
         elif result.ok:

@@ -72,6 +72,7 @@ async def test_a_bad_token_is_never_ready(make_gateway: GatewayFactory, sim: Sim
     body = seen[-1][2]
     assert body["reason"] == "no route is working"
     assert body["routes"][0]["state"] == "not_working"
+    assert body["routes"][0]["consecutive_failures"] == 1  # down at once, not after the threshold of 2
     more: list[dict[str, Any]] = []
     for _ in range(5):  # and it stays so: a 401 does not heal by itself
         response = await gateway.get("/readyz")
