@@ -32,11 +32,14 @@ MAX_EVENTS: Final = 100
 MAX_REASON_CHARS: Final = 160
 MEMORY_BOUND: Final = 64_000  # bytes; see the module docstring
 Kind = Literal["breaker", "working", "probe"]
-# Why live traffic tripped a breaker, by the error kind of the failure that opened it.
+# Why live traffic tripped a breaker, by the error kind (or cause) of the failure that opened it.
 CAUSE_WORDS: Final = {
     "connect": "could not connect to the upstream",
     "timeout": "the upstream did not answer in time",
     "http_status": "the upstream answered with an error status",
+    # The causes main's UpstreamError.cause adds (a 5xx, or a status one path may cause):
+    "http_5xx": "the upstream answered with a server error (5xx)",
+    "http_other": "the upstream answered with an error status",
     "rate_limited": "the upstream rate-limited the gateway (429)",
     "blocked": "upstream blocked the request (Cloudflare challenge)",
     "auth": "the upstream refused the token (401)",
