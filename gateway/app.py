@@ -25,9 +25,11 @@ from gateway.app_keys import (
     HTTP_SESSION,
     INFLIGHT,
     METRICS,
+    READY_DEADLINE,
     ROUTES,
     SETTINGS,
     STARTED_AT,
+    TIMELINE,
     TOKENS,
     TRACING,
     UPSTREAM,
@@ -36,7 +38,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.events import BreakerChanged, EventBus, ProbeFinished
 from gateway.fleet import SharedHealth
 from gateway.flowgpt.client import ClientObserver, FlowGptClient
-from gateway.handlers import admin, chat, models, ops, ui
+from gateway.handlers import admin, chat, models, ops, runbook, ui
 from gateway.inflight import InFlightTracker
 from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
@@ -47,6 +49,7 @@ from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
 from gateway.scope import Scopes
 from gateway.settings import Settings
+from gateway.timeline import Timeline
 from gateway.tokens import shared_counter
 from gateway.tracing import Tracing
 from gateway.upstream import Timeouts, UpstreamService
@@ -77,6 +80,7 @@ def create_app(
     app[CLOCK] = clock
     app[METRICS] = metrics
     app[INFLIGHT] = InFlightTracker()
+    app[TIMELINE] = Timeline(fail_max=settings.breaker_fail_max, clock=clock)
     app[STARTED_AT] = time.monotonic()
     app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     tracing = app[TRACING] = Tracing(
@@ -98,6 +102,7 @@ def create_app(
     app.router.add_get("/status", ops.status)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.scrape_registry()))
     app.router.add_get("/admin/state", admin.get_admin_state)
+    app.router.add_get(runbook.RUNBOOK_PATH, runbook.runbook)
     app.router.add_post("/admin/breaker", admin.set_breaker_mode)
     app.router.add_post("/admin/working", admin.set_working_mode)
     ui.setup(app)  # the status page at / (GATEWAY_UI)
@@ -125,6 +130,8 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     tracing = app[TRACING]
     routes = RoutePool([make_route(session, spec, settings, metrics, clock, tracing) for spec in settings.routes()])
     app[ROUTES] = routes
+    for route in routes:
+        app[TIMELINE].watch(route)
     app[UPSTREAM] = UpstreamService(
         routes,
         limiter=ConcurrencyLimiter(settings.max_concurrency, queue_timeout=settings.queue_timeout),
@@ -158,6 +165,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
             probing=settings.probe_enabled,
         )
         fleet.start()
+    app[READY_DEADLINE] = clock() + settings.ready_grace
     if settings.probe_enabled:
         # A process joining a fleet adopts its recent probe results (or takes a lease and probes
         # then) instead of adding a probe per process and route to every restart.

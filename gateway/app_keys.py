@@ -15,6 +15,7 @@ from gateway.route_pool import RoutePool
 from gateway.settings import Settings
 from gateway.status_page.cache import Reused
 from gateway.status_page.sampler import Sampler
+from gateway.timeline import Timeline
 from gateway.tokens import TokenCounter
 from gateway.tracing import Tracing
 from gateway.upstream import UpstreamService
@@ -28,11 +29,14 @@ STARTED_AT = web.AppKey("started_at", float)
 INFLIGHT = web.AppKey("inflight", InFlightTracker)
 # Absent without GATEWAY_REDIS_URL.
 FLEET = web.AppKey("fleet", SharedHealth)
+TIMELINE = web.AppKey("timeline", Timeline)  # the routes' last state changes and up/down clocks
 STATUS_SAMPLER = web.AppKey("status_sampler", Sampler)  # only while GATEWAY_UI is not off
 # The page's JSON body and view, built at most once a second (only while GATEWAY_UI is not off).
 STATUS_SNAPSHOT: web.AppKey[Reused[tuple[bytes, dict[str, Any]]]] = web.AppKey("status_snapshot")
 TOKENS = web.AppKey("tokens", TokenCounter)  # cl100k_base, loaded in the background at start-up
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # the monotonic clock time decisions use
+# CLOCK reading until which /readyz waits for a first probe answer (start-up + GATEWAY_READY_GRACE).
+READY_DEADLINE = web.AppKey("ready_deadline", float)
 API_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")  # encoded once, compared per request
 REQUEST_ID = web.RequestKey("request_id", str)
 TRACING = web.AppKey("tracing", Tracing)

@@ -230,6 +230,7 @@ async def demo(settings: Settings, *, sim_port: int, chunk_delay: float) -> int:
         faults = f"{sim.base_url}/_sim/faults?route={routes[0].name}"
         banner = "\n".join(
             [
+                f"status page {base}/   (open it in a browser: what clients get, each route, the events)",
                 f"simulator  {sim.url}   (faults: {sim.base_url}/_sim/faults?route=<route>)",
                 f"routes     {', '.join(route.name for route in routes)}",
                 f"gateway    {base}/v1   (metrics: {base}/metrics, status: {base}/status)",

@@ -12,7 +12,7 @@ with the alert rules and dashboards: extend, never rename.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
@@ -34,6 +34,13 @@ _TRACE_ID_CHARS: Final = len("trace_id") + 32
 OVERHEAD_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TOKEN_DIRECTIONS: Final = ("prompt", "completion")
 ADMISSION_REASONS: Final = ("breaker_open", "half_open_busy", "not_working", "overloaded")
+# How a stream that began with 200 ended: ``error`` is the gateway's or the upstream's failure (it
+# burns the client SLO); ``rejected`` the upstream refused this one request and ``client_gone`` the
+# client left or stopped reading (both left out of the SLO).
+StreamOutcome = Literal["completed", "error", "rejected", "client_gone"]
+STREAM_OUTCOMES: Final[tuple[StreamOutcome, ...]] = get_args(StreamOutcome)
+ANSWER_CLASSES: Final = ("2xx", "4xx", "5xx")
+CHAT_ROUTE: Final = "/v1/chat/completions"
 # The method label takes only methods the gateway routes; anything a client invents is "other".
 OTHER_METHOD: Final = "other"
 
@@ -80,6 +87,13 @@ class Metrics:
             ["provider", "reason"],
             registry=reg,
         )
+        stream_outcomes = Counter(
+            "gateway_stream_outcomes_total",
+            "Chat streams (answered 200) by how they ended; error: an error event ended the stream.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.stream_outcomes = {outcome: stream_outcomes.labels(outcome) for outcome in STREAM_OUTCOMES}
         build_info = Gauge(
             "gateway_build_info", "Build information; always 1.", ["version"], registry=reg, multiprocess_mode="livemax"
         )
@@ -140,6 +154,10 @@ class Metrics:
         if self._shared_state_up is not None:
             self._shared_state_up.set(1 if up else 0)
 
+    def stream_ended(self, outcome: StreamOutcome) -> None:
+        """One chat stream ended; ``outcome`` is one of :data:`STREAM_OUTCOMES`."""
+        self.stream_outcomes[outcome].inc()
+
     def count_tokens(self, route: str, model: str, *, prompt: int, completion: int) -> None:
         """One answer's prompt and completion tokens."""
         self._tokens[(route, model, "prompt")].inc(prompt)
@@ -175,6 +193,15 @@ class Metrics:
                 exemplar = {"request_id": request_id[: EXEMPLAR_ID_CHARS - _TRACE_ID_CHARS], "trace_id": trace_id}
             histogram.observe(seconds, exemplar=exemplar)
 
+    def answers_by_class(self, route: str) -> dict[str, float]:
+        """Inbound answers of one route template so far, by status class (``2xx``, ``4xx`` with 499, ``5xx``)."""
+        totals = dict.fromkeys(ANSWER_CLASSES, 0.0)
+        for (template, _, status), counter in list(self._http_children.items()):
+            key = f"{status // 100}xx"
+            if template == route and key in totals:
+                totals[key] += sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
+        return totals
+
     def precreate_routes(self, routes: list[tuple[str, str]]) -> None:
         """Create the success series of the known routes so rate() works from the first scrape.
 
@@ -202,11 +229,17 @@ class Metrics:
                 "inflight": value("gateway_inflight_requests", route=route),
                 "probes": {r: value("gateway_health_probes_total", route=route, result=r) for r in PROBE_RESULTS},
                 "failovers": self.registry.get_sample_value("gateway_failovers_total", {"from_route": route}) or 0.0,
+                "client_errors": self.registry.get_sample_value("gateway_route_client_errors_total", {"route": route})
+                or 0.0,
             }
 
         return {
             "admission_rejections": {
                 r: value("gateway_admission_rejections_total", reason=r) for r in ADMISSION_REASONS
+            },
+            "stream_outcomes": {
+                outcome: self.registry.get_sample_value("gateway_stream_outcomes_total", {"outcome": outcome}) or 0.0
+                for outcome in STREAM_OUTCOMES
             },
             "routes": {route: route_summary(route) for route in self.routes},
         }

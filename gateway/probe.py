@@ -104,6 +104,7 @@ class Prober:
         started = self._clock()
         error: str | None = None
         kind: str | None = None
+        self._flag.probing = True
         try:
             async with asyncio.timeout(self._timeout):
                 stream = await self._client.open(self._prompt)
@@ -121,6 +122,8 @@ class Prober:
         except Exception as exc:  # the probe must survive anything the upstream or a bug throws
             log.exception("probe failed unexpectedly route=%s", self._flag.route)
             error = f"unexpected {type(exc).__name__}"
+        finally:
+            self._flag.probing = False
         latency = self._clock() - started
         error = None if error is None else self._scrub(error)
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error, kind=kind)

@@ -48,6 +48,7 @@ class RouteMetrics:
         self.inflight = families.inflight.labels(*labels)
         self.selected = families.selected.labels(route)
         self.failovers = families.failovers.labels(route)
+        self.client_errors = families.client_errors.labels(route)
         for state, gauge in self.breaker_state.items():  # every state written: multiprocess files need a value
             gauge.set(1 if state == "closed" else 0)
         self.working.set(1)  # admitted until the first probe says otherwise
@@ -165,5 +166,12 @@ class UpstreamFamilies:
             "gateway_failovers_total",
             "Attempts that failed on a route and moved to another one.",
             ["from_route"],
+            registry=reg,
+        )
+        self.client_errors = Counter(
+            "gateway_route_client_errors_total",
+            "Chat requests that ended in an error for the client (5xx, or a stream's error event) "
+            "whose last attempt failed on this route.",
+            ["route"],
             registry=reg,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     probe_unhealthy_threshold: int = Field(2, ge=1)
     probe_model: str = DEFAULT_MODEL
     probe_prompt: str = "ping"
+    # Start-up: /readyz says 503 "not yet probed" until a route has answered a probe, at most this long.
+    ready_grace: Seconds = 10.0
 
     # Status page at / (issue 14): on, off (404), or admin (needs GATEWAY_ADMIN_TOKEN as its password).
     ui: Literal["on", "off", "admin"] = "on"
@@ -103,6 +106,9 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     otlp_propagate_upstream: bool = False  # send traceparent to FlowGpt (a third party): off by default
     ui_sample_seconds: float = Field(5.0, ge=0.05, le=60)  # the sparklines' step; their ring is fixed-size
+    # GET /runbook serves this Markdown file as HTML (alerts link to its headings); unset: the
+    # checkout's docs/runbook.md when the gateway runs from one.
+    runbook_path: Path | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod

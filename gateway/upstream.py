@@ -151,6 +151,8 @@ class UpstreamService:
         metrics.upstream_duration.observe(self._clock() - answer.started)
         if answer.error is not None:
             metrics.upstream_errors[answer.error.kind].inc()
+            if counts_against_upstream(answer.error):
+                metrics.client_errors.inc()  # the client's answer broke on this route
             await route.breaker.failed(answer.ticket, answer.error)
         elif answer.completed:
             await route.breaker.completed(answer.ticket)
@@ -171,10 +173,13 @@ class UpstreamService:
         retrying = False  # the next attempt is a retry after a pause (counted on the route it goes to)
         last_error: UpstreamError | None = None
         limits = RateLimits()
+        last_route: Route | None = None
         while True:
             route = self.routes.pick(failed_routes, prompt.model)
             if route is None:
                 if last_error is not None:
+                    if last_route is not None:
+                        last_route.metrics.client_errors.inc()  # the client gets the error of this route
                     raise limits.answer(last_error)
                 raise self._refused(self.routes.refusal(prompt.model))
             try:
@@ -197,12 +202,13 @@ class UpstreamService:
                 route.breaker.release(ticket)
                 if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
                     raise  # a rejection would be rejected by every route alike
-                last_error = exc
+                last_error, last_route = exc, route
                 limits.saw(exc)
                 retryable_seen = retryable_seen or is_retryable(exc)
                 failed_routes.add(route.name)
                 if self.routes.any_admits(failed_routes, prompt.model):
                     if not self._may_try_again(attempts, 0.0, deadline):
+                        route.metrics.client_errors.inc()
                         if limits.answer(exc) is exc:
                             raise
                         raise limits.answer(exc) from exc
@@ -213,6 +219,7 @@ class UpstreamService:
                     # admits a call, if some failure may clear up.
                     delay = self._retry_delay(exc, attempts, deadline, prompt.model) if retryable_seen else None
                     if delay is None:
+                        route.metrics.client_errors.inc()
                         if limits.answer(exc) is exc:
                             raise
                         raise limits.answer(exc) from exc

@@ -9,12 +9,19 @@ checks do) and an operator can pin it for a maintenance window.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final, Literal
 
 from gateway.errors import UpstreamNotWorkingError
 from gateway.events import EventBus, ProbeFinished, ProbeResult, WorkingChanged, WorkingMode
 from gateway.route_config import DEFAULT_ROUTE
 
-__all__ = ["ProbeResult", "WorkingFlag", "WorkingMode"]
+__all__ = ["FlagState", "ProbeResult", "WorkingFlag", "WorkingMode"]
+
+# The flag's own state, in its own words: "unknown" before any verdict, "checking" while the first
+# probe runs. Neither refuses traffic (admitted until a probe says otherwise).
+FlagState = Literal["unknown", "checking", "working", "not_working"]
+# A first probe failing so cannot heal by itself (a wrong token, a block page): down at once.
+FATAL_AT_START: Final = frozenset({"auth", "blocked"})
 
 
 class WorkingFlag:
@@ -41,6 +48,8 @@ class WorkingFlag:
         self.last_probe: ProbeResult | None = None
         self.probes_total = 0
         self.next_probe_at: float | None = None  # clock() value; set by the prober
+        self.probed = False  # a probe answered, or a peer's verdict was adopted
+        self.probing = False  # a probe is in flight; set by the prober
 
     @property
     def working(self) -> bool:
@@ -53,12 +62,25 @@ class WorkingFlag:
         """Subscriber for the prober's results."""
         self.record(event.result)
 
+    @property
+    def state(self) -> FlagState:
+        """The flag's own state: its verdict, or ``unknown``/``checking`` before the first one."""
+        if self.mode == "auto" and not self.probed:
+            return "checking" if self.probing else "unknown"
+        return "working" if self.working else "not_working"
+
     def record(self, result: ProbeResult) -> None:
-        """Apply one probe result with hysteresis."""
+        """Apply one probe result with hysteresis (a first auth or block failure: down at once)."""
         before = self.working
+        first = not self.probed
+        self.probed = True
         self.last_probe = result
         self.probes_total += 1
-        if result.ok:
+        if first and not result.ok and result.kind in FATAL_AT_START:
+            self.consecutive_failures += 1
+            self.consecutive_successes = 0
+            self._probed_working = False
+        elif result.ok:
             self.consecutive_successes += 1
             self.consecutive_failures = 0
             if self.consecutive_successes >= self._healthy_threshold:
@@ -78,6 +100,7 @@ class WorkingFlag:
     def restore(self, *, working: bool, failures: int, successes: int, last_probe: ProbeResult | None) -> None:
         """Adopt the verdict another process reached (a fleet member joining or reconnecting)."""
         before = self.working
+        self.probed = True
         self._probed_working = working
         self.consecutive_failures = failures
         self.consecutive_successes = successes
@@ -107,6 +130,7 @@ class WorkingFlag:
         last = self.last_probe
         return {
             "working": self.working,
+            "state": self.state,
             "mode": self.mode,
             "consecutive_failures": self.consecutive_failures,
             "consecutive_successes": self.consecutive_successes,

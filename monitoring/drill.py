@@ -15,26 +15,28 @@ and a webhook receiver), then:
 4. heals the upstream (``DELETE /_sim/faults``) and waits for both to resolve;
 5. stops everything and exits 0, or non-zero with what was missing.
 
+``--scenario live-fails`` (:mod:`monitoring.drill_live`) breaks every route in a way the
+probe does not see (live traffic fails, probes pass) and expects the pages
+GatewayAllBreakersOpen and GatewayAvailabilityBudgetBurn to arrive and resolve; the
+default ``all`` runs both scenarios, each on a stack of its own.
+
 Exit codes: 0 passed, 1 an expectation failed or timed out, 2 the stack could not
 start (e.g. Prometheus missing), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 from monitoring.processes import NOT_YET, StackError, wait_until
-from monitoring.stack import Stack, StackOptions
+from monitoring.stack import Stack
 from monitoring.webhook import Notification
 
 # The alerts the drill expects, and the Alertmanager receiver each must reach
@@ -79,14 +81,26 @@ class DrillResult:
 
 
 class Drill:
-    """One run of the drill against a started :class:`Stack`; prints as it goes."""
+    """One run of the drill against a started :class:`Stack`; prints as it goes.
+
+    This scenario ("upstream down") breaks the upstream for probes and traffic alike;
+    :mod:`monitoring.drill_live` subclasses it for "live traffic fails, probes pass".
+    """
+
+    name: str = "upstream-down"
+    # The alerts that must fire and resolve, with the receiver each must reach.
+    alerts: Mapping[str, str] = DRILL_ALERTS
+    # Only these alerts' notifications of this severity count (None: any severity).
+    severity: str | None = None
+    # Further alerts the scenario may raise without failing (e.g. tickets for a spent budget).
+    tolerated: frozenset[str] = frozenset()
 
     def __init__(self, stack: Stack, *, out: Out = print, phase_timeout: float = 45.0) -> None:
         self.stack = stack
         self.out = out
         self.phase_timeout = phase_timeout
         self.t0 = time.monotonic()
-        self.result = DrillResult(tracks={name: AlertTrack(name, receiver) for name, receiver in DRILL_ALERTS.items()})
+        self.result = DrillResult(tracks={name: AlertTrack(name, receiver) for name, receiver in self.alerts.items()})
         self._prometheus_states: dict[str, str] = {}
         stack.webhook.on_notification = self._on_notification
         for note in stack.webhook.notifications:  # e.g. the Watchdog, delivered while the stack started
@@ -106,7 +120,9 @@ class Drill:
         try:
             await self._wait(self._healthy, "a healthy start (gateway ready, scraped, Watchdog delivered)")
             self.say("healthy: gateway ready and working, Prometheus scrapes it, Watchdog reached receiver 'watchdog'")
-            self._prometheus_states = {alert.alertname: alert.state for alert in await self.stack.prometheus.alerts()}
+            self._prometheus_states = {
+                self._key(alert.alertname, alert.labels): alert.state for alert in await self.stack.prometheus.alerts()
+            }
             watcher = asyncio.create_task(self._watch_prometheus(), name="drill-prometheus-watch")
             await self._break_and_heal()
         except StackError as exc:
@@ -181,13 +197,23 @@ class Drill:
         """Print every change of an alert's state in Prometheus."""
         while True:
             with contextlib.suppress(StackError, *NOT_YET):
-                current = {alert.alertname: alert.state for alert in await self.stack.prometheus.alerts()}
+                current = {
+                    self._key(alert.alertname, alert.labels): alert.state
+                    for alert in await self.stack.prometheus.alerts()
+                }
                 for name in sorted(set(current) | set(self._prometheus_states)):
                     state = current.get(name, "inactive")
                     if self._prometheus_states.get(name, "inactive") != state:
                         self._prometheus_states[name] = state
                         self._record_prometheus(name, state)
             await asyncio.sleep(0.1)
+
+    def _key(self, alertname: str, labels: Mapping[str, str]) -> str:
+        """The alert's name, or ``name (severity)`` for a tier this scenario does not track."""
+        severity = labels.get("severity", "")
+        if self.severity is None or severity == self.severity or alertname not in self.alerts:
+            return alertname
+        return f"{alertname} ({severity})"
 
     def _record_prometheus(self, name: str, state: str) -> None:
         track = self.result.tracks.get(name)
@@ -203,7 +229,7 @@ class Drill:
                 f"{alert.alertname} severity={alert.severity or '-'}"
             )
             track = self.result.tracks.get(alert.alertname)
-            if track is None:
+            if track is None or (self.severity is not None and alert.severity != self.severity):
                 continue
             if alert.status == "firing" and track.notified_firing_at is None:
                 track.notified_firing_at, track.notified_firing_receiver = at, note.receiver
@@ -231,7 +257,7 @@ class Drill:
                     problems.append(
                         f"{track.alertname}: {status} notification went to '{receiver}', expected '{track.receiver}'"
                     )
-        expected = {*DRILL_ALERTS, WATCHDOG}
+        expected = {*self.alerts, *self.tolerated, WATCHDOG}
         for note in self.stack.webhook.notifications:
             for alert in note.alerts:
                 if alert.status == "firing" and alert.alertname not in expected:
@@ -240,109 +266,7 @@ class Drill:
                     problems.append(f"Watchdog went to '{note.receiver}', expected '{WATCHDOG_RECEIVER}'")
 
 
-def summary(result: DrillResult) -> list[str]:
-    """A table of when each alert fired and resolved: seconds after the break and after the heal."""
+if __name__ == "__main__":  # python -m monitoring.drill, as before: the command line lives in drill_cli
+    from monitoring.drill_cli import main
 
-    def after(moment: float | None, origin: float | None) -> str:
-        return "-" if moment is None or origin is None else f"+{moment - origin:.1f}s"
-
-    lines = [
-        f"  {'alert':<27} {'receiver':<9} {'pending':>8} {'firing':>8} {'webhook':>8}   {'resolved':>8} {'webhook':>8}",
-        f"  {'':<27} {'':<9} {'(after the break)':>26}   {'(after the heal)':>17}",
-    ]
-    for track in result.tracks.values():
-        broke, healed = result.broke_at, result.healed_at
-        lines.append(
-            f"  {track.alertname:<27} {track.receiver:<9} {after(track.pending_at, broke):>8} "
-            f"{after(track.firing_at, broke):>8} {after(track.notified_firing_at, broke):>8}   "
-            f"{after(track.inactive_at, healed):>8} {after(track.notified_resolved_at, healed):>8}"
-        )
-    return lines
-
-
-def describe_stack(stack: Stack) -> list[str]:
-    """Where each piece of the stack listens."""
-    pids = {process.name: process.pid for process in stack.processes}
-    return [
-        f"  simulator     {stack.sim_url:<24} pid {pids.get('simulator')}",
-        f"  gateway       {stack.gateway_url:<24} pid {pids.get('gateway')}",
-        f"  alertmanager  {stack.alertmanager_url:<24} pid {pids.get('alertmanager')}",
-        f"  prometheus    {stack.prometheus_url:<24} pid {pids.get('prometheus')}",
-        f"  webhook       {stack.webhook.url:<24} (in this process)",
-        f"  files         {stack.workdir}",
-    ]
-
-
-async def drill(options: StackOptions, *, limit: float, out: Out = print) -> int:
-    """Start the stack, run the drill within ``limit`` seconds overall, stop everything; the exit code."""
-    stack = Stack(options)
-    overrides = ", ".join(f"{name} {value}" for name, value in options.for_overrides.items())
-    out("alert drill: starting simulator, gateway, Alertmanager, Prometheus and a webhook receiver on loopback")
-    out(f"  rules: monitoring/rules/*.yml as shipped, except for: {overrides}")
-    started = time.monotonic()
-    runner: Drill | None = None
-    try:
-        async with asyncio.timeout(limit):
-            try:
-                await stack.start()
-            except StackError as exc:
-                out(f"alert drill: FAILED to start the stack: {exc}")
-                return 2
-            out(f"stack up in {time.monotonic() - started:.1f}s:")
-            for line in describe_stack(stack):
-                out(line)
-            runner = Drill(stack, out=out)
-            result = await runner.run()
-            if not result.ok:
-                out(stack.log_tails())
-    except TimeoutError:
-        out(stack.log_tails())
-        result = runner.result if runner is not None else DrillResult(tracks={})
-        result.problems.append(f"not finished within the overall limit of {limit:g}s (--timeout)")
-    finally:
-        await stack.stop()
-        stack.kill_all()
-    out("summary:")
-    for line in summary(result):
-        out(line)
-    if result.ok:
-        out(f"alert drill: PASSED in {time.monotonic() - started:.1f}s; everything stopped")
-        return 0
-    out("alert drill: FAILED (everything stopped):")
-    for problem in result.problems:
-        out(f"  - {problem}")
-    return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point (``scripts/alert-drill``)."""
-    parser = argparse.ArgumentParser(prog="alert-drill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=float, default=150.0, help="overall limit in seconds (default %(default)s)")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="keep configs, data and logs here (default: a temporary directory)"
-    )
-    ns = parser.parse_args(argv)
-    options = StackOptions(workdir=ns.workdir)
-
-    terminated: list[int] = []
-
-    async def run() -> int:
-        task = asyncio.current_task()
-        if task is not None:
-
-            def on_sigterm() -> None:
-                terminated.append(signal.SIGTERM)
-                task.cancel()
-
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
-        return await drill(options, limit=ns.timeout, out=lambda line: print(line, flush=True))
-
-    try:
-        return asyncio.run(run())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("alert drill: interrupted; everything it started has been stopped", file=sys.stderr)
-        return 128 + (terminated[0] if terminated else signal.SIGINT)
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ from typing import Final, Literal, cast
 from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.fields import REFUSABLE
 from gateway.flowgpt.protocol import MODELS
-from gateway.metrics import ADMISSION_REASONS, PROVIDER, TOKEN_DIRECTIONS, Metrics
+from gateway.metrics import ADMISSION_REASONS, PROVIDER, STREAM_OUTCOMES, TOKEN_DIRECTIONS, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -84,6 +84,7 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "param": frozenset(REFUSABLE),
     "direction": frozenset(TOKEN_DIRECTIONS),
     "model": frozenset(MODELS),
+    "outcome": frozenset(STREAM_OUTCOMES),
 }
 
 

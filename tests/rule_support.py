@@ -8,14 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from gateway.handlers.runbook import anchor
 from monitoring.configs import MONITORING_DIR, Rule, iter_rules, load_yaml_mapping
 from tests.tool_support import REPO_ROOT
 
 RULE_TESTS_DIR: Final = MONITORING_DIR / "tests"
 RUNBOOK: Final = REPO_ROOT / "docs" / "runbook.md"
 MONITORING_DOC: Final = REPO_ROOT / "docs" / "monitoring.md"
-SLO_TARGET_RECORD: Final = "gateway:upstream_slo:target"
-RUNBOOK_URL_BASE: Final = "https://github.com/flowgpt-gateway/flowgpt-gateway/blob/main/docs/runbook.md"
+SLO_TARGET_RECORD: Final = "gateway:slo:target"
+# Every runbook_url is this template plus an anchor: Prometheus fills in the one setting, the
+# external label runbook_base_url of monitoring/prometheus.yml.
+RUNBOOK_BASE_LABEL: Final = "runbook_base_url"
+RUNBOOK_URL_BASE: Final = "{{ $externalLabels.runbook_base_url }}"
 # Receiver each kind of alert must reach.
 RECEIVER_FOR_SEVERITY: Final[Mapping[str, str]] = {"critical": "pager", "warning": "ticket"}
 WATCHDOG_ALERT: Final = "Watchdog"
@@ -84,13 +88,7 @@ def promql_expr_test_exprs() -> list[str]:
     ]
 
 
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub generates for a Markdown heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
 def runbook_anchors(path: Path = RUNBOOK) -> set[str]:
     """Anchors of every heading in the runbook."""
     headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    return {github_anchor(heading) for heading in headings}
+    return {anchor(heading) for heading in headings}

@@ -1,4 +1,4 @@
-"""Screenshots of the status page for the README: healthy, phone, one route down, all down (``scripts/screenshots``).
+"""Screenshots of the status page for the README: healthy, phone, one route down, all down, healed, stale.
 
 Runs the simulator with three routes and a gateway on loopback, sends steady traffic
 so the sparklines have something to draw (sampled every 250 ms instead of 5 s, so a
@@ -45,7 +45,8 @@ async def _traffic(base: str, stop: asyncio.Event) -> None:
 
 
 async def take(out: Path) -> None:
-    """Write ``status-healthy.png`` (and ``status-phone.png``), ``status-route-down.png``, ``status-all-down.png``."""
+    """Write ``status-healthy.png`` (and ``status-phone.png``), ``status-route-down.png``, ``status-all-down.png``,
+    ``status-healed-timeline.png`` (every route healed: the timeline tells the story) and ``status-stale.png``."""
     async with Simulator(SimOptions(chunk_delay=0.01)) as sim:
         for name, delay in PACE.items():
             sim.set_faults(SimFaults(slow_first_token=delay, ratio=0.5), route=name)
@@ -69,6 +70,7 @@ async def take(out: Path) -> None:
         port = runner.addresses[0][1]
         base = f"http://127.0.0.1:{port}"
         stop = asyncio.Event()
+        stopped = False
         traffic = asyncio.create_task(_traffic(base, stop))
         try:
             async with chromium() as browser:
@@ -91,12 +93,23 @@ async def take(out: Path) -> None:
                 sim.set_faults(DOWN, route="paid")
                 await asyncio.sleep(8)
                 await page.screenshot(path=out / "status-all-down.png", full_page=True)
+                for name, delay in PACE.items():
+                    sim.set_faults(SimFaults(slow_first_token=delay, ratio=0.5), route=name)
+                await asyncio.sleep(8)
+                await page.screenshot(path=out / "status-healed-timeline.png", full_page=True)
                 if watch.complaints():
                     raise RuntimeError(f"the page complained: {watch.complaints()}")
+                stop.set()
+                await traffic
+                await runner.cleanup()  # the gateway stops answering: the page turns stale
+                stopped = True
+                await page.wait_for_selector("#state.state-stale", timeout=5000)
+                await page.screenshot(path=out / "status-stale.png")
         finally:
             stop.set()
             await traffic
-            await runner.cleanup()
+            if not stopped:
+                await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ async def test_probe_tells_bad_settings_from_no_route_working_and_names_routes_i
 
 
 async def test_the_demo_always_runs_against_its_simulator() -> None:
-    """A GATEWAY_UPSTREAMS in the environment does not send the demo's traffic elsewhere."""
+    """A GATEWAY_UPSTREAMS in the environment does not send the demo's traffic elsewhere; the page's URL comes first."""
     gateway_port, sim_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -153,10 +153,16 @@ async def test_the_demo_always_runs_against_its_simulator() -> None:
     )
     try:
         assert process.stdout is not None
+        printed: list[str] = []
         async with asyncio.timeout(20):
-            while b"stop with Ctrl-C" not in await process.stdout.readline():
-                pass
+            while "stop with Ctrl-C" not in (line := (await process.stdout.readline()).decode()):
+                printed.append(line)
+        banner = [line for line in printed if line.startswith(("status page", "simulator", "routes", "gateway "))]
+        assert banner[0].split()[:3] == ["status", "page", f"http://127.0.0.1:{gateway_port}/"]  # first: the page
         async with aiohttp.ClientSession() as session:
+            async with session.get(banner[0].split()[2]) as response:
+                assert response.status == 200
+                assert response.content_type == "text/html"
             url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             async with session.post(url, json=chat_body()) as response:
                 assert response.status == 200

@@ -180,3 +180,20 @@ async def test_the_gateways_own_time_is_counted_per_answered_chat_and_leaves_the
     total = value(samples, "gateway_http_request_duration_seconds_sum", route="/v1/chat/completions")
     assert total > 0.4  # both waited 0.2 s for their first token
     assert overhead < 0.1, overhead  # the waits are not the gateway's own time
+
+
+@pytest.mark.parametrize(("faults", "outcome"), [(None, "completed"), (SimFaults(reset_after=2), "error")])
+async def test_stream_outcome_is_counted_once(
+    make_gateway: GatewayFactory, sim: Simulator, faults: SimFaults | None, outcome: str
+) -> None:
+    """A stream answered 200 counts one outcome: ``error`` when an error event ended it (the client SLO's bad)."""
+    gateway = await make_gateway(retry_max=0)
+    if faults is not None:
+        sim.faults = faults
+    before = await scrape(gateway)
+    response = await gateway.post("/v1/chat/completions", json=chat_body("abcdefghijkl", stream=True))
+    assert response.status == 200
+    await response.read()
+    after = await scrape(gateway)
+    for each in LABEL_VALUES["outcome"]:
+        assert delta(before, after, "gateway_stream_outcomes_total", outcome=each) == (each == outcome), each

@@ -57,6 +57,7 @@ from tests.rule_support import (
     MONITORING_DOC,
     RECEIVER_FOR_SEVERITY,
     RUNBOOK,
+    RUNBOOK_BASE_LABEL,
     RUNBOOK_URL_BASE,
     SLO_TARGET_RECORD,
     WATCHDOG_ALERT,
@@ -198,6 +199,8 @@ def test_expected_alerts_exist() -> None:
         "GatewayUpstreamNotWorking",
         "GatewayCircuitOpen",
         "GatewayUpstreamErrorBudgetBurn",
+        "GatewayAvailabilityBudgetBurn",
+        "GatewayAllBreakersOpen",
         "GatewayJSONParseFailures",
         "GatewayUpstreamSlow",
         "GatewayHealthProbeStalled",
@@ -263,16 +266,26 @@ def test_every_recording_rule_has_a_promql_expr_test_and_a_user() -> None:
 
 
 def test_slo_target_is_defined_in_one_place() -> None:
-    """The SLO target is recorded once and every burn-rate threshold derives from it."""
+    """The SLO target is recorded once and every burn-rate threshold of both SLOs derives from it."""
     targets = [rule for rule in recording_rules() if rule.name == SLO_TARGET_RECORD]
     assert len(targets) == 1
     assert re.fullmatch(r"vector\(0\.\d+\)", targets[0].expr.strip()), targets[0].expr
-    burn = [rule for rule in alert_rules() if rule.name == "GatewayUpstreamErrorBudgetBurn"]
-    assert {rule.labels["severity"] for rule in burn} == {"critical", "warning"}
-    for rule in burn:
+    client = [rule for rule in alert_rules() if rule.name == "GatewayAvailabilityBudgetBurn"]
+    assert {rule.labels["severity"] for rule in client} == {"critical", "warning"}
+    attempts = [rule for rule in alert_rules() if rule.name == "GatewayUpstreamErrorBudgetBurn"]
+    assert {rule.labels["severity"] for rule in attempts} == {"warning"}, "the attempt-level SLO is a ticket"
+    for rule in client + attempts:
         assert SLO_TARGET_RECORD in rule.expr
         assert "0.99" not in rule.expr, "hard-coded SLO in an alert"
         assert "0.01" not in rule.expr, "hard-coded error budget in an alert"
+
+
+def test_runbook_base_is_one_setting_and_no_rule_links_elsewhere() -> None:
+    """The runbook base URL is the one external label in prometheus.yml; no rule file holds a URL."""
+    labels = load_yaml_mapping(PROMETHEUS_CONFIG)["global"]["external_labels"]
+    assert urlsplit(labels[RUNBOOK_BASE_LABEL]).scheme in {"http", "https"}
+    for path in rule_files():
+        assert "://" not in path.read_text(encoding="utf-8"), f"{path} holds a URL"
 
 
 def test_rules_reference_only_contract_metrics() -> None:

@@ -84,7 +84,7 @@ async def test_the_data_says_serving_degraded_and_down(make_gateway: GatewayFact
     html, data = await page_and_data(gateway)
     assert data["state"] == "degraded"
     assert [(r["name"], r["up"]) for r in data["routes"]] == [("a", True), ("b", False)]
-    assert data["view"]["routes"][1]["cells"]["working"] == "not working (pinned)"
+    assert data["view"]["routes"][1]["cells"]["working"] == "off, pinned by an operator"
     assert '<tr class="route down" data-route="b">' in html
     routes["a"].breaker.force_open()
     _, data = await page_and_data(gateway)
@@ -145,10 +145,16 @@ def test_rendering_escapes_names_and_urls_even_past_validation() -> None:
         "up": False,
         "working": False,
         "working_mode": "auto",
+        "working_state": "not_working",
+        "since_change": 3.0,
         "breaker": {"state": "closed", "mode": "auto", "retry_after": None},
         "probe": {"ok": False, "latency": 0.1, "age": 1.0, "error": hostile},
         "requests": 1.0,
         "failures": 1.0,
+        "failovers": 0.0,
+        "client_errors": 0.0,
+        "flaps": 1.0,
+        "downtime": 3.0,
         "first_token_p50": None,
         "first_token_p95": None,
     }
@@ -163,6 +169,10 @@ def test_rendering_escapes_names_and_urls_even_past_validation() -> None:
         "limit": 1,
         "rejections": dict.fromkeys(("breaker_open", "half_open_busy", "not_working", "overloaded"), 0.0),
         "retries": 0.0,
+        "failovers": 0.0,
+        "received": dict.fromkeys(("2xx", "4xx", "5xx", "stream_errors"), 0.0),
+        "generated_at": 10.0,
+        "events": [{"at": 1.0, "route": hostile, "kind": "probe", "old": "passing", "new": "failing", "reason": hostile}],
         "routes": [route],
     }
     html = render_page(page_view(data, {hostile: empty}), source='ui/data"><script>', refresh=1)

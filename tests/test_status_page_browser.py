@@ -126,13 +126,16 @@ async def test_no_secret_anywhere_in_the_dom(browser: Browser, make_gateway: Gat
 async def test_a_stopped_gateway_leaves_a_stale_page(
     browser: Browser, make_gateway: GatewayFactory, sim: Simulator
 ) -> None:
-    """When the gateway stops answering, the page says it is stale instead of showing old data as current."""
+    """When the gateway stops answering, the banner and the header badge say "Stale" instead of old data as current."""
     gateway = await routed(make_gateway, sim)
     watch = PageWatch()
     page = await open_page(browser, gateway, watch)
     await gateway.close()
     await page.wait_for_selector("#stale:not([hidden])", timeout=SEEN_WITHIN_MS)
     assert (await page.text_content("#stale") or "").startswith("Stale: the gateway did not answer")
+    # The header badge no longer claims the last known state: grey "Stale", like the banner.
+    assert await page.text_content("#state") == "Stale"
+    assert await page.get_attribute("#state", "class") == "state state-stale"
     assert "is-stale" in (await page.get_attribute("body", "class") or "")
     assert watch.failed  # the refreshes that found no gateway
     assert all("ui/data" in failure for failure in watch.failed)

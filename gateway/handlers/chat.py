@@ -34,6 +34,7 @@ from gateway.errors import (
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.handlers.reply import Reply
+from gateway.metrics import StreamOutcome
 from gateway.middlewares import CLIENT_CLOSED_REQUEST, error_response
 from gateway.openai_schema import ChunkEncoder, completion, error_event, new_completion_id, parse_chat_request
 from gateway.overhead import waiting
@@ -141,6 +142,7 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
     try:
         async with _write_guard(request, answer) as guard:
             await guard.write(response, encoder.role())
+            outcome: StreamOutcome = "completed"
             try:
                 async for fragment in answer:
                     if text := cutter.feed(fragment):
@@ -157,16 +159,20 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
                 reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                outcome = "rejected" if exc.status < 500 and exc.status != 429 else "error"
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)
+            app[METRICS].stream_ended(outcome)
             return response
     except ClientStalledError as exc:
         # Not an upstream failure: the answer scope closes the stream without blaming anyone.
         _cut_stalled_client(request, exc)
+        app[METRICS].stream_ended("client_gone")
         return response
     except ConnectionError:  # reset, or "Connection lost" while a write waited for the drain
         log.info("client went away mid-stream")
         _client_gone(request)
+        app[METRICS].stream_ended("client_gone")
         return response
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -179,6 +185,7 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
             async with asyncio.timeout(1.0):
                 await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
                 await response.write_eof()
+        app[METRICS].stream_ended("error")  # the gateway, not the client, ended it
         return response
 
 

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import FLEET, INFLIGHT, METRICS, ROUTES, SETTINGS, STARTED_AT
+from gateway.app_keys import CLOCK, FLEET, INFLIGHT, METRICS, READY_DEADLINE, ROUTES, SETTINGS, STARTED_AT, TIMELINE
 from gateway.route_pool import Route
 from gateway.settings import describe_route
 
@@ -31,18 +31,27 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     routes = app[ROUTES]
     draining = app[INFLIGHT].draining
     working = routes.working()
-    ready = working and not draining
+    # Honest at start-up: until one route has answered a probe (or been pinned by an operator),
+    # "working" is only a default, so say not ready, for at most GATEWAY_READY_GRACE.
+    unprobed = (
+        app[SETTINGS].probe_enabled
+        and not any(route.flag.probed or route.flag.mode != "auto" for route in routes)
+        and app[CLOCK]() < app[READY_DEADLINE]
+    )
+    ready = working and not draining and not unprobed
     body: dict[str, Any] = {
         "ready": ready,
-        "working": working,  # at least one route works
+        "working": working,  # at least one route works (or is not yet probed)
         "shutting_down": draining,
         "routes": [route_snapshot(route) for route in routes],
     }
+    if not ready:
+        body["reason"] = "shutting down" if draining else "not yet probed" if unprobed else "no route is working"
     return ready, body
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 while at least one route is working and we are not draining; lists every route."""
+    """Readiness: 200 while a route works and we are not draining; 503 "not yet probed" at start-up."""
     ready, body = _readiness(request.app)
     return web.json_response(body, status=200 if ready else 503)
 
@@ -62,6 +71,7 @@ async def status(request: web.Request) -> web.Response:
         "pid": os.getpid(),  # under serve --workers: which worker answered
         "readiness": readiness,
         "counters": app[METRICS].summary(),
+        "events": app[TIMELINE].events(),  # the last state changes, newest first, with reasons
         "settings": app[SETTINGS].masked(),
         # None: no GATEWAY_REDIS_URL, this process decides alone by design.
         "shared_state": app[FLEET].snapshot() if FLEET in app else None,

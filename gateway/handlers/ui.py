@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from gateway.app_keys import INFLIGHT, METRICS, ROUTES, SETTINGS, STATUS_SAMPLER, STATUS_SNAPSHOT
+from gateway.app_keys import INFLIGHT, METRICS, ROUTES, SETTINGS, STATUS_SAMPLER, STATUS_SNAPSHOT, TIMELINE
 from gateway.errors import AuthenticationError
 from gateway.middlewares import error_response
 from gateway.status_page.cache import Reused
@@ -54,7 +54,7 @@ def setup(app: web.Application) -> None:
             "set GATEWAY_UI=admin (with GATEWAY_ADMIN_TOKEN) or GATEWAY_UI=off to close it"
         )
     # The sampler's time is wall-clock spacing of samples, not a decision: the real monotonic clock.
-    app[STATUS_SAMPLER] = Sampler(app[METRICS], interval=settings.ui_sample_seconds)
+    app[STATUS_SAMPLER] = Sampler(app[METRICS], interval=settings.ui_sample_seconds, route_clocks=app[TIMELINE].clocks)
     app[STATUS_SNAPSHOT] = Reused(SNAPSHOT_MAX_AGE)
     app.cleanup_ctx.append(_sampler_context)
     for path in PAGE_PATHS:

@@ -15,11 +15,12 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import FLEET, INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, UPSTREAM
-from gateway.metrics import ADMISSION_REASONS
+from gateway.app_keys import FLEET, INFLIGHT, ROUTES, SETTINGS, STARTED_AT, STATUS_SAMPLER, TIMELINE, UPSTREAM
+from gateway.metrics import ADMISSION_REASONS, ANSWER_CLASSES
 from gateway.redact import Scrubber, mask_url
 from gateway.route_pool import Route
 from gateway.status_page.sampler import WINDOW_SECONDS, RouteWindow, Spark
+from gateway.timeline import RouteClock
 
 MAX_ERROR_CHARS: Final = 160  # a probe error is a one-line reason, not a body
 
@@ -53,7 +54,13 @@ def _series(spark: Spark) -> Series:
 
 
 def _route(
-    route: Route, url: str, window: RouteWindow | None, now: float, scrub: Scrubber, opened_by: str | None
+    route: Route,
+    url: str,
+    window: RouteWindow | None,
+    now: float,
+    scrub: Scrubber,
+    opened_by: str | None,
+    clock: RouteClock | None,
 ) -> dict[str, Any]:
     breaker = route.breaker
     state = breaker.state
@@ -63,7 +70,9 @@ def _route(
         "url": mask_url(url),
         "weight": route.weight,
         "up": route_up(route),
+        "since_change": None if clock is None else round(clock.age(), 1),
         "working": route.flag.working,
+        "working_state": route.flag.state,  # unknown, checking, working, not_working
         "working_mode": route.flag.mode,
         "breaker": {
             "state": state,
@@ -77,6 +86,10 @@ def _route(
         "failures": None if window is None else window.failures,
         "first_token_p50": None if window is None or window.p50 is None else round(window.p50, 4),
         "first_token_p95": None if window is None or window.p95 is None else round(window.p95, 4),
+        "failovers": None if window is None else window.failovers,
+        "client_errors": None if window is None else window.client_errors,
+        "flaps": None if window is None else window.flaps,
+        "downtime": None if window is None else round(window.downtime, 1),
     }
 
 
@@ -91,7 +104,11 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
     urls = {spec.name: spec.url for spec in settings.routes()}
     scrub = settings.scrubber()
     periods = app[FLEET].open_periods() if FLEET in app else {}
-    routes = [_route(r, urls[r.name], windows.get(r.name), now, scrub, periods.get(r.name)) for r in app[ROUTES]]
+    clocks = app[TIMELINE].clocks
+    routes = [
+        _route(r, urls[r.name], windows.get(r.name), now, scrub, periods.get(r.name), clocks.get(r.name))
+        for r in app[ROUTES]
+    ]
     data = {
         "state": overall([route["up"] for route in routes], draining=draining),
         "draining": draining,
@@ -108,6 +125,10 @@ def page_data(app: web.Application) -> tuple[dict[str, Any], dict[str, Series]]:
         "limit": limiter.limit,
         "rejections": {reason: shared[reason] for reason in ADMISSION_REASONS},
         "retries": shared["retries"],
+        "failovers": shared["failovers"],
+        # What clients received over the window: chat answers by status class, streams ended by an error.
+        "received": {key: shared[key] for key in (*ANSWER_CLASSES, "stream_errors")},
         "routes": routes,
+        "events": app[TIMELINE].events(),  # newest first, at most 100
     }
     return data, {route.name: _series(sampler.spark(route.name)) for route in app[ROUTES]}

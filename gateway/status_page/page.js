@@ -21,10 +21,13 @@
     setText($("retries"), view.retries);
     setText($("window"), view.window);
     setText($("history"), view.history);
-    for (const rejection of view.rejections) {
-      const item = document.querySelector('#rejections [data-reason="' + CSS.escape(rejection.reason) + '"]');
-      setText(item && item.querySelector(".num"), rejection.text);
+    for (const list of ["rejections", "received"]) {
+      for (const entry of view[list]) {
+        const item = document.querySelector("#" + list + ' [data-key="' + CSS.escape(entry.key) + '"]');
+        setText(item && item.querySelector(".num"), entry.text);
+      }
     }
+    showEvents(view.events);
     const rows = new Map();
     for (const row of document.querySelectorAll("tr[data-route]")) rows.set(row.dataset.route, row);
     const names = view.routes.map((route) => route.name);
@@ -44,8 +47,26 @@
         if (!svg) continue;
         svg.querySelector("path.line").setAttribute("d", spark.d);
         setText(svg.querySelector("title"), spark.title);
+        setText(row.querySelector('[data-scale="' + key + '"]'), spark.scale);
       }
     }
+  }
+
+  // The timeline's lines are rebuilt from text nodes only.
+  function showEvents(events) {
+    const list = $("events");
+    const lines = events.map((event) => {
+      const line = document.createElement("li");
+      for (const [cls, text, after] of [["when", event.time, " "], ["route", event.route, " "],
+        ["change", event.change, ": "], ["why", event.reason, ""]]) {
+        const part = document.createElement(cls === "route" ? "strong" : "span");
+        if (cls !== "route") part.className = cls;
+        part.textContent = text;
+        line.append(part, after);
+      }
+      return line;
+    });
+    list.replaceChildren(...lines);
   }
 
   function showFreshness(ok, reason) {
@@ -54,6 +75,11 @@
     stale.hidden = ok;
     body.classList.toggle("is-stale", !ok);
     if (!ok) {
+      // The last known state is no longer known: the badge says so, not "Serving".
+      const state = $("state");
+      state.className = "state state-stale";
+      setText(state, "Stale");
+      document.title = "flowgpt-gateway: Stale";
       const ago = Math.round((Date.now() - lastGood) / 1000);
       setText(stale, "Stale: the gateway did not answer (" + reason + "); last update " + ago + " s ago.");
     }

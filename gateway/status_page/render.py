@@ -54,14 +54,19 @@ SECURITY_HEADERS: Final = {
 }
 _LABELS: Final = {
     "status": "Status",
-    "working": "Working flag",
+    "since": "Since last change",
+    "working": "Working flag (probes)",
     "breaker": "Breaker",
     "probe": "Last probe",
     "requests": "Requests",
     "failures": "Failures",
-    "first_token": "First token",
+    "failovers": "Failovers away",
+    "client_errors": "Client errors caused",
+    "downtime": "Went down",
+    "first_token": "First token p50 / p95",
 }
-_NUMERIC: Final = frozenset({"requests", "failures", "first_token"})
+_WINDOWED: Final = frozenset({"requests", "failures", "failovers", "client_errors", "downtime", "first_token"})
+_NUMERIC: Final = frozenset({"requests", "failures", "failovers", "client_errors", "first_token"})
 
 
 def _spark(key: str, spark: dict[str, str]) -> str:
@@ -72,6 +77,30 @@ def _spark(key: str, spark: dict[str, str]) -> str:
         f"<title>{escape(spark['title'])}</title>"
         f'<path class="base" d="M0 {VIEW_HEIGHT - 0.5}H{VIEW_WIDTH}"/>'
         f'<path class="line" d="{escape(spark["d"])}"/></svg>'
+        f'<span class="scale" data-scale="{key}">{escape(spark["scale"])}</span>'
+    )
+
+
+def _head(span: str) -> str:
+    cells = "".join(
+        f"<th>{_LABELS[key]}{', ' + escape(span) if key in _WINDOWED else ''}</th>" for key in CELLS
+    )
+    return f"<th>Route</th>{cells}<th>Trend</th>"
+
+
+def _items(items: list[dict[str, str]]) -> str:
+    return "".join(
+        f'<li data-key="{escape(item["key"])}"><span>{escape(item["label"])}</span>'
+        f'<span class="num">{escape(item["text"])}</span></li>'
+        for item in items
+    )
+
+
+def _events(events: list[dict[str, str]]) -> str:
+    return "".join(
+        f'<li><span class="when">{escape(e["time"])}</span> <strong>{escape(e["route"])}</strong> '
+        f'<span class="change">{escape(e["change"])}</span>: <span class="why">{escape(e["reason"])}</span></li>'
+        for e in events
     )
 
 
@@ -96,11 +125,6 @@ def _row(route: dict[str, Any]) -> str:
 
 def render_page(view: dict[str, Any], *, source: str, refresh: float) -> str:
     """The whole page for ``view`` (see :func:`gateway.status_page.view.page_view`)."""
-    rejections = "".join(
-        f'<li data-reason="{escape(item["reason"])}"><span>{escape(item["label"])}</span>'
-        f'<span class="num">{escape(item["text"])}</span></li>'
-        for item in view["rejections"]
-    )
     return _PAGE.substitute(
         style=STYLE,
         script=SCRIPT,
@@ -111,7 +135,10 @@ def render_page(view: dict[str, Any], *, source: str, refresh: float) -> str:
         meta=escape(view["meta"]),
         inflight=escape(view["inflight"]),
         retries=escape(view["retries"]),
-        rejections=rejections,
+        rejections=_items(view["rejections"]),
+        received=_items(view["received"]),
+        head=_head(view["span"]),
+        events=_events(view["events"]),
         rows="\n".join(_row(route) for route in view["routes"]),
         window=escape(view["window"]),
         span=escape(view["span"]),

@@ -10,10 +10,14 @@ bucket differences the way Prometheus' ``histogram_quantile`` does.
 Each sample also stores the step's rates and first-token median next to the counters,
 so drawing the sparklines reads columns instead of re-estimating 180 quantiles per route.
 
+Each route row also keeps what the page says about the route over the window: failovers away
+from it, client errors it caused, and (from :class:`gateway.timeline.Timeline`) its downtime and
+flaps; the shared row keeps what clients received (chat answers by status class, stream errors).
+
 Memory bound: :data:`SLOTS` rows per ring, allocated at start-up and never grown.
-A route's ring holds ``SLOTS x ROUTE_WIDTH`` doubles (181 x 25 x 8 B = 36,200 B, about
-35 KiB), the shared ring ``SLOTS x GLOBAL_WIDTH`` (181 x 6 x 8 B, about 8.5 KiB); so
-with the array and object headers, 2,335,368 bytes (2.3 MB) for the 64 routes the gateway
+A route's ring holds ``SLOTS x ROUTE_WIDTH`` doubles (181 x 29 x 8 B = 41,992 B, about
+41 KiB), the shared ring ``SLOTS x GLOBAL_WIDTH`` (181 x 11 x 8 B, about 15.6 KiB); so
+with the array and object headers, 2,713,296 bytes (2.7 MB) for the 64 routes the gateway
 allows (:func:`memory_bound`, checked by ``tests/test_status_page_sampler.py``).
 """
 
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.metrics import ADMISSION_REASONS
+from gateway.metrics import ADMISSION_REASONS, ANSWER_CLASSES, CHAT_ROUTE
 from gateway.route_metrics import FIRST_TOKEN_BUCKETS
 from gateway.status_page.ring import Ring, ring_bytes
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 
     from gateway.metrics import Metrics
     from gateway.route_metrics import RouteMetrics
+    from gateway.timeline import RouteClock
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,14 @@ BUCKETS: Final = (*FIRST_TOKEN_BUCKETS, float("inf"))
 # A route row: requests, failures, the cumulative first-token bucket counts (+Inf last), then
 # the step since the previous row: requests/s, failures/s, first-token p50 (NaN when unknown).
 COUNTERS: Final = 2 + len(BUCKETS)
-ROUTE_WIDTH: Final = COUNTERS + 3
-# The shared row: monotonic time, rejections by reason, retries of every route.
-GLOBAL_WIDTH: Final = 1 + len(ADMISSION_REASONS) + 1
+STEP_COLUMNS: Final = 3
+# After the step: failovers away, client errors caused, seconds down, times gone down (all cumulative).
+ROUTE_EXTRAS: Final = ("failovers", "client_errors", "downtime", "flaps")
+ROUTE_WIDTH: Final = COUNTERS + STEP_COLUMNS + len(ROUTE_EXTRAS)
+# The shared row: monotonic time, rejections by reason, retries of every route, failovers of every
+# route, then chat answers by status class and streams ended by an error event.
+SHARED_KEYS: Final = (*ADMISSION_REASONS, "retries", "failovers", *ANSWER_CLASSES, "stream_errors")
+GLOBAL_WIDTH: Final = 1 + len(SHARED_KEYS)
 # "rejected" is the upstream refusing one request (a caller's fault), not a failure of the route.
 FAILURE_KINDS: Final = tuple(kind for kind in UPSTREAM_ERROR_KINDS if kind != "rejected")
 
@@ -73,9 +83,15 @@ def _buckets(child: MetricWrapperBase) -> list[float]:
 
 
 def read_route(metrics: RouteMetrics) -> list[float]:
-    """One route's row, read now."""
+    """One route's counters, read now."""
     failures = sum(_value(metrics.upstream_errors[kind]) for kind in FAILURE_KINDS)
     return [_value(metrics.upstream_requests), failures, *_buckets(metrics.first_token)]
+
+
+def read_extras(metrics: RouteMetrics, clock: RouteClock | None) -> list[float]:
+    """One route's :data:`ROUTE_EXTRAS`, read now (no clock: a route not yet watched, never down)."""
+    down, flaps = (0.0, 0.0) if clock is None else (clock.downtime(), float(clock.flaps))
+    return [_value(metrics.failovers), _value(metrics.client_errors), down, flaps]
 
 
 def quantile(q: float, counts: Sequence[float]) -> float | None:
@@ -123,6 +139,10 @@ class RouteWindow:
     failures: float
     p50: float | None
     p95: float | None
+    failovers: float = 0.0
+    client_errors: float = 0.0
+    downtime: float = 0.0
+    flaps: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +158,17 @@ class Spark:
 class Sampler:
     """The rings and the loop that fills them; reading windows costs one live reading, no allocation in the rings."""
 
-    def __init__(self, metrics: Metrics, *, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        route_clocks: dict[str, RouteClock] | None = None,
+    ) -> None:
         self.interval = interval
         self._metrics = metrics
+        self._route_clocks = route_clocks if route_clocks is not None else {}
         self._clock = clock
         self._shared = Ring(slots=SLOTS, width=GLOBAL_WIDTH)
         self._routes = {name: Ring(slots=SLOTS, width=ROUTE_WIDTH) for name in metrics.routes}
@@ -148,7 +176,15 @@ class Sampler:
     def _shared_row(self, now: float) -> list[float]:
         m = self._metrics
         retries = sum(_value(route.retries) for route in m.routes.values())
-        return [now, *(_value(m.rejections[reason]) for reason in ADMISSION_REASONS), retries]
+        failovers = sum(_value(route.failovers) for route in m.routes.values())
+        answers = m.answers_by_class(CHAT_ROUTE)
+        stream_errors = _value(m.stream_outcomes["error"])
+        rejections = (_value(m.rejections[reason]) for reason in ADMISSION_REASONS)
+        return [now, *rejections, retries, failovers, *(answers[key] for key in ANSWER_CLASSES), stream_errors]
+
+    def _route_row(self, name: str) -> tuple[list[float], list[float]]:
+        metrics = self._metrics.routes[name]
+        return read_route(metrics), read_extras(metrics, self._route_clocks.get(name))
 
     def sample(self) -> None:
         """Append one row to every ring (all read first, so the rings stay aligned if a reading fails)."""
@@ -157,8 +193,8 @@ class Sampler:
         elapsed = now - self._shared.row(len(self._shared) - 1)[0] if len(self._shared) else 0.0
         rows = []
         for name, ring in self._routes.items():
-            counters = read_route(self._metrics.routes[name])
-            rows.append((ring, [*counters, *_step(ring, counters, elapsed)]))
+            counters, extras = self._route_row(name)
+            rows.append((ring, [*counters, *_step(ring, counters, elapsed), *extras]))
         self._shared.push(shared)
         for ring, row in rows:
             ring.push(row)
@@ -177,18 +213,22 @@ class Sampler:
         live = self._shared_row(now)
         start = self._baseline(seconds, now)
         if start is None:  # no sample yet: an empty window rather than counts since start-up
-            return 0.0, dict.fromkeys((*ADMISSION_REASONS, "retries"), 0.0), {}
+            return 0.0, dict.fromkeys(SHARED_KEYS, 0.0), {}
         base = self._shared.row(start)
-        totals = {key: max(0.0, live[i + 1] - base[i + 1]) for i, key in enumerate((*ADMISSION_REASONS, "retries"))}
+        totals = {key: max(0.0, live[i + 1] - base[i + 1]) for i, key in enumerate(SHARED_KEYS)}
         routes = {}
         for name, ring in self._routes.items():
-            then, current = ring.row(start), read_route(self._metrics.routes[name])
+            then = ring.row(start)
+            current, extras = self._route_row(name)
             counts = [max(0.0, current[i] - then[i]) for i in range(2, COUNTERS)]
+            first_extra = COUNTERS + STEP_COLUMNS
+            more = {key: max(0.0, extras[i] - then[first_extra + i]) for i, key in enumerate(ROUTE_EXTRAS)}
             routes[name] = RouteWindow(
                 requests=max(0.0, current[0] - then[0]),
                 failures=max(0.0, current[1] - then[1]),
                 p50=quantile(0.5, counts),
                 p95=quantile(0.95, counts),
+                **more,
             )
         return now - base[0], totals, routes
 

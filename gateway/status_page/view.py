@@ -8,6 +8,7 @@ builds markup from data.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -18,8 +19,40 @@ VIEW_WIDTH: Final = X_STEP * (SLOTS - 2)  # the oldest of SLOTS - 1 steps at x =
 VIEW_HEIGHT: Final = 40
 SPARKS: Final = (("requests", "requests/s"), ("failures", "failures/s"), ("first_token", "first token p50"))
 SPARK_LABELS: Final = {"requests": "req/s", "failures": "fail/s", "first_token": "p50"}
-CELLS: Final = ("status", "working", "breaker", "probe", "requests", "failures", "first_token")
+CELLS: Final = (
+    "status",
+    "since",
+    "working",
+    "breaker",
+    "probe",
+    "requests",
+    "failures",
+    "failovers",
+    "client_errors",
+    "downtime",
+    "first_token",
+)
 STATE_WORDS: Final = {"serving": "Serving", "degraded": "Degraded", "down": "Down"}
+# The working flag in its own words: on/off, never "up"/"down", which the Status column says.
+FLAG_WORDS: Final = {
+    "unknown": "unknown: not yet probed",
+    "checking": "checking: first probe running",
+    "working": "on",
+    "not_working": "off",
+}
+REFUSAL_CODES: Final = {
+    "breaker_open": "503 circuit_open",
+    "half_open_busy": "503 half_open_busy",
+    "not_working": "503 upstream_not_working",
+    "overloaded": "429 gateway_overloaded",
+}
+RECEIVED_LABELS: Final = {
+    "2xx": "2xx",
+    "4xx": "4xx (499 incl.)",
+    "5xx": "5xx",
+    "stream_errors": "streams ended by an error",
+}
+ARROW: Final = "\u2192"
 
 
 def seconds(value: float | None) -> str:
@@ -35,6 +68,18 @@ def seconds(value: float | None) -> str:
     if value < 86400:
         return f"{value / 3600:.1f} h"
     return f"{value / 86400:.1f} d"
+
+
+def elapsed(value: float | None) -> str:
+    """A time since something, to the second: ``42 s``, ``1 min 2 s``, ``3 h 4 min``."""
+    if value is None:
+        return "–"
+    whole = int(value)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 def count(value: float | None) -> str:
@@ -64,6 +109,17 @@ def spark_path(values: Sequence[float | None]) -> tuple[str, float]:
     return " ".join(parts), peak
 
 
+def _event(event: dict[str, Any], now: float) -> dict[str, str]:
+    """One timeline line: when (UTC, and how long ago), route, what changed from -> to, why."""
+    when = time.strftime("%H:%M:%S", time.gmtime(event["at"]))
+    return {
+        "time": f"{when} UTC ({elapsed(max(0.0, now - event['at']))} ago)",
+        "route": event["route"],
+        "change": f"{event['kind']}: {event['old'].replace('_', ' ')} {ARROW} {event['new'].replace('_', ' ')}",
+        "reason": event["reason"],
+    }
+
+
 def _probe(probe: dict[str, Any] | None) -> str:
     if probe is None:
         return "none yet"
@@ -91,23 +147,35 @@ def _worker(data: dict[str, Any]) -> str:
 def route_view(route: dict[str, Any], spark: dict[str, Sequence[float | None]], *, history: str) -> dict[str, Any]:
     """One route's cells (text), row class and sparklines."""
     p50, p95 = route["first_token_p50"], route["first_token_p95"]
-    working = "working" if route["working"] else "not working"
+    working = FLAG_WORDS[route["working_state"]]
+    if route["working_mode"] != "auto":
+        working = f"{'on' if route['working'] else 'off'}, pinned by an operator"
     sparks = {}
     for key, label in SPARKS:
         path, peak = spark_path(spark[key])
-        shown = seconds(peak) if key == "first_token" else f"{peak:.2f}"
-        sparks[key] = {"d": path, "title": f"{route['name']}: {label} over the last {history}, peak {shown}"}
+        shown = seconds(peak) if key == "first_token" else f"{peak:.2f}/s"
+        sparks[key] = {
+            "d": path,
+            "scale": f"max {shown}",
+            "title": f"{route['name']}: {label} over the last {history}, peak {shown}",
+        }
+    since = route["since_change"]
+    flaps, downtime = route["flaps"], route["downtime"]
     return {
         "name": route["name"],
         "url": route["url"],
         "class": "up" if route["up"] else "down",
         "cells": {
             "status": "up" if route["up"] else "down",
-            "working": working if route["working_mode"] == "auto" else f"{working} (pinned)",
+            "since": "–" if since is None else f"{'up' if route['up'] else 'down'} for {elapsed(since)}",
+            "working": working,
             "breaker": _breaker(route["breaker"]),
             "probe": _probe(route["probe"]),
             "requests": count(route["requests"]),
             "failures": count(route["failures"]),
+            "failovers": count(route["failovers"]),
+            "client_errors": count(route["client_errors"]),
+            "downtime": "–" if flaps is None else f"{count(flaps)} down, {elapsed(downtime)} in total",
             "first_token": f"{seconds(p50)} / {seconds(p95)}",
         },
         "sparks": sparks,
@@ -122,17 +190,20 @@ def page_view(data: dict[str, Any], sparks: dict[str, dict[str, Sequence[float |
     window = seconds(data["window"]) if data["window"] else "no samples yet"
     state = data["state"]
     rejections = [
-        {"reason": reason, "label": reason.replace("_", " "), "text": count(value)}
+        {"key": reason, "label": REFUSAL_CODES[reason], "text": count(value)}
         for reason, value in data["rejections"].items()
     ]
+    received = [{"key": key, "label": RECEIVED_LABELS[key], "text": count(v)} for key, v in data["received"].items()]
     return {
         "state": state,
         "state_text": STATE_WORDS[state] + (" (shutting down)" if data["draining"] else ""),
         "meta": f"version {data['version']}, up {seconds(data['uptime'])}" + _worker(data),
         "span": span.replace(" ", "\u00a0"),
         "inflight": f"{data['inflight']} / {data['limit']}",
-        "retries": count(data["retries"]),
+        "retries": f"{count(data['retries'])} retries, {count(data['failovers'])} failovers",
         "rejections": rejections,
+        "received": received,
+        "events": [_event(event, data["generated_at"]) for event in data["events"]],
         "window": f"counts over the last {window}",
         "history": f"sparklines: last {history}, one point per {seconds(data['step'])}",
         "routes": [route_view(route, sparks[route["name"]], history=history) for route in data["routes"]],
