@@ -63,6 +63,21 @@ def test_a_running_count_is_the_count_of_the_whole(pieces: list[str]) -> None:
     assert running.with_text("") == counter.count("".join(pieces))
 
 
+@pytest.mark.parametrize("char", ["\n", " ", "a", "-", "é"])
+def test_a_long_run_is_counted_exactly_in_linear_time(char: str) -> None:
+    """20,000 one-character appends of one run: the running count is the full count, in well under a second."""
+    counter = shared_counter()
+    running = RunningCount(counter)
+
+    def grow() -> None:
+        for _ in range(20_000):
+            running.append(char)
+
+    seconds = timeit.timeit(grow, number=1)
+    assert running.with_text("") == counter.count(char * 20_000)
+    assert seconds < 0.5
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     pieces=st.lists(TEXT.filter(bool), min_size=1, max_size=8),
