@@ -15,11 +15,12 @@ app starts it in the background at start-up), never at import time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +47,8 @@ TOKENS_PER_MESSAGE: Final = 3
 TOKENS_PER_REPLY: Final = 3
 # Pieces at the end of a growing text that more text may still re-split (a "\r" before a "\n", trailing spaces).
 UNSETTLED_PIECES: Final = 3
+# Longer texts are counted in a worker thread: 1 MB takes 0.4 to 1 s, too long to block the event loop.
+OFF_LOOP_CHARS: Final = 32 * 1024
 # Unsettled text below this many characters is not split into pieces again (it costs less to count it).
 MIN_SETTLE_CHARS: Final = 32
 
@@ -102,6 +105,18 @@ class TokenCounter:
             TOKENS_PER_MESSAGE + (roles.get(role) or self.count(role)) + self.count(content)
             for role, content in messages
         )
+
+    async def count_soon(self, text: str) -> int:
+        """``count``, made off the event loop for a long text (tiktoken releases the GIL)."""
+        if len(text) <= OFF_LOOP_CHARS:
+            return self.count(text)
+        return await asyncio.to_thread(self.count, text)
+
+    async def prompt_soon(self, messages: Sequence[tuple[str, str]]) -> int:
+        """``prompt``, made off the event loop for a long prompt."""
+        if sum(len(content) for _, content in messages) <= OFF_LOOP_CHARS:
+            return self.prompt(messages)
+        return await asyncio.to_thread(self.prompt, messages)
 
     def head(self, text: str, limit: int) -> str:
         """The longest prefix of ``text`` that counts at most ``limit`` tokens (cut on a token boundary)."""

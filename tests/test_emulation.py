@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import random
+import string
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -15,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from gateway.simulator import SimFaults, Simulator
 from gateway.tokens import shared_counter
 from monitoring.processes import eventually
-from tests.gateway_support import chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape
 
 Client = TestClient[web.Request, web.Application]
@@ -187,3 +190,24 @@ async def test_counting_a_long_run_never_blocks_the_loop(
     assert usage["completion_tokens"] == counter.count(text) <= limit
     # Counts are not monotonic in a run (3,165 newlines count 101, 3,200 count 100): the first excess cuts.
     assert (finish, text) == (("length", text) if counter.count(whole) > limit else ("stop", whole))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_counting_a_large_prompt_and_answer_never_blocks_the_loop(
+    make_gateway: GatewayFactory, stream: bool
+) -> None:
+    """A 1 MB prompt of random letters, echoed back: both are counted off the loop, which never stalls 0.5 s."""
+    gateway = await make_gateway(max_body_bytes=2 * 1024 * 1024)
+    # 1,000,000 letters: the upstream request stays below the 1 MiB at which aiohttp warns about a bytes body.
+    prompt = "".join(random.Random(7).choices(string.ascii_letters, k=1_000_000))
+    async with loop_lag() as worst:
+        body = json.dumps(chat_body(prompt, stream=stream, stream_options={"include_usage": True})).encode()
+        response = await gateway.post(CHAT, data=io.BytesIO(body), headers={"Content-Type": "application/json"})
+        raw = await response.text()
+    assert response.status == 200
+    assert worst[0] < 0.5
+    usage = json.loads(sse_events(raw)[-2] if stream else raw)["usage"]
+    counter = shared_counter()
+    answer = f"[gpt-3.5-turbo] You said: {prompt}"
+    assert usage["prompt_tokens"] == counter.prompt([("user", prompt)])
+    assert usage["completion_tokens"] == counter.count(answer)
