@@ -80,7 +80,7 @@ class Cutter:
         self._budget += COUNT_BUDGET_PER_FRAGMENT + COUNT_BUDGET_PER_CHAR * len(text)
         if not text:
             return ""
-        if count.at_most(text) > limit:
+        if count.at_most(text) >= limit:
             cost = count.unsettled + len(text)
             if cost > self._budget and not last:
                 # An exact count would cost more than the text received has paid for (a long piece
@@ -88,10 +88,11 @@ class Cutter:
                 self._over = text
                 return ""
             self._budget -= cost
-            if count.with_text(text) > limit:
-                # What does not fit is cut; an answer exactly at the limit waits for the next fragment
-                # (or the end), since a fragment can still merge into the last token.
-                text = count.head(text, limit)
+            tokens = count.with_text(text)
+            if tokens >= limit:
+                # What does not fit is cut. An answer at the limit ends now, not after one more
+                # fragment: a stalled upstream must not turn a complete answer into a timeout.
+                text = count.head(text, limit) if tokens > limit else text
                 self.finish_reason = "length"
         count.append(text)
         self._sent.append(text)

@@ -211,3 +211,16 @@ async def test_counting_a_large_prompt_and_answer_never_blocks_the_loop(
     answer = f"[gpt-3.5-turbo] You said: {prompt}"
     assert usage["prompt_tokens"] == counter.prompt([("user", prompt)])
     assert usage["completion_tokens"] == counter.count(answer)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_an_answer_that_reaches_the_limit_ends_at_once(
+    make_gateway: GatewayFactory, sim: Simulator, stream: bool
+) -> None:
+    """Exactly max_tokens arrive and the upstream stalls: finish_reason length at once, not a timeout."""
+    gateway = await make_gateway(timeout_idle=1, retry_max=0)
+    sim.faults = SimFaults(answer_pieces=("one two three", " four"), stall_after=1)
+    started = asyncio.get_running_loop().time()
+    text, finish, _ = await ask(gateway, stream=stream, max_tokens=3)
+    assert (text, finish) == ("one two three", "length")
+    assert asyncio.get_running_loop().time() - started < 0.5
