@@ -21,7 +21,17 @@ SHAPES: Final[tuple[tuple[str, Treatment, str], ...]] = (
     ("user / assistant message, string content", "honoured", "the question and the history"),
     ("content as a list of text parts", "emulated", "the parts are joined with a newline"),
     ("message `name`", "ignored", "a participant label; FlowGpt has none, and the text is unchanged"),
-    ("assistant message with `content: null`", "honoured", "an empty turn (the last message must not be empty)"),
+    (
+        "system / developer message after the last user message",
+        "honoured",
+        "joined into the system prompt; the user message before it stays the question",
+    ),
+    (
+        "assistant message after the last user message (a prefill)",
+        "refused",
+        "FlowGpt answers a user's question; it cannot continue an assistant's text",
+    ),
+    ("assistant message with `content: null`", "honoured", "an empty turn (the last user message must not be empty)"),
     ("assistant `refusal`", "ignored", "the refusal text of an earlier turn; its content is kept"),
     ("`tool` or `function` message", "refused", "FlowGpt cannot carry tool results"),
     ("assistant `tool_calls` or `function_call`", "refused", "FlowGpt cannot call tools"),

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
 from gateway.fields import screen
-from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
+from gateway.flowgpt.protocol import DEFAULT_MODEL, Message, question_index
 from gateway.message_shapes import screen_messages
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
@@ -128,12 +128,22 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
             )
         where = f"'{field}'" if field else "request"
         raise InvalidRequestError(f"invalid {where}: {first['msg']}", param=field) from None
-    # FlowGpt answers the last message as its question and rejects an empty one. Refuse it here:
-    # passed on, the upstream's 400 would be a 502 and a breaker failure any client could cause.
-    last = len(chat.messages) - 1
-    if not chat.messages[last].to_flowgpt().content:
-        param = f"messages.{last}.content"
-        raise InvalidRequestError(f"invalid '{param}': the last message must not be empty", param=param)
+    # FlowGpt answers the last message that is not a system message as its question (system
+    # messages after it join the system prompt). An assistant message there is a prefill to
+    # continue, which FlowGpt cannot do: sent as the question, it would read as the user's words.
+    asked = question_index(tuple(message.role for message in chat.messages))
+    if chat.messages[asked].role == "assistant":
+        param = f"messages.{asked}"
+        raise UnsupportedContentError(
+            f"'{param}' is an assistant message after the last user message (a prefill): "
+            "FlowGpt answers a user's question and cannot continue an assistant's text",
+            param=param,
+        )
+    # FlowGpt rejects an empty question. Refuse it here: passed on, the upstream's 400 would be
+    # a 502 and a breaker failure any client could cause.
+    if not chat.messages[asked].to_flowgpt().content:
+        param = f"messages.{asked}.content"
+        raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped
 
 

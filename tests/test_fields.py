@@ -76,6 +76,12 @@ TOOL_CALL: Final = {"id": "call_1", "type": "function", "function": {"name": "f"
 USER: Final = {"role": "user", "content": "Hello"}
 # (messages, param) for every refused shape; the last message stays a user question.
 SHAPE_CASES: Final = [
+    pytest.param([USER, {"role": "assistant", "content": "Sure, "}], "messages.1", id="assistant-prefill"),
+    pytest.param(
+        [USER, {"role": "assistant", "content": "Sure"}, {"role": "system", "content": "Be brief"}],
+        "messages.1",
+        id="assistant-prefill-then-system",
+    ),
     pytest.param([USER, {"role": "tool", "tool_call_id": "call_1", "content": "42"}, USER], "messages.1", id="tool"),
     pytest.param([USER, {"role": "function", "name": "f", "content": "42"}, USER], "messages.1", id="function"),
     pytest.param(
@@ -218,6 +224,23 @@ async def test_an_assistant_turn_with_null_content_is_an_empty_turn(gateway: Cli
     messages = [USER, {"role": "assistant", "content": None, "refusal": "I cannot"}, USER]
     response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
     assert response.status == 200, await response.text()
+
+
+async def test_trailing_system_messages_leave_the_question_last(gateway: Client, sim: Simulator) -> None:
+    """A system message after the user's: the user's text is the question, the system text joins the system prompt."""
+    messages = [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "the question"},
+        {"role": "developer", "content": "Answer in French"},
+    ]
+    response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
+    assert response.status == 200, await response.text()
+    body = sim.stats.last_body
+    assert body is not None
+    assert body["question"] == "the question"
+    assert body["system"] == "Answer in French"
+    assert [turn["content"] for turn in body["history"][1:]] == ["earlier", "ok"]
 
 
 async def test_drop_params_drops_names_and_counts(make_gateway: GatewayFactory, sim: Simulator) -> None:
