@@ -65,7 +65,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields the gateway honours; unknown fields are ignored like OpenAI's clients expect."""
+    """The fields the gateway honours or emulates; the table's ignored fields pass unread (others were screened)."""
 
     model_config = _TOLERANT
     model: Annotated[StrictStr, Field(min_length=1, max_length=200)]

@@ -63,7 +63,6 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
             {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Bye"},
         ],
-        "unknown_field": {"ignored": True},
     }
     response = await gateway.post("/v1/chat/completions", json=body)
     assert response.status == 200

@@ -260,6 +260,32 @@ async def test_drop_params_drops_names_and_counts(make_gateway: GatewayFactory, 
     assert "tools" not in sim.stats.last_body
 
 
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("top_k", 40), ("min_p", 0.1), ("repetition_penalty", 1.2), ("guided_json", {"type": "object"})],
+)
+async def test_a_field_outside_the_table_is_a_400_naming_it(
+    gateway: Client, sim: Simulator, param: str, value: Any
+) -> None:
+    """A sampling field OpenAI does not define (vLLM's top_k, ...): 400 unsupported_parameter naming it."""
+    response = await gateway.post(CHAT, json=chat_body(**{param: value}))
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], error["param"]) == (400, "unsupported_parameter", param)
+    assert param in error["message"]
+    assert sim.stats.requests_total == 0
+
+
+async def test_drop_params_drops_fields_outside_the_table_as_other(make_gateway: GatewayFactory) -> None:
+    """GATEWAY_DROP_PARAMS: top_k is dropped, named in the header, and counted under param="other"."""
+    gateway = await make_gateway(drop_params=True)
+    before = await scrape(gateway)
+    response = await gateway.post(CHAT, json={**chat_body(top_k=40), "bad\u00e9 name": 1})
+    assert response.status == 200, await response.text()
+    assert response.headers["x-gateway-dropped-params"] == "top_k,other"
+    after = await scrape(gateway)
+    assert delta(before, after, "gateway_dropped_params_total", param="other") == 2
+
+
 async def test_drop_params_never_drops_message_shapes(make_gateway: GatewayFactory) -> None:
     """Even with GATEWAY_DROP_PARAMS a tool message is a 400: dropping it would change the conversation."""
     gateway = await make_gateway(drop_params=True)
@@ -272,4 +298,4 @@ async def test_dropped_params_series_exist_at_start(gateway: Client) -> None:
     """Every refusable field's series exists at zero from start-up, and no other label value."""
     samples = await scrape(gateway)
     params = {dict(labels)["param"] for name, labels in samples if name == "gateway_dropped_params_total"}
-    assert params == set(REFUSABLE)
+    assert params == {*REFUSABLE, "other"}

@@ -31,6 +31,7 @@ from gateway.errors import (
     RequestTimeoutError,
     ShuttingDownError,
 )
+from gateway.fields import drop_label
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.handlers.reply import Reply
@@ -184,7 +185,7 @@ def _report_dropped(request: web.Request, dropped: tuple[str, ...]) -> None:
     """Count the dropped fields and name them in the answer's headers (its error's too)."""
     counters = request.app[METRICS].dropped_params
     for param in dropped:
-        counters[param].inc()
+        counters[drop_label(param)].inc()
     request[DROPPED_PARAMS] = ",".join(dropped)
 
 
