@@ -8,6 +8,7 @@ from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
 from gateway.fields import screen
@@ -119,15 +120,11 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
     try:
         chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(piece) for piece in first["loc"]) or None
+        loc, message = _reported(exc.errors(include_url=False))
         # Union members add their type name to the location; keep the path a client can act on.
-        if field:
-            field = ".".join(
-                p for p in field.split(".") if p not in _TYPE_PIECES and not p.startswith(("function-", "constrained-"))
-            )
+        field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
         where = f"'{field}'" if field else "request"
-        raise InvalidRequestError(f"invalid {where}: {first['msg']}", param=field) from None
+        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
     # FlowGpt answers the last message that is not a system message as its question (system
     # messages after it join the system prompt). An assistant message there is a prefill to
     # continue, which FlowGpt cannot do: sent as the question, it would read as the user's words.
@@ -145,6 +142,35 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
         param = f"messages.{asked}.content"
         raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped
+
+
+def _is_type_piece(piece: str | int) -> bool:
+    """Whether a location piece is a union member's type name, not a field or an index."""
+    return isinstance(piece, str) and (
+        piece in _TYPE_PIECES or "[" in piece or piece.startswith(("function-", "constrained-"))
+    )
+
+
+def _reported(errors: list[ErrorDetails]) -> tuple[tuple[str | int, ...], str]:
+    """The location and message to report: the first error, unless it is one member's of a union.
+
+    A string-or-list field given a list reports the list member's error (``stop`` with five
+    strings: "at most 4", not "a valid string"); given neither, the members' messages are joined.
+    """
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if not loc or not _is_type_piece(loc[-1]):
+        return loc, first["msg"]
+    union = loc[:-1]
+    members = [e for e in errors if len(e["loc"]) > len(union) and tuple(e["loc"][: len(union)]) == union]
+    if isinstance(first["input"], list):
+        for error in members:
+            if str(error["loc"][len(union)]).startswith("list["):
+                return tuple(error["loc"]), error["msg"]
+    level = [e["msg"] for e in members if len(e["loc"]) == len(union) + 1]
+    if len(level) > 1 and all(msg.startswith("Input should be ") for msg in level):
+        return loc, " or ".join([level[0], *(msg.removeprefix("Input should be ") for msg in level[1:])])
+    return loc, first["msg"]
 
 
 def new_completion_id() -> str:
