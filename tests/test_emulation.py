@@ -9,6 +9,7 @@ import json
 import random
 import string
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -224,3 +225,29 @@ async def test_an_answer_that_reaches_the_limit_ends_at_once(
     text, finish, _ = await ask(gateway, stream=stream, max_tokens=3)
     assert (text, finish) == ("one two three", "length")
     assert asyncio.get_running_loop().time() - started < 0.5
+
+
+README_LENGTH_CLAIM: Final = (
+    "an answer cut for length counts at most `max_tokens`, and usually exactly that; it can fall\n"
+    "short by more than one token, because a cut never splits a character (one character can be\n"
+    "up to 4 tokens: 🦜 is 3) and text can tokenise differently once more of it has arrived."
+)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_length_cut_can_fall_short_by_more_than_one_token(
+    gateway: Client, sim: Simulator, stream: bool
+) -> None:
+    """'a🦜' is 4 tokens (🦜 is 3): max_tokens 3 sends 'a', 2 short, as the README's corrected sentence says."""
+    sim.faults = SimFaults(answer_pieces=("a", "🦜"))
+    text, finish, usage = await ask(gateway, stream=stream, max_tokens=3, stream_options={"include_usage": True})
+    assert (text, finish) == ("a", "length")
+    assert usage is not None
+    assert usage["completion_tokens"] == 1
+
+
+def test_the_readme_says_a_length_cut_can_fall_short() -> None:
+    """The README's sentence on length cuts is the corrected one (not "one token fewer")."""
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert " ".join(README_LENGTH_CLAIM.split()) in readme
+    assert "one token fewer" not in readme
