@@ -32,7 +32,7 @@ SHAPES: Final[tuple[tuple[str, Treatment, str], ...]] = (
         "FlowGpt answers a user's question; it cannot continue an assistant's text",
     ),
     ("assistant message with `content: null`", "honoured", "an empty turn (the last user message must not be empty)"),
-    ("assistant `refusal`", "ignored", "the refusal text of an earlier turn; its content is kept"),
+    ("assistant `refusal`", "honoured", "the turn's text when its content is null; ignored beside content"),
     ("`tool` or `function` message", "refused", "FlowGpt cannot carry tool results"),
     ("assistant `tool_calls` or `function_call`", "refused", "FlowGpt cannot call tools"),
     ("assistant `audio`", "refused", "FlowGpt takes text only"),

@@ -44,6 +44,7 @@ class ChatMessage(BaseModel):
     model_config = _TOLERANT
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart] | None = None
+    refusal: StrictStr | None = None  # an earlier assistant turn that refused: its text when content is null
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
@@ -52,8 +53,10 @@ class ChatMessage(BaseModel):
         return self
 
     def to_flowgpt(self) -> Message:
-        """Collapse the content to one string (text parts joined by newlines) and the role to FlowGpt's three."""
+        """Collapse the content (or a refused turn's ``refusal``) to one string and the role to FlowGpt's three."""
         content = self.content
+        if content is None and self.role == "assistant" and self.refusal:
+            content = self.refusal  # the turn said this; an empty turn would misstate the conversation
         text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
         return Message(role="system" if self.role == "developer" else self.role, content=text)
 

@@ -221,9 +221,20 @@ async def test_text_parts_are_joined_with_a_newline(gateway: Client, sim: Simula
 
 async def test_an_assistant_turn_with_null_content_is_an_empty_turn(gateway: Client, sim: Simulator) -> None:
     """An assistant message with content null (and no tool calls) is history, not a validation error."""
-    messages = [USER, {"role": "assistant", "content": None, "refusal": "I cannot"}, USER]
+    messages = [USER, {"role": "assistant", "content": None}, USER]
     response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
     assert response.status == 200, await response.text()
+    assert sim.stats.last_body is not None
+    assert sim.stats.last_body["history"][2] == {"role": "assistant", "content": ""}
+
+
+async def test_a_refused_turn_keeps_its_refusal_text(gateway: Client, sim: Simulator) -> None:
+    """An assistant turn with content null and a refusal reaches FlowGpt as the refusal's text, not an empty turn."""
+    messages = [USER, {"role": "assistant", "content": None, "refusal": "I cannot help with that."}, USER]
+    response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
+    assert response.status == 200, await response.text()
+    assert sim.stats.last_body is not None
+    assert sim.stats.last_body["history"][2] == {"role": "assistant", "content": "I cannot help with that."}
 
 
 async def test_trailing_system_messages_leave_the_question_last(gateway: Client, sim: Simulator) -> None:
