@@ -76,8 +76,8 @@ class Cutter:
             return text
         count, limit = self._count, self._limit
         # Text already held back for the limit comes first; ``last``: nothing more will come to pay for a count.
+        self._budget += COUNT_BUDGET_PER_FRAGMENT + COUNT_BUDGET_PER_CHAR * len(text)  # new text only
         text, self._over = self._over + text, ""
-        self._budget += COUNT_BUDGET_PER_FRAGMENT + COUNT_BUDGET_PER_CHAR * len(text)
         if not text:
             return ""
         if count.at_most(text) >= limit:
