@@ -86,14 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     sim = commands.add_parser("sim", help="run the FlowGpt-compatible upstream simulator")
     sim_cli.add_arguments(sim)
-    demo = commands.add_parser("demo", help="run the simulator and the gateway in front of it")
+    demo = commands.add_parser(
+        "demo",
+        help="run the simulator and the gateway in front of it",
+        description=(
+            "Run the FlowGpt simulator and a gateway in front of it, to try the API without an upstream: "
+            "the gateway always talks to the simulator, whatever GATEWAY_UPSTREAM_URL or GATEWAY_UPSTREAMS say."
+        ),
+        epilog=settings_epilog(),
+    )
     _add_setting_flags(demo, ["host", "port", "log_format", "log_level"])
     demo.add_argument(
         "--sim-port", type=int, default=sim_cli.DEFAULT_PORT, help="simulator port (default: %(default)s)"
     )
     demo.add_argument("--chunk-delay", type=float, default=0.05, help="simulated delay between chunks")
     probe = commands.add_parser(
-        "probe", help="probe every route once; exit 0 if all work, 1 if some fail, 2 if none works"
+        "probe",
+        help="probe every route once; exit 0 if all work, 1 if some fail, 2 if none works",
+        description=(
+            "Send one small chat request to every configured route (GATEWAY_UPSTREAM_URL or GATEWAY_UPSTREAMS) "
+            "and report each; exit 0 if all work, 1 if some fail, 2 if none works."
+        ),
+        epilog=settings_epilog(),
     )
     _add_setting_flags(probe, ["upstream_url", "log_format", "log_level"])
     return parser

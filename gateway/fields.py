@@ -4,12 +4,14 @@ FlowGpt takes only the messages, the model and the temperature, so every other f
 is either emulated here, accepted and ignored (only where ignoring cannot change what
 the answer means), or refused by name. A refused field with a value that asks for
 nothing (``tools: []``, ``top_p: 1``, ``logprobs: false``) passes: it is what the
-gateway does anyway. With ``GATEWAY_DROP_PARAMS=true`` refused fields are dropped
-instead (LiteLLM's ``drop_params``), and the caller is told which.
+gateway does anyway. A field outside the table is refused whatever its value. With
+``GATEWAY_DROP_PARAMS=true`` refused fields are dropped instead (LiteLLM's
+``drop_params``), and the caller is told which.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -90,14 +92,27 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field("moderation", "refused", "the gateway runs no moderation; ignoring it would pass unmoderated text"),
 )
 BY_NAME: Final = {field.name: field for field in FIELDS}
-# The label values of gateway_dropped_params_total: bounded by the table, never by client input.
 REFUSABLE: Final[tuple[str, ...]] = tuple(field.name for field in FIELDS if field.treatment == "refused")
+# A field outside the table (vLLM's top_k, min_p, guided_json...) is refused too: ignored, it
+# would change sampling silently. Dropped, it is counted under this one label.
+OTHER: Final = "other"
+# The label values of gateway_dropped_params_total: bounded by the table, never by client input.
+DROP_LABELS: Final[tuple[str, ...]] = (*REFUSABLE, OTHER)
+_LEAVE_IT_OUT: Final = "Leave it out, or ask the operator to set GATEWAY_DROP_PARAMS=true to have it dropped"
+_PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def drop_label(name: str) -> str:
+    """The ``param`` label a dropped field is counted under: its name if the table has it, else ``other``."""
+    return name if name in BY_NAME else OTHER
 
 
 def screen(data: dict[str, Any], *, drop: bool) -> tuple[str, ...]:
     """Refuse (or, with ``drop``, remove from ``data``) every refused field that asks for something.
 
-    Returns the names dropped, in table order. ``null`` counts as absent.
+    Fields outside the table are refused whatever their value. Returns the names dropped,
+    in table order, then those outside it in request order (a name that is not a plain
+    identifier, which the response header could not carry, as ``other``). ``null`` counts as absent.
     """
     dropped: list[str] = []
     for name in REFUSABLE:
@@ -108,10 +123,19 @@ def screen(data: dict[str, Any], *, drop: bool) -> tuple[str, ...]:
             continue
         if not drop:
             raise UnsupportedParameterError(
-                f"'{name}' is not supported: {BY_NAME[name].reason.split(' (')[0]}. "
-                "Leave it out, or ask the operator to set GATEWAY_DROP_PARAMS=true to have it dropped",
+                f"'{name}' is not supported: {BY_NAME[name].reason.split(' (')[0]}. {_LEAVE_IT_OUT}",
                 param=name,
             )
         del data[name]
         dropped.append(name)
+    for name in [name for name in data if name not in BY_NAME]:
+        if not drop:
+            shown = name[:64]
+            raise UnsupportedParameterError(
+                f"'{shown}' is not a Chat Completions field the gateway knows, and ignoring it could "
+                f"change the answer. {_LEAVE_IT_OUT}",
+                param=shown,
+            )
+        del data[name]
+        dropped.append(name if _PLAIN_NAME.fullmatch(name) else OTHER)
     return tuple(dropped)

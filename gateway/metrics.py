@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.fields import REFUSABLE
+from gateway.fields import DROP_LABELS
 from gateway.flowgpt.protocol import MODELS
 from gateway.route_config import DEFAULT_ROUTE
 from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, UpstreamFamilies
@@ -107,8 +107,8 @@ class Metrics:
             ["param"],
             registry=reg,
         )
-        # One series per refusable field of the table: the label never takes client input.
-        self.dropped_params = {param: dropped.labels(param) for param in REFUSABLE}
+        # One series per refusable field of the table and one for all others: the label never takes client input.
+        self.dropped_params = {param: dropped.labels(param) for param in DROP_LABELS}
         tokens = Counter(
             "gateway_tokens_total",
             "Tokens of answered requests (cl100k_base estimates), by route, model and direction.",

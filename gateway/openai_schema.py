@@ -7,10 +7,11 @@ from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
 from gateway.fields import screen
-from gateway.flowgpt.protocol import DEFAULT_MODEL, Message
+from gateway.flowgpt.protocol import DEFAULT_MODEL, Message, question_index
 from gateway.ids import hex_id
 from gateway.message_shapes import screen_messages
 
@@ -43,6 +44,7 @@ class ChatMessage(BaseModel):
     model_config = _TOLERANT
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart] | None = None
+    refusal: StrictStr | None = None  # an earlier assistant turn that refused: its text when content is null
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
@@ -51,8 +53,10 @@ class ChatMessage(BaseModel):
         return self
 
     def to_flowgpt(self) -> Message:
-        """Collapse the content to one string (text parts joined by newlines) and the role to FlowGpt's three."""
+        """Collapse the content (or a refused turn's ``refusal``) to one string and the role to FlowGpt's three."""
         content = self.content
+        if content is None and self.role == "assistant" and self.refusal:
+            content = self.refusal  # the turn said this; an empty turn would misstate the conversation
         text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
         return Message(role="system" if self.role == "developer" else self.role, content=text)
 
@@ -65,7 +69,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields the gateway honours; unknown fields are ignored like OpenAI's clients expect."""
+    """The fields the gateway honours or emulates; the table's ignored fields pass unread (others were screened)."""
 
     model_config = _TOLERANT
     model: Annotated[StrictStr, Field(min_length=1, max_length=200)]
@@ -119,22 +123,57 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
     try:
         chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(piece) for piece in first["loc"]) or None
+        loc, message = _reported(exc.errors(include_url=False))
         # Union members add their type name to the location; keep the path a client can act on.
-        if field:
-            field = ".".join(
-                p for p in field.split(".") if p not in _TYPE_PIECES and not p.startswith(("function-", "constrained-"))
-            )
+        field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
         where = f"'{field}'" if field else "request"
-        raise InvalidRequestError(f"invalid {where}: {first['msg']}", param=field) from None
-    # FlowGpt answers the last message as its question and rejects an empty one. Refuse it here:
-    # passed on, the upstream's 400 would be a 502 and a breaker failure any client could cause.
-    last = len(chat.messages) - 1
-    if not chat.messages[last].to_flowgpt().content:
-        param = f"messages.{last}.content"
-        raise InvalidRequestError(f"invalid '{param}': the last message must not be empty", param=param)
+        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
+    # FlowGpt answers the last message that is not a system message as its question (system
+    # messages after it join the system prompt). An assistant message there is a prefill to
+    # continue, which FlowGpt cannot do: sent as the question, it would read as the user's words.
+    asked = question_index(tuple(message.role for message in chat.messages))
+    if chat.messages[asked].role == "assistant":
+        param = f"messages.{asked}"
+        raise UnsupportedContentError(
+            f"'{param}' is an assistant message after the last user message (a prefill): "
+            "FlowGpt answers a user's question and cannot continue an assistant's text",
+            param=param,
+        )
+    # FlowGpt rejects an empty question. Refuse it here: passed on, the upstream's 400 would be
+    # a 502 and a breaker failure any client could cause.
+    if not chat.messages[asked].to_flowgpt().content:
+        param = f"messages.{asked}.content"
+        raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped
+
+
+def _is_type_piece(piece: str | int) -> bool:
+    """Whether a location piece is a union member's type name, not a field or an index."""
+    return isinstance(piece, str) and (
+        piece in _TYPE_PIECES or "[" in piece or piece.startswith(("function-", "constrained-"))
+    )
+
+
+def _reported(errors: list[ErrorDetails]) -> tuple[tuple[str | int, ...], str]:
+    """The location and message to report: the first error, unless it is one member's of a union.
+
+    A string-or-list field given a list reports the list member's error (``stop`` with five
+    strings: "at most 4", not "a valid string"); given neither, the members' messages are joined.
+    """
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if not loc or not _is_type_piece(loc[-1]):
+        return loc, first["msg"]
+    union = loc[:-1]
+    members = [e for e in errors if len(e["loc"]) > len(union) and tuple(e["loc"][: len(union)]) == union]
+    if isinstance(first["input"], list):
+        for error in members:
+            if str(error["loc"][len(union)]).startswith("list["):
+                return tuple(error["loc"]), error["msg"]
+    level = [e["msg"] for e in members if len(e["loc"]) == len(union) + 1]
+    if len(level) > 1 and all(msg.startswith("Input should be ") for msg in level):
+        return loc, " or ".join([level[0], *(msg.removeprefix("Input should be ") for msg in level[1:])])
+    return loc, first["msg"]
 
 
 def new_completion_id() -> str:

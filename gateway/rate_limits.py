@@ -9,10 +9,14 @@ attempts makes it an upstream failure again: backing off would not fix that.
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 from gateway.errors import AllRoutesRateLimitedError, UpstreamError, UpstreamRateLimitedError
 
+log = logging.getLogger(__name__)
+
+RATE_LIMITED_MESSAGE: Final = "the upstream is rate limiting the gateway on every route tried (HTTP 429)"
 # When no route said how long to wait: a short pause, long enough for a token bucket to refill.
 DEFAULT_RETRY_AFTER: Final = 1.0
 
@@ -39,4 +43,7 @@ class RateLimits:
         if not self._only_429 or not isinstance(last, UpstreamRateLimitedError):
             return last
         retry_after = self._earliest if self._earliest is not None else DEFAULT_RETRY_AFTER
-        return AllRoutesRateLimitedError(last.message, retry_after=retry_after)
+        # The upstream's own words may name another wait ("try again in 60 seconds") than the
+        # Retry-After the client gets: they go to the log, and the message says only ours.
+        log.info("every route tried answered 429 upstream_message=%r", last.message[:300])
+        return AllRoutesRateLimitedError(RATE_LIMITED_MESSAGE, retry_after=retry_after)

@@ -125,8 +125,10 @@ class Settings(BaseSettings):
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 # Where, not what: the text may hold tokens and proxy credentials.
+                what = exc.msg[:1].lower() + exc.msg[1:]  # "Expecting value" -> "expecting value"
                 raise ValueError(
-                    f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (character {exc.pos})"
+                    f"its value is not valid JSON ({what} at line {exc.lineno}, column {exc.colno}, "
+                    f"character {exc.pos})"
                 ) from None
         return parse_routes(value)
 
@@ -135,7 +137,7 @@ class Settings(BaseSettings):
     def _token_not_empty(cls, value: Any) -> Any:
         # Unset means the anonymous token; set but empty is a mistake (a template not filled in).
         if value == "":
-            raise ValueError("is set but empty: unset it for the anonymous token, or give the token")
+            raise ValueError("it is set but empty: unset it for the anonymous token, or give the token")
         return value
 
     @field_validator("upstream_url", "upstream_proxy")

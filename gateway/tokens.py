@@ -15,11 +15,12 @@ app starts it in the background at start-up), never at import time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +47,10 @@ TOKENS_PER_MESSAGE: Final = 3
 TOKENS_PER_REPLY: Final = 3
 # Pieces at the end of a growing text that more text may still re-split (a "\r" before a "\n", trailing spaces).
 UNSETTLED_PIECES: Final = 3
+# Longer texts are counted in a worker thread: 1 MB takes 0.4 to 1 s, too long to block the event loop.
+OFF_LOOP_CHARS: Final = 32 * 1024
+# Unsettled text below this many characters is not split into pieces again (it costs less to count it).
+MIN_SETTLE_CHARS: Final = 32
 
 
 class EncodingFileError(RuntimeError):
@@ -101,6 +106,18 @@ class TokenCounter:
             for role, content in messages
         )
 
+    async def count_soon(self, text: str) -> int:
+        """``count``, made off the event loop for a long text (tiktoken releases the GIL)."""
+        if len(text) <= OFF_LOOP_CHARS:
+            return self.count(text)
+        return await asyncio.to_thread(self.count, text)
+
+    async def prompt_soon(self, messages: Sequence[tuple[str, str]]) -> int:
+        """``prompt``, made off the event loop for a long prompt."""
+        if sum(len(content) for _, content in messages) <= OFF_LOOP_CHARS:
+            return self.prompt(messages)
+        return await asyncio.to_thread(self.prompt, messages)
+
     def head(self, text: str, limit: int) -> str:
         """The longest prefix of ``text`` that counts at most ``limit`` tokens (cut on a token boundary)."""
         tokens = self._encoding.encode_ordinary(text)
@@ -121,36 +138,71 @@ class RunningCount:
     """The exact token count of a text that grows at its end, at a cost per fragment, not per text.
 
     Tokens never cross the pre-tokenizer's pieces, and appending text can only change the last
-    pieces; everything before the last few is counted once and kept (``settled``).
+    pieces; everything before the last few is counted once and kept (``settled``). The rest
+    (``unsettled``) is split into pieces only when it has doubled since the last split, so a
+    piece that keeps growing (a run of newlines, letters or dashes) costs linear time, not quadratic.
     """
 
-    __slots__ = ("_counter", "_settled_tokens", "_tail")
+    __slots__ = ("_bytes", "_chars", "_counter", "_parts", "_settle_at", "_settled_tokens")
 
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self._settled_tokens = 0
-        self._tail = ""
+        self._parts: list[str] = []
+        self._chars = 0
+        self._bytes = 0
+        self._settle_at = MIN_SETTLE_CHARS
+
+    @property
+    def unsettled(self) -> int:
+        """Characters not yet settled: what an exact count (``with_text``) costs beyond its text."""
+        return self._chars
+
+    def at_most(self, text: str) -> int:
+        """An upper bound of ``with_text(text)`` that costs no counting: a token is at least one byte."""
+        return self._settled_tokens + self._bytes + utf8_length(text)
 
     def with_text(self, text: str) -> int:
         """The count if ``text`` were appended (nothing is appended)."""
-        return self._settled_tokens + self._counter.count(self._tail + text)
+        return self._settled_tokens + self._counter.count(self._tail() + text)
 
     def append(self, text: str) -> None:
-        """Append ``text``; settle all but its last few pieces."""
-        tail = self._tail + text
+        """Append ``text``; once the unsettled text has doubled, settle all but its last few pieces."""
+        if not text:
+            return
+        self._parts.append(text)
+        self._chars += len(text)
+        self._bytes += utf8_length(text)
+        if self._chars < self._settle_at:
+            return
+        tail = self._tail()
         pieces = self._counter.chunks(tail)
         if len(pieces) > UNSETTLED_PIECES:
             # Piece by piece: counted as one text, the pieces could be split up differently.
             self._settled_tokens += sum(self._counter.count(piece) for piece in pieces[:-UNSETTLED_PIECES])
             tail = tail[sum(len(piece) for piece in pieces[:-UNSETTLED_PIECES]) :]
-        self._tail = tail
+        self._parts = [tail]
+        self._chars = len(tail)
+        self._bytes = utf8_length(tail)
+        self._settle_at = max(MIN_SETTLE_CHARS, 2 * len(tail))
 
     def head(self, text: str, limit: int) -> str:
         """The longest prefix of ``text`` that, appended, keeps the count within ``limit``."""
         room = limit - self._settled_tokens
         if room <= 0:
             return ""
-        return self._counter.head(self._tail + text, room)[len(self._tail) :]
+        tail = self._tail()
+        return self._counter.head(tail + text, room)[len(tail) :]
+
+    def _tail(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate counts 3, as the U+FFFD tiktoken encodes for it)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 from gateway.errors import UPSTREAM_ERROR_KINDS
-from gateway.fields import REFUSABLE
+from gateway.fields import DROP_LABELS
 from gateway.flowgpt.protocol import MODELS
 from gateway.metrics import ADMISSION_REASONS, PROVIDER, STREAM_OUTCOMES, TOKEN_DIRECTIONS, Metrics
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
@@ -81,7 +81,7 @@ LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "to_state": frozenset(BREAKER_STATES),
     "source": frozenset(TRANSITION_SOURCES),
     "result": frozenset(PROBE_RESULTS),
-    "param": frozenset(REFUSABLE),
+    "param": frozenset(DROP_LABELS),
     "direction": frozenset(TOKEN_DIRECTIONS),
     "model": frozenset(MODELS),
     "outcome": frozenset(STREAM_OUTCOMES),

@@ -63,7 +63,6 @@ async def test_conversation_reaches_the_upstream_intact(gateway: Client, sim: Si
             {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Bye"},
         ],
-        "unknown_field": {"ignored": True},
     }
     response = await gateway.post("/v1/chat/completions", json=body)
     assert response.status == 200
@@ -123,6 +122,43 @@ async def test_bad_requests_get_clear_errors(
     if param:
         assert param.split(".")[0] in error["message"]
     assert sim.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "says"),
+    [
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.0.content.0.text",
+            "Field required",
+            id="text-part-without-text",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [None]}]},
+            "messages.0.content.0",
+            "valid dictionary",
+            id="null-part",
+        ),
+        pytest.param({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4", id="five-stops"),
+        pytest.param({"stop": [""]}, "stop.0", "at least 1 character", id="empty-stop"),
+        pytest.param({"stop": {"a": 1}}, "stop", "a valid string or a valid list", id="stop-object"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages.0.content",
+            "a valid string or a valid list",
+            id="content-number",
+        ),
+    ],
+)
+async def test_a_union_error_says_what_is_wrong_with_the_value_given(
+    gateway: Client, extra: dict[str, object], param: str, says: str
+) -> None:
+    """A list given for a string-or-list field gets the list's own error; another value hears both forms."""
+    response = await gateway.post("/v1/chat/completions", json={**chat_body(), **extra})
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], error["param"]) == (400, "invalid_request", param)
+    assert says in error["message"]
+    assert "Input should be a valid string" not in error["message"].replace("a valid string or", "")
 
 
 async def test_oversized_body_is_413(make_gateway: GatewayFactory, sim: Simulator) -> None:

@@ -38,13 +38,25 @@ def test_serve_help_lists_every_variable(capsys: pytest.CaptureFixture[str]) -> 
         assert env_name(field) in text
 
 
+@pytest.mark.parametrize("command", ["demo", "probe"])
+def test_demo_and_probe_help_describe_the_command_and_the_settings(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """demo --help and probe --help open with a description and say where the GATEWAY_* variables are described."""
+    text = " ".join(help_text(command, capsys=capsys).split())
+    description = text.split("options:")[0].split("]")[-1].strip()
+    assert len(description) > 40
+    assert "README.md, section Settings" in text
+    assert "GATEWAY_" in text
+
+
 def test_malformed_upstreams_json_names_the_position() -> None:
     """A trailing comma in GATEWAY_UPSTREAMS: the message says line and column, not just 'must be a JSON list'."""
     with pytest.raises(ValidationError) as info:
         Settings(upstreams='[{"name": "a", "url": "http://127.0.0.1:9/x"},\n]')
     message = describe_validation_error(info.value)
-    assert message.startswith("invalid setting GATEWAY_UPSTREAMS: is not valid JSON: ")
-    assert "line 2 column 1" in message
+    assert message.startswith("invalid setting GATEWAY_UPSTREAMS: its value is not valid JSON ")
+    assert "(expecting value at line 2, column 1, character 47)" in message
 
 
 def test_an_empty_upstream_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +64,7 @@ def test_an_empty_upstream_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("GATEWAY_UPSTREAM_TOKEN", "")
     with pytest.raises(ValidationError) as info:
         Settings()
-    assert "GATEWAY_UPSTREAM_TOKEN: is set but empty" in describe_validation_error(info.value)
+    assert "GATEWAY_UPSTREAM_TOKEN: it is set but empty" in describe_validation_error(info.value)
     monkeypatch.delenv("GATEWAY_UPSTREAM_TOKEN")
     assert Settings().upstream_token.get_secret_value() == "null"
 

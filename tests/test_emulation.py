@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import random
+import string
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -12,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from gateway.simulator import SimFaults, Simulator
 from gateway.tokens import shared_counter
 from monitoring.processes import eventually
-from tests.gateway_support import chat_body, sse_events
+from tests.gateway_support import GatewayFactory, chat_body, sse_events
 from tests.metrics_support import delta, scrape
 
 Client = TestClient[web.Request, web.Application]
@@ -141,3 +148,106 @@ async def test_tokens_are_counted_by_route_model_and_direction(gateway: Client, 
     labels = {"route": "default", "model": "google-gemini"}
     assert delta(before, after, "gateway_tokens_total", direction="prompt", **labels) == usage["prompt_tokens"]
     assert delta(before, after, "gateway_tokens_total", direction="completion", **labels) == usage["completion_tokens"]
+
+
+@contextlib.asynccontextmanager
+async def loop_lag() -> AsyncIterator[list[float]]:
+    """Yield a list that, on exit, holds the longest the event loop was blocked (a 10 ms sleeper's overshoot)."""
+    worst = [0.0]
+    loop = asyncio.get_running_loop()
+
+    async def sleeper() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            worst[0] = max(worst[0], loop.time() - before - 0.01)
+
+    task = asyncio.create_task(sleeper())
+    try:
+        yield worst
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("limit", [100, 100_000])
+@pytest.mark.parametrize("piece", ["\n", " ", "a", "-----"])
+async def test_counting_a_long_run_never_blocks_the_loop(
+    gateway: Client, sim: Simulator, piece: str, limit: int, stream: bool
+) -> None:
+    """4,000 fragments that make one pre-tokenizer piece, with max_tokens: the loop is never blocked 0.5 s."""
+    sim.faults = SimFaults(answer_pieces=(piece,) * 4000)
+    async with loop_lag() as worst:
+        text, finish, usage = await ask(
+            gateway, stream=stream, max_tokens=limit, stream_options={"include_usage": True}
+        )
+    assert worst[0] < 0.5
+    counter = shared_counter()
+    whole = piece * 4000
+    assert whole.startswith(text)
+    assert usage is not None
+    assert usage["completion_tokens"] == counter.count(text) <= limit
+    # Counts are not monotonic in a run (3,165 newlines count 101, 3,200 count 100): the first excess cuts.
+    assert (finish, text) == (("length", text) if counter.count(whole) > limit else ("stop", whole))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_counting_a_large_prompt_and_answer_never_blocks_the_loop(
+    make_gateway: GatewayFactory, stream: bool
+) -> None:
+    """A 1 MB prompt of random letters, echoed back: both are counted off the loop, which never stalls 0.5 s."""
+    gateway = await make_gateway(max_body_bytes=2 * 1024 * 1024)
+    # 1,000,000 letters: the upstream request stays below the 1 MiB at which aiohttp warns about a bytes body.
+    prompt = "".join(random.Random(7).choices(string.ascii_letters, k=1_000_000))
+    async with loop_lag() as worst:
+        body = json.dumps(chat_body(prompt, stream=stream, stream_options={"include_usage": True})).encode()
+        response = await gateway.post(CHAT, data=io.BytesIO(body), headers={"Content-Type": "application/json"})
+        raw = await response.text()
+    assert response.status == 200
+    assert worst[0] < 0.5
+    usage = json.loads(sse_events(raw)[-2] if stream else raw)["usage"]
+    counter = shared_counter()
+    answer = f"[gpt-3.5-turbo] You said: {prompt}"
+    assert usage["prompt_tokens"] == counter.prompt([("user", prompt)])
+    assert usage["completion_tokens"] == counter.count(answer)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_an_answer_that_reaches_the_limit_ends_at_once(
+    make_gateway: GatewayFactory, sim: Simulator, stream: bool
+) -> None:
+    """Exactly max_tokens arrive and the upstream stalls: finish_reason length at once, not a timeout."""
+    gateway = await make_gateway(timeout_idle=1, retry_max=0)
+    sim.faults = SimFaults(answer_pieces=("one two three", " four"), stall_after=1)
+    started = asyncio.get_running_loop().time()
+    text, finish, _ = await ask(gateway, stream=stream, max_tokens=3)
+    assert (text, finish) == ("one two three", "length")
+    assert asyncio.get_running_loop().time() - started < 0.5
+
+
+README_LENGTH_CLAIM: Final = (
+    "an answer cut for length counts at most `max_tokens`, and usually exactly that; it can fall\n"
+    "short by more than one token, because a cut never splits a character (one character can be\n"
+    "up to 4 tokens: 🦜 is 3) and text can tokenise differently once more of it has arrived."
+)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_length_cut_can_fall_short_by_more_than_one_token(
+    gateway: Client, sim: Simulator, stream: bool
+) -> None:
+    """'a🦜' is 4 tokens (🦜 is 3): max_tokens 3 sends 'a', 2 short, as the README's corrected sentence says."""
+    sim.faults = SimFaults(answer_pieces=("a", "🦜"))
+    text, finish, usage = await ask(gateway, stream=stream, max_tokens=3, stream_options={"include_usage": True})
+    assert (text, finish) == ("a", "length")
+    assert usage is not None
+    assert usage["completion_tokens"] == 1
+
+
+def test_the_readme_says_a_length_cut_can_fall_short() -> None:
+    """The README's sentence on length cuts is the corrected one (not "one token fewer")."""
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert " ".join(README_LENGTH_CLAIM.split()) in readme
+    assert "one token fewer" not in readme

@@ -76,6 +76,12 @@ TOOL_CALL: Final = {"id": "call_1", "type": "function", "function": {"name": "f"
 USER: Final = {"role": "user", "content": "Hello"}
 # (messages, param) for every refused shape; the last message stays a user question.
 SHAPE_CASES: Final = [
+    pytest.param([USER, {"role": "assistant", "content": "Sure, "}], "messages.1", id="assistant-prefill"),
+    pytest.param(
+        [USER, {"role": "assistant", "content": "Sure"}, {"role": "system", "content": "Be brief"}],
+        "messages.1",
+        id="assistant-prefill-then-system",
+    ),
     pytest.param([USER, {"role": "tool", "tool_call_id": "call_1", "content": "42"}, USER], "messages.1", id="tool"),
     pytest.param([USER, {"role": "function", "name": "f", "content": "42"}, USER], "messages.1", id="function"),
     pytest.param(
@@ -215,9 +221,37 @@ async def test_text_parts_are_joined_with_a_newline(gateway: Client, sim: Simula
 
 async def test_an_assistant_turn_with_null_content_is_an_empty_turn(gateway: Client, sim: Simulator) -> None:
     """An assistant message with content null (and no tool calls) is history, not a validation error."""
-    messages = [USER, {"role": "assistant", "content": None, "refusal": "I cannot"}, USER]
+    messages = [USER, {"role": "assistant", "content": None}, USER]
     response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
     assert response.status == 200, await response.text()
+    assert sim.stats.last_body is not None
+    assert sim.stats.last_body["history"][2] == {"role": "assistant", "content": ""}
+
+
+async def test_a_refused_turn_keeps_its_refusal_text(gateway: Client, sim: Simulator) -> None:
+    """An assistant turn with content null and a refusal reaches FlowGpt as the refusal's text, not an empty turn."""
+    messages = [USER, {"role": "assistant", "content": None, "refusal": "I cannot help with that."}, USER]
+    response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
+    assert response.status == 200, await response.text()
+    assert sim.stats.last_body is not None
+    assert sim.stats.last_body["history"][2] == {"role": "assistant", "content": "I cannot help with that."}
+
+
+async def test_trailing_system_messages_leave_the_question_last(gateway: Client, sim: Simulator) -> None:
+    """A system message after the user's: the user's text is the question, the system text joins the system prompt."""
+    messages = [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "the question"},
+        {"role": "developer", "content": "Answer in French"},
+    ]
+    response = await gateway.post(CHAT, json={**chat_body(), "messages": messages})
+    assert response.status == 200, await response.text()
+    body = sim.stats.last_body
+    assert body is not None
+    assert body["question"] == "the question"
+    assert body["system"] == "Answer in French"
+    assert [turn["content"] for turn in body["history"][1:]] == ["earlier", "ok"]
 
 
 async def test_drop_params_drops_names_and_counts(make_gateway: GatewayFactory, sim: Simulator) -> None:
@@ -237,6 +271,32 @@ async def test_drop_params_drops_names_and_counts(make_gateway: GatewayFactory, 
     assert "tools" not in sim.stats.last_body
 
 
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("top_k", 40), ("min_p", 0.1), ("repetition_penalty", 1.2), ("guided_json", {"type": "object"})],
+)
+async def test_a_field_outside_the_table_is_a_400_naming_it(
+    gateway: Client, sim: Simulator, param: str, value: Any
+) -> None:
+    """A sampling field OpenAI does not define (vLLM's top_k, ...): 400 unsupported_parameter naming it."""
+    response = await gateway.post(CHAT, json=chat_body(**{param: value}))
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], error["param"]) == (400, "unsupported_parameter", param)
+    assert param in error["message"]
+    assert sim.stats.requests_total == 0
+
+
+async def test_drop_params_drops_fields_outside_the_table_as_other(make_gateway: GatewayFactory) -> None:
+    """GATEWAY_DROP_PARAMS: top_k is dropped, named in the header, and counted under param="other"."""
+    gateway = await make_gateway(drop_params=True)
+    before = await scrape(gateway)
+    response = await gateway.post(CHAT, json={**chat_body(top_k=40), "bad\u00e9 name": 1})
+    assert response.status == 200, await response.text()
+    assert response.headers["x-gateway-dropped-params"] == "top_k,other"
+    after = await scrape(gateway)
+    assert delta(before, after, "gateway_dropped_params_total", param="other") == 2
+
+
 async def test_drop_params_never_drops_message_shapes(make_gateway: GatewayFactory) -> None:
     """Even with GATEWAY_DROP_PARAMS a tool message is a 400: dropping it would change the conversation."""
     gateway = await make_gateway(drop_params=True)
@@ -249,4 +309,4 @@ async def test_dropped_params_series_exist_at_start(gateway: Client) -> None:
     """Every refusable field's series exists at zero from start-up, and no other label value."""
     samples = await scrape(gateway)
     params = {dict(labels)["param"] for name, labels in samples if name == "gateway_dropped_params_total"}
-    assert params == set(REFUSABLE)
+    assert params == {*REFUSABLE, "other"}

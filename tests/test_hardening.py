@@ -332,7 +332,7 @@ def _stable(headers: dict[str, str] | None) -> dict[str, str]:
 async def test_clients_cannot_steer_the_upstream(
     gateway: Client, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Body fields, Host, forwarding and proxy headers, and proxy env vars leave the upstream request unchanged."""
+    """Body fields outside the table are refused; Host, forwarding and proxy headers and proxy env vars change nothing."""
     plain = await gateway.post(CHAT, json=chat_body("steer?"))
     assert plain.status == 200
     expected_headers, expected_body = _stable(sim.stats.last_headers), sim.stats.last_body
@@ -340,7 +340,12 @@ async def test_clients_cannot_steer_the_upstream(
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:1")
     monkeypatch.setenv("NO_PROXY", "")
-    hostile = await gateway.post(CHAT, json=chat_body("steer?", **BODY_EXTRAS), headers=HOSTILE_HEADERS)
+    # Body fields outside the field table are refused by name before anything goes upstream.
+    steering = await gateway.post(CHAT, json=chat_body("steer?", **BODY_EXTRAS), headers=HOSTILE_HEADERS)
+    error = (await steering.json())["error"]
+    assert (steering.status, error["code"], error["param"]) == (400, "unsupported_parameter", "upstream_url")
+    assert sim.stats.requests_total == 1
+    hostile = await gateway.post(CHAT, json=chat_body("steer?", user="evil"), headers=HOSTILE_HEADERS)
     assert hostile.status == 200
     assert sim.stats.requests_total == 2  # it reached the configured upstream, directly
     assert _stable(sim.stats.last_headers) == expected_headers

@@ -39,10 +39,10 @@ async def test_requests_the_upstream_rejects_never_open_the_breaker(make_gateway
     before = await scrape(gateway)
     huge_system = {
         "model": "gpt-3.5-turbo",
-        "messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "x" * 60_000}],
+        "messages": [{"role": "system", "content": "x" * 60_000}, {"role": "user", "content": "y" * 60_000}],
     }
     for _ in range(5):
-        response = await gateway.post(CHAT, json=huge_system)  # sent twice upstream: question and system
+        response = await gateway.post(CHAT, json=huge_system)  # 120,000 characters upstream: system and question
         assert response.status == 413
         error = (await response.json())["error"]
         assert error["code"] == "upstream_rejected_request"

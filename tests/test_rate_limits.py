@@ -84,3 +84,17 @@ async def test_402_stays_a_502(make_gateway: GatewayFactory, sim: Simulator) -> 
     sim.faults = SimFaults(http_status=402)
     response = await gateway.post(CHAT, json=chat_body())
     assert (response.status, (await response.json())["error"]["code"]) == (502, "upstream_rate_limited")
+
+
+async def test_the_upstreams_own_wait_stays_out_of_the_message(
+    make_gateway: GatewayFactory, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream says 'try again in 60 seconds' with Retry-After 3: the only seconds in the message are 3."""
+    gateway = await make_gateway(retry_max=0)
+    sim.faults = SimFaults(http_status=429, retry_after=3, http_body='{"message": "try again in 60 seconds"}')
+    with caplog.at_level("INFO"):
+        response = await gateway.post(CHAT, json=chat_body())
+    error = (await response.json())["error"]
+    assert (response.status, response.headers["Retry-After"]) == (429, "3")
+    assert re.findall(r"(\d+) ?s(?:ec|econds?)?\b", error["message"]) == ["3"]
+    assert "60 seconds" in caplog.text  # the upstream's words are in the log line only

@@ -247,7 +247,7 @@ async def test_status_lists_routes_with_masked_secrets(make_gateway: GatewayFact
         ('[{"name": "a", "proxy": "user:secret@host:1"}]', "route 'a': proxy: must be an http:// or https:// URL"),
         ('[{"url": "http://x"}]', "route #1: name: Field required"),
         ('[{"name": "a", "weight": 0}]', "route 'a': weight: Input should be greater than 0"),
-        ("not json", "is not valid JSON: Expecting value at line 1 column 1 (character 0)"),
+        ("not json", "its value is not valid JSON (expecting value at line 1, column 1, character 0)"),
         ('{"name": "a"}', "must be a JSON list of routes"),
     ],
 )

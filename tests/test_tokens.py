@@ -63,6 +63,41 @@ def test_a_running_count_is_the_count_of_the_whole(pieces: list[str]) -> None:
     assert running.with_text("") == counter.count("".join(pieces))
 
 
+@pytest.mark.parametrize("char", ["\n", " ", "a", "-", "é"])
+def test_a_long_run_is_counted_exactly_in_linear_time(char: str) -> None:
+    """20,000 one-character appends of one run: the running count is the full count, in well under a second."""
+    counter = shared_counter()
+    running = RunningCount(counter)
+
+    def grow() -> None:
+        for _ in range(20_000):
+            running.append(char)
+
+    seconds = timeit.timeit(grow, number=1)
+    assert running.with_text("") == counter.count(char * 20_000)
+    assert seconds < 0.5
+
+
+@pytest.mark.parametrize("char", ["\n", "a", "-"])
+@pytest.mark.parametrize("size", [300, 2000])
+def test_text_held_for_a_count_is_sent_at_the_end(char: str, size: int) -> None:
+    """One-character fragments of a run near the limit: what is held back is sent at the end, never past the limit."""
+    counter = shared_counter()
+    whole = char * size
+    limit = max(counter.count(char * n) for n in range(1, size + 1)) + 1  # counts are not monotonic in a run
+    cutter = Cutter(limit=limit, counter=counter)
+    sent = "".join(cutter.feed(char) for _ in range(size))
+    unfinished = cutter.finish_reason
+    assert unfinished is None
+    sent += cutter.end()
+    assert (sent, cutter.finish_reason) == (whole, "stop")
+    cutter = Cutter(limit=counter.count(whole) - 3, counter=counter)
+    sent = "".join(cutter.feed(char) for _ in range(size)) + cutter.end()
+    assert whole.startswith(sent)
+    assert counter.count(sent) <= counter.count(whole) - 3
+    assert cutter.finish_reason == "length"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     pieces=st.lists(TEXT.filter(bool), min_size=1, max_size=8),

@@ -116,20 +116,29 @@ def signed_headers(token: str, *, now: float | None = None) -> dict[str, str]:
     return headers
 
 
-def build_body(model: str, messages: Sequence[Message], temperature: float | None = None) -> dict[str, Any]:
-    """The JSON body FlowGpt expects for ``messages`` (the last one is the question).
+def question_index(roles: Sequence[str]) -> int:
+    """Which message is the question: the last one that is not a system (or developer) message."""
+    for index in range(len(roles) - 1, -1, -1):
+        if roles[index] not in ("system", "developer"):
+            return index
+    return len(roles) - 1
 
-    System messages are joined with a real newline (the original provider joined
-    them with a literal backslash-n) and never appear in the history.
+
+def build_body(model: str, messages: Sequence[Message], temperature: float | None = None) -> dict[str, Any]:
+    """The JSON body FlowGpt expects for ``messages`` (the last one that is not a system message is the question).
+
+    System messages, wherever they are, are joined with a real newline (the original
+    provider joined them with a literal backslash-n) and never appear in the history.
     """
     if not messages:
         raise ValueError("at least one message is required")
+    asked = question_index([m.role for m in messages])
     system = "\n".join(m.content for m in messages if m.role == "system") or DEFAULT_SYSTEM_PROMPT
-    history = [{"role": m.role, "content": m.content} for m in messages[:-1] if m.role != "system"]
+    history = [{"role": m.role, "content": m.content} for m in messages[:asked] if m.role != "system"]
     return {
         "model": model,
         "nsfw": False,
-        "question": messages[-1].content,
+        "question": messages[asked].content,
         "history": [{"role": "assistant", "content": GREETING}, *history],
         "system": system,
         "temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,

@@ -31,6 +31,7 @@ from gateway.errors import (
     RequestTimeoutError,
     ShuttingDownError,
 )
+from gateway.fields import drop_label
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import UnknownModelError, resolve_model
 from gateway.handlers.reply import Reply
@@ -89,7 +90,7 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     counter = app[TOKENS]
     reply = Reply(
         model=model,
-        prompt_tokens=counter.prompt((m.role, m.content) for m in messages),
+        prompt_tokens=await counter.prompt_soon([(m.role, m.content) for m in messages]),
         include_usage=chat.include_usage,
         cutter=functools.partial(Cutter, stops=chat.stop_texts, limit=chat.token_limit, counter=counter),
     )
@@ -101,7 +102,7 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     async with upstream.answer(prompt, whole=reply.cutter) as answer:
         assert answer.whole is not None
         text, finish_reason = answer.whole.text, answer.whole.finish_reason or "stop"
-        usage = reply.settle(app[METRICS], answer.route.name, text, counter)
+        usage = await reply.settle(app[METRICS], answer.route.name, text, counter)
     body = orjson.dumps(completion(new_completion_id(), model, text, finish_reason=finish_reason, usage=usage))
     response = web.Response(body=body, content_type="application/json")
     if len(body) < GUARD_BODY_BYTES:
@@ -153,12 +154,12 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
                 else:
                     if text := cutter.end():
                         await guard.write(response, encoder.content(text))
-                usage = reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                usage = await reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
                 end = encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None)
                 await guard.write(response, end)
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
-                reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                await reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
                 outcome = "rejected" if exc.status < 500 and exc.status != 429 else "error"
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)
@@ -193,7 +194,7 @@ def _report_dropped(request: web.Request, dropped: tuple[str, ...]) -> None:
     """Count the dropped fields and name them in the answer's headers (its error's too)."""
     counters = request.app[METRICS].dropped_params
     for param in dropped:
-        counters[param].inc()
+        counters[drop_label(param)].inc()
     request[DROPPED_PARAMS] = ",".join(dropped)
 
 

@@ -23,8 +23,8 @@ class Reply:
     include_usage: bool
     cutter: Callable[[], Cutter]
 
-    def settle(self, metrics: Metrics, route: str, text: str, counter: TokenCounter) -> dict[str, int]:
-        """Count the answer's tokens (what the client received) and return its ``usage``."""
-        completion_tokens = counter.count(text)
+    async def settle(self, metrics: Metrics, route: str, text: str, counter: TokenCounter) -> dict[str, int]:
+        """Count the answer's tokens (what the client received; a long one off the loop) and return its ``usage``."""
+        completion_tokens = await counter.count_soon(text)
         metrics.count_tokens(route, self.model, prompt=self.prompt_tokens, completion=completion_tokens)
         return usage(self.prompt_tokens, completion_tokens)
