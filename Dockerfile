@@ -16,6 +16,10 @@ RUN pip install ".[fast]" \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gateway
 
+# The runbook the alerts link to, served at GET /runbook.
+COPY docs/runbook.md /usr/share/flowgpt-gateway/runbook.md
+ENV GATEWAY_RUNBOOK_PATH=/usr/share/flowgpt-gateway/runbook.md
+
 WORKDIR /
 USER gateway
 

@@ -122,7 +122,8 @@ class Tracing:
     def trace_id() -> str | None:
         """The current trace id (hex), for exemplars and logs; None when nothing is traced."""
         context = trace.get_current_span().get_span_context()
-        return format(context.trace_id, "032x") if context.is_valid else None
+        # An unsampled trace is never exported: an exemplar naming it would link to nothing.
+        return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None
 
     @staticmethod
     def failed(span: Span, kind: str) -> None:

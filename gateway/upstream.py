@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, use_span
 
 from gateway.answer import Answer, read_whole
 from gateway.errors import (
@@ -194,7 +194,11 @@ class UpstreamService:
             span = self._attempt_span(route, prompt, attempts, reason)
             try:
                 cutter = whole() if whole is not None else None
-                stream, first, started = await self._attempt(route, prompt, deadline, cutter)
+                if span is None:
+                    stream, first, started = await self._attempt(route, prompt, deadline, cutter)
+                else:  # the attempt's span is current while it runs: a traceparent sent upstream names it
+                    with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                        stream, first, started = await self._attempt(route, prompt, deadline, cutter)
             except BaseException as exc:
                 if span is not None:
                     _end_failed(span, exc)

@@ -49,6 +49,7 @@ class WorkingFlag:
         self.probes_total = 0
         self.next_probe_at: float | None = None  # clock() value; set by the prober
         self.probed = False  # a probe answered, or a peer's verdict was adopted
+        self.passed = False  # a probe succeeded (or a peer's "working" was adopted): working is known, not assumed
         self.probing = False  # a probe is in flight; set by the prober
 
     @property
@@ -64,8 +65,8 @@ class WorkingFlag:
 
     @property
     def state(self) -> FlagState:
-        """The flag's own state: its verdict, or ``unknown``/``checking`` before the first one."""
-        if self.mode == "auto" and not self.probed:
+        """The flag's own state: its verdict, or ``unknown``/``checking`` until a probe passes or it goes down."""
+        if self.mode == "auto" and not self.passed and self._probed_working:
             return "checking" if self.probing else "unknown"
         return "working" if self.working else "not_working"
 
@@ -81,6 +82,7 @@ class WorkingFlag:
             self.consecutive_successes = 0
             self._probed_working = False
         elif result.ok:
+            self.passed = True
             self.consecutive_successes += 1
             self.consecutive_failures = 0
             if self.consecutive_successes >= self._healthy_threshold:
@@ -93,6 +95,11 @@ class WorkingFlag:
         self._notify(before)
 
     @property
+    def confirmed_working(self) -> bool:
+        """Working, and known to be: pinned by an operator, or a probe passed (not the start-up default)."""
+        return self.mode == "working" or (self.mode == "auto" and self.passed and self._probed_working)
+
+    @property
     def probed_working(self) -> bool:
         """The probes' verdict, whatever an operator pinned."""
         return self._probed_working
@@ -101,6 +108,7 @@ class WorkingFlag:
         """Adopt the verdict another process reached (a fleet member joining or reconnecting)."""
         before = self.working
         self.probed = True
+        self.passed = self.passed or working
         self._probed_working = working
         self.consecutive_failures = failures
         self.consecutive_successes = successes

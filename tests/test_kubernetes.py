@@ -287,3 +287,20 @@ def test_prometheusrule_check_reports_a_stale_manifest(tmp_path: Path, monkeypat
     assert prometheusrule.main(["--check"]) == 1
     assert prometheusrule.main([]) == 0
     assert prometheusrule.main(["--check"]) == 0
+
+
+REPO: Final = Path(__file__).resolve().parents[1]
+
+
+def test_runbook_links_resolve_on_kubernetes_too() -> None:
+    """The rules link to runbook_base_url: the README's Kubernetes section says how to set it, and the image serves it."""
+    rule = (REPO / "deploy/kubernetes/base/prometheusrule.yaml").read_text()
+    assert "$externalLabels.runbook_base_url" in rule
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Kubernetes") :]
+    section = section[: section.index("\n## ")]
+    assert "spec.externalLabels.runbook_base_url" in section
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY docs/runbook.md" in dockerfile
+    assert "GATEWAY_RUNBOOK_PATH=" in dockerfile
+    assert "!docs/runbook.md" in (REPO / ".dockerignore").read_text()

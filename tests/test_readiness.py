@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -127,7 +128,44 @@ def test_later_failures_keep_the_hysteresis() -> None:
 
 
 def test_first_timeout_keeps_the_hysteresis() -> None:
-    """A first failure that may heal (a timeout) waits for the threshold as before."""
+    """A first failure that may heal (a timeout) waits for the threshold as before, and claims nothing yet."""
     flag = _flag()
     flag.record(ProbeResult(ok=False, at=0.0, latency=0.1, error="slow", kind="timeout"))
-    assert flag.state == "working"
+    assert flag.working  # traffic is still admitted: one failure is below the threshold
+    assert flag.state == "unknown"  # but no probe has passed: the flag does not say "working"
+
+
+async def _statuses(gateway: Client, seconds: float) -> list[tuple[int, dict[str, Any]]]:
+    """Every /readyz answer, polled every 20 ms for ``seconds``."""
+    seen: list[tuple[int, dict[str, Any]]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        response = await gateway.get("/readyz")
+        seen.append((response.status, await response.json()))
+        await asyncio.sleep(0.02)
+    return seen
+
+
+async def test_a_route_down_at_start_and_another_still_checking_is_not_ready(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Two routes with a bad token, b's probe slower: one verdict "down" is no reason to say ready."""
+    routes = json.dumps([{"name": name, "url": sim.route_url(name)} for name in ("a", "b")])
+    sim.set_faults(SimFaults(http_status=401), route="a")
+    sim.set_faults(SimFaults(http_status=401, error_body_chunks=2, error_chunk_delay=1.5), route="b")
+    gateway = await make_gateway(upstreams=routes, probe_enabled=True, probe_interval=60, ready_grace=30)
+    seen = await _statuses(gateway, 1.0)
+    assert 200 not in [status for status, _ in seen]
+
+
+async def test_a_first_probe_that_fails_below_the_threshold_is_not_ready_yet(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """A 500 on the first probe (threshold 2): neither ready nor shown as working; the flag says unknown."""
+    sim.faults = SimFaults(http_status=500)
+    gateway = await make_gateway(probe_enabled=True, probe_interval=60, probe_unhealthy_threshold=2, ready_grace=30)
+    seen = await _statuses(gateway, 0.6)
+    probed = [(status, body) for status, body in seen if body["routes"][0]["probes_total"] > 0]
+    assert probed
+    assert all(status == 503 for status, _ in probed)
+    assert {body["routes"][0]["state"] for _, body in probed} <= {"unknown", "checking"}

@@ -209,3 +209,25 @@ def _tree(spans: list[ReadableSpan]) -> str:
 
     walk(None, 0)
     return "\n".join(lines)
+
+
+async def test_the_traceparent_sent_upstream_names_the_attempt_span(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """With propagation on, FlowGpt's parent is the attempt's span, not the request's."""
+    exporter = InMemorySpanExporter()
+    gateway = await make_gateway(span_exporter=exporter, otlp_propagate_upstream=True)
+    response = await gateway.post(CHAT, json=chat_body("hi"), headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    await response.read()
+    attempt = next(span for span in _spans(gateway, exporter) if span.name == "chat flowgpt")
+    sent = {name.lower(): value for name, value in (sim.stats.last_headers or {}).items()}
+    assert sent["traceparent"].split("-")[2] == format(attempt.context.span_id, "016x")
+
+
+async def test_an_unsampled_trace_is_named_by_no_exemplar(make_gateway: GatewayFactory, sim: Simulator) -> None:
+    """A caller's traceparent with sampled=00 exports nothing, so no exemplar may point at it."""
+    exporter = InMemorySpanExporter()
+    gateway = await make_gateway(span_exporter=exporter)
+    response = await gateway.post(CHAT, json=chat_body("hi"), headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+    await response.read()
+    assert not [span for span in _spans(gateway, exporter) if format(span.context.trace_id, "032x") == TRACE_ID]
+    metrics = await gateway.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert f'trace_id="{TRACE_ID}"' not in await metrics.text()

@@ -31,11 +31,12 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     routes = app[ROUTES]
     draining = app[INFLIGHT].draining
     working = routes.working()
-    # Honest at start-up: until one route has answered a probe (or been pinned by an operator),
-    # "working" is only a default, so say not ready, for at most GATEWAY_READY_GRACE.
+    # Honest at start-up: until one route has passed a probe (or been pinned working by an operator),
+    # "working" is only a default, so say not ready, for at most GATEWAY_READY_GRACE. A route whose
+    # first probe failed, or that is still checking, does not count: any route may answer 401.
     unprobed = (
         app[SETTINGS].probe_enabled
-        and not any(route.flag.probed or route.flag.mode != "auto" for route in routes)
+        and not any(route.flag.confirmed_working for route in routes)
         and app[CLOCK]() < app[READY_DEADLINE]
     )
     ready = working and not draining and not unprobed
@@ -46,7 +47,7 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
         "routes": [route_snapshot(route) for route in routes],
     }
     if not ready:
-        body["reason"] = "shutting down" if draining else "not yet probed" if unprobed else "no route is working"
+        body["reason"] = "shutting down" if draining else "no route is working" if not working else "not yet probed"
     return ready, body
 
 
