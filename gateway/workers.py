@@ -49,7 +49,8 @@ EXIT_CANNOT_LISTEN: Final = 3  # a worker's: neither 1 (an unhandled error) nor 
 _POLL_SECONDS: Final = 0.1
 _YOUNG_SECONDS: Final = 5.0  # a worker that dies sooner than this is restarted after a pause
 _RESTART_PAUSE_MAX: Final = 10.0
-_STOP_MARGIN: Final = 5.0  # beyond the drain grace, before a worker that does not exit is killed
+# Beyond the drain grace, before a worker that does not exit is killed (a loaded host closes slowly).
+_STOP_MARGIN: Final = 10.0
 
 
 @dataclass

@@ -190,7 +190,8 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_all_with_exit_0(fl
     assert value(parse_samples(text), "gateway_http_requests_total", route=CHAT, method="POST", code="200") == 20
 
     fleet.process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(fleet.process.wait(), timeout=15) == 0
+    code = await asyncio.wait_for(fleet.process.wait(), timeout=15)
+    assert code == 0, fleet.output()[-3000:]
     with pytest.raises(aiohttp.ClientConnectionError):
         await fleet.get("/healthz")
 

@@ -30,7 +30,7 @@ BACKOFF_MAX = 5.0
 # connections are pinged: the pool's (calls) and the subscription's, whose pong comes back through
 # the subscription itself, so a subscription that went silent is noticed within two heartbeats.
 HEARTBEAT_SECONDS = 1.0
-CLOSE_STEP_SECONDS = 1.0  # each step of closing the connections, at most
+CLOSE_STEP_SECONDS = 0.5  # each step of closing the connections, at most
 
 
 class RedisLink:
