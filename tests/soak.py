@@ -75,6 +75,7 @@ GATEWAY_SETTINGS: Final[dict[str, Any]] = {
 }
 CLIENT_GRACE: Final = 2.0
 RECOVERY_SECONDS: Final = 5.0
+SHUTDOWN_LIMIT: Final = 20.0  # a gateway's close (drain, Redis, probes, sessions) must end within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,13 +363,44 @@ async def run_soak(config: SoakConfig) -> SoakReport:
                     report.breaker_opened, report.breaker_closed = opened_after - opened, closed_after - closed
             finally:
                 for server in servers:
-                    await server.close()
+                    await _close_or_report(server, report)
     finally:
         if redis is not None:
             redis.stop()
         logging.getLogger().removeHandler(errors)
     report.error_logs = errors.records
     return report
+
+
+def task_stacks() -> list[str]:
+    """Where every task of this loop waits, innermost last (for a run that hung)."""
+    stacks = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames)
+        stacks.append(f"{task.get_name()}: {where}")
+    return stacks
+
+
+async def run_soak_within(config: SoakConfig, limit: float) -> SoakReport:
+    """``run_soak``, failing with every task's stack (instead of hanging) if it takes longer than ``limit``."""
+    runner = asyncio.ensure_future(run_soak(config))
+    done, _ = await asyncio.wait({runner}, timeout=limit)
+    if not done:
+        stacks = task_stacks()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        raise AssertionError(f"the soak did not end within {limit:g} s; tasks: {stacks}")
+    return runner.result()
+
+
+async def _close_or_report(server: TestServer, report: SoakReport) -> None:
+    """Close a gateway; one that takes longer than SHUTDOWN_LIMIT is a violation, with every task's stack."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_LIMIT):
+            await server.close()
+    except TimeoutError:
+        report.violations.append(f"a gateway did not close within {SHUTDOWN_LIMIT:g} s; tasks: {task_stacks()}")
 
 
 def _transitions(apps: list[Any], route: str) -> tuple[float, float]:

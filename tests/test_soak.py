@@ -7,7 +7,7 @@ from typing import Final
 
 import pytest
 
-from tests.soak import SoakConfig, run_soak
+from tests.soak import SoakConfig, run_soak_within
 
 # Growth allowed across the measured run, after a warm-up (gateway and simulator share the
 # process). Clean runs grow 1-2 MiB; keeping ~14 KiB per request (a response, a buffer) would not fit.
@@ -22,7 +22,7 @@ async def test_short_soak_under_a_flapping_upstream(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.WARNING)
     config = SoakConfig(requests=600, concurrency=50, flap_min=0.5, flap_max=1.2, warmup_requests=100, seed=7)
 
-    report = await run_soak(config)
+    report = await run_soak_within(config, limit=150)
 
     print(report.summary())
     assert report.problems() == []
@@ -46,7 +46,7 @@ async def test_short_soak_with_three_routes_one_flapping(caplog: pytest.LogCaptu
         requests=600, concurrency=50, flap_min=0.5, flap_max=1.2, warmup_requests=100, seed=7, routes=3
     )
 
-    report = await run_soak(config)
+    report = await run_soak_within(config, limit=150)
 
     print(report.summary())
     assert report.problems() == []
@@ -66,7 +66,7 @@ async def test_short_soak_with_two_replicas_sharing_a_redis_that_is_paused_and_k
         requests=900, concurrency=50, flap_min=0.5, flap_max=1.2, warmup_requests=100, seed=7, routes=3, replicas=2
     )
 
-    report = await run_soak(config)
+    report = await run_soak_within(config, limit=150)
 
     print(report.summary())
     assert report.problems() == []
