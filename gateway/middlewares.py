@@ -58,8 +58,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = route_template(request)
     with tracing.server_span(f"{request.method} {route}", request.headers) as span:
         span.set_attribute("http.request.method", request.method)
-        span.set_attribute("http.route", route)
-        span.set_attribute("url.path", request.path[:200])
+        span.set_attribute("http.route", route)  # the template, never the raw path a client chose
         return await _observe(request, handler, span)
 
 

@@ -11,8 +11,6 @@ metrics, logging. It is exported as ``gateway_overhead_seconds{route}`` for the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
 
@@ -35,18 +33,27 @@ class Stopwatch:
 CURRENT: Final[ContextVar[Stopwatch | None]] = ContextVar("overhead_stopwatch", default=None)
 
 
-@contextmanager
-def waiting() -> Iterator[None]:
+class _Waiting:
+    """The context manager :func:`waiting` returns: a class, not a generator, since it wraps every fragment."""
+
+    __slots__ = ("_started", "_stopwatch")
+
+    def __init__(self, stopwatch: Stopwatch | None) -> None:
+        self._stopwatch = stopwatch
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        if self._stopwatch is not None:
+            self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stopwatch is not None:
+            self._stopwatch.waited += time.perf_counter() - self._started
+
+
+def waiting() -> _Waiting:
     """Count the enclosed wait (on the upstream, the client or a backoff) as not the gateway's own time."""
-    stopwatch = CURRENT.get()
-    if stopwatch is None:
-        yield
-        return
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        stopwatch.waited += time.perf_counter() - started
+    return _Waiting(CURRENT.get())
 
 
 def answered_by(route: str) -> None:

@@ -86,6 +86,7 @@ class SharedHealth:
     def snapshot(self) -> dict[str, Any]:
         """For /status: whether sharing works, who we are, and per route what is shared, with whom, from where."""
         routes = {}
+        opened_by = self.open_periods()
         for name, share in self._shares.items():
             scopes, period = share.route.scopes, share.period
             routes[name] = {
@@ -98,7 +99,7 @@ class SharedHealth:
                 else {
                     "trip_id": period.trip_id,
                     "scope": period.scope,
-                    "opened_by": self.open_periods()[name],
+                    "opened_by": opened_by[name],
                     "shared": period.shared,
                 },
             }
