@@ -13,9 +13,7 @@ from gateway.errors import UpstreamError
 from gateway.overhead import waiting
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
-    from gateway.breaker import Ticket
+    from gateway.attempt import Attempt
     from gateway.cutter import Cutter
     from gateway.flowgpt.client import FlowGptStream
     from gateway.route_pool import Route
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
 async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
     """Feed a whole answer to ``cutter`` until it ends or the cutter has enough (non-streamed requests).
 
-    A failure here is marked replayable: the client has seen nothing, so another attempt may answer.
+    A failure here is marked replayable: the client has seen nothing (``classify`` reads the mark).
     """
     cutter.feed(first)
     try:
@@ -47,23 +45,12 @@ class Answer:
     It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
     """
 
-    __slots__ = ("_first", "completed", "deadline", "error", "route", "span", "started", "stream", "ticket", "whole")
+    __slots__ = ("_first", "attempt", "completed", "deadline", "error", "stream", "whole")
 
     def __init__(
-        self,
-        route: Route,
-        ticket: Ticket,
-        stream: FlowGptStream,
-        first: str,
-        started: float,
-        deadline: float,
-        whole: Cutter | None = None,
-        span: Span | None = None,
+        self, attempt: Attempt, stream: FlowGptStream, first: str, deadline: float, whole: Cutter | None = None
     ) -> None:
-        self.route = route
-        self.span = span  # the attempt's trace span, ended when the answer is settled
-        self.ticket = ticket
-        self.started = started
+        self.attempt = attempt  # the upstream call this answer comes from, settled when the scope ends
         self.stream = stream
         self._first: str | None = first
         self.deadline = deadline  # a reading of the service's clock
@@ -73,6 +60,10 @@ class Answer:
         if whole is not None:
             self._first = None
         self.error: UpstreamError | None = None
+
+    @property
+    def route(self) -> Route:
+        return self.attempt.route
 
     def __aiter__(self) -> Answer:
         return self

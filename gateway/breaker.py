@@ -8,8 +8,9 @@ Reads are queries: an open period whose end passed reads half-open, and nothing 
 or changed by reading. :meth:`CircuitBreaker.decision` is the one admission question.
 
 A call is admitted with a :class:`Ticket` (its generation and model); outcomes of older
-generations are dropped. Only an :class:`UpstreamError` for which ``counts_against_upstream``
-holds is a failure; anything else is neutral. Models outside ``known_models`` share one bucket.
+generations are dropped. Only an outcome that counts against the route (see
+:func:`gateway.outcome.classify`) is a failure; anything else is neutral. Models outside
+``known_models`` share one bucket.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from gateway import breaker_state as st
 from gateway.breaker_counter import FailureCounter
 from gateway.breaker_state import HALF_OPEN_BUSY_RETRY_AFTER, Decision, Ticket
 from gateway.breaker_table import transition
-from gateway.errors import UpstreamError, counts_against_upstream
 from gateway.events import BreakerChanged, BreakerMode, BreakerState, EventBus, ProbeFinished
 from gateway.flowgpt.protocol import MODELS
 from gateway.open_period import PeriodTimer
+from gateway.outcome import Outcome
 
 __all__ = ["HALF_OPEN_BUSY_RETRY_AFTER", "BreakerSnapshot", "BreakerState", "CircuitBreaker", "Decision", "Ticket"]
 
@@ -130,7 +131,7 @@ class CircuitBreaker:
         }
 
     def admit(self, model: str | None = None) -> Ticket:
-        """Admit one call for ``model`` or raise ``CircuitOpenError``; always :meth:`release` the ticket."""
+        """Admit one call for ``model`` or raise ``CircuitOpenError``; always :meth:`settle` the ticket."""
         self._catch_up()
         decision = self.decision(model)
         if decision.error is not None:
@@ -140,31 +141,28 @@ class CircuitBreaker:
         counted = self._state.phase != "forced_closed"
         return Ticket(self._state.generation, trial=decision.trial, counted=counted, model=self._bucket(model))
 
-    def release(self, ticket: Ticket) -> None:
-        """The call is over (any outcome): free its half-open trial slot, if that period still runs."""
-        if not ticket.released:
-            ticket.released = True
-            self._step(st.Neutral(ticket.generation, ticket.trial))
-
-    async def failed(self, ticket: Ticket, error: BaseException) -> None:
-        """Count ``error`` (before or after the first token) if it says something about the upstream."""
-        if self._counts(ticket) and isinstance(error, UpstreamError) and counts_against_upstream(error):
-            await self._counter.replay(error)  # never suspends: no other step runs in between
-            tripped = self._counter.state == "open"
-            self._step(st.Failure(ticket.generation, tripped, model=ticket.model, cause=error.cause))
-
     async def answered(self, ticket: Ticket) -> None:
         """The first token arrived: a half-open trial succeeds now (fast recovery), others wait for the end."""
         if ticket.trial and self._counts(ticket):
-            await self._counter.replay(None)
+            await self._counter.replay(failed=False)
             self._step(st.Success(ticket.generation, ticket.model))
 
-    async def completed(self, ticket: Ticket) -> None:
-        """The answer ended cleanly: a success for the period the call was admitted in."""
+    async def settle(self, ticket: Ticket, outcome: Outcome) -> None:
+        """The call is over: count ``outcome`` for the period it was admitted in, then free its trial slot.
+
+        Called once per ticket (the :class:`gateway.attempt.Attempt` scope sees to it). A neutral
+        outcome counts nothing; a trial slot left in a period that has ended since is not freed twice.
+        """
         if self._counts(ticket):
-            if self._counter.failures > 0:
-                await self._counter.replay(None)  # at zero aiobreaker's closed-state success changes nothing
-            self._step(st.Success(ticket.generation, ticket.model))
+            if outcome.counts_against_route:
+                await self._counter.replay(failed=True)  # never suspends: no step runs between
+                tripped = self._counter.state == "open"
+                self._step(st.Failure(ticket.generation, tripped, model=ticket.model, cause=outcome.cause))
+            elif outcome.succeeded:
+                if self._counter.failures > 0:  # at zero aiobreaker's closed-state success changes nothing
+                    await self._counter.replay(failed=False)
+                self._step(st.Success(ticket.generation, ticket.model))
+        self._step(st.Neutral(ticket.generation, ticket.trial))
 
     def force_open(self) -> None:
         """Refuse every call until :meth:`automatic` or :meth:`force_closed`."""

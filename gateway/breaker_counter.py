@@ -10,8 +10,8 @@ half-open closes on a success and re-opens on a failure). Its flaws stay here:
 * Outcomes are replayed through its public ``call_async`` at once. The replay never
   suspends, so its state changes happen in one synchronous step and its ``utcnow``
   DeprecationWarning (Python 3.12+) can be silenced locally without leaking to other tasks.
-* Nothing from aiobreaker escapes: the replay of the tripping call swallows
-  ``CircuitBreakerError``, so the caller re-raises its own original error.
+* Nothing from aiobreaker escapes: a failure is replayed as a private exception, and the
+  replay swallows it and the tripping call's ``CircuitBreakerError``.
 * Memory storage on purpose: its ``CircuitRedisStorage`` is synchronous and would block
   the loop (the fleet shares decisions instead, see :mod:`gateway.fleet`).
 """
@@ -35,6 +35,10 @@ _STATE_NAMES: Final[dict[Any, BreakerState]] = {
     CircuitBreakerState.OPEN: "open",
     CircuitBreakerState.HALF_OPEN: "half_open",
 }
+
+
+class _CountedFailure(Exception):
+    """What aiobreaker is shown for a failure: it counts only calls that raise."""
 
 
 class FailureCounter:
@@ -79,15 +83,13 @@ class FailureCounter:
         elif self.state != to:
             (self.open if to == "open" else self.half_open)()
 
-    async def replay(self, error: Exception | None) -> None:
-        """Count one finished call: ``error`` (a failure) or None (a success); never raises ``error``."""
+    async def replay(self, *, failed: bool) -> None:
+        """Count one finished call, a failure or a success; never raises."""
 
         async def outcome() -> None:
-            if error is not None:
-                raise error
+            if failed:
+                raise _CountedFailure
 
-        # Raising ``error`` again must not rewrite what the caller will see.
-        saved = (error.__traceback__, error.__context__) if error is not None else None
         try:
             # outcome() never suspends, so this await completes in one step and the warnings
             # filter cannot leak to other tasks. Python 3.12+ warns about utcnow() inside
@@ -97,11 +99,5 @@ class FailureCounter:
                     "ignore", message=r"datetime\.datetime\.utcnow", category=DeprecationWarning, module="aiobreaker"
                 )
                 await self._breaker.call_async(outcome)
-        except CircuitBreakerError:
-            pass  # the tripping call: its __cause__ is ``error``, which the caller re-raises itself
-        except Exception as exc:
-            if exc is not error:
-                raise
-        finally:
-            if error is not None and saved is not None:
-                error.__traceback__, error.__context__ = saved
+        except (CircuitBreakerError, _CountedFailure):
+            pass  # the failure was counted (the tripping one comes back as CircuitBreakerError)

@@ -66,7 +66,6 @@ class Ticket:
     generation: int
     trial: bool
     counted: bool = True  # False in forced-closed mode: nothing is counted
-    released: bool = False
     model: str | None = None
 
 

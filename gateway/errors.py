@@ -30,8 +30,8 @@
         └── UpstreamInterruptedError  interrupted (stream broke after it started)
 
 aiohttp's exceptions are translated into these only in the FlowGpt client.
-Every UpstreamError counts against the upstream (breaker, failover) except a
-rejection: see :func:`counts_against_upstream`.
+What an error means for the route and the request (a failure, retryable, worth a
+failover) is decided in one place: :func:`gateway.outcome.classify`.
 """
 
 from __future__ import annotations
@@ -217,14 +217,9 @@ class UpstreamTimeoutError(UpstreamError):
     status = 504
     kind = "timeout"
 
-    def __init__(self, message: str, *, phase: TimeoutPhase, own_deadline: bool = False) -> None:
+    def __init__(self, message: str, *, phase: TimeoutPhase) -> None:
         super().__init__(message)
         self.phase = phase
-        # The request's own total deadline passed while the upstream was still streaming: a long
-        # answer, not a failing upstream (or any client could open the breaker by asking for essays).
-        self.own_deadline = own_deadline
-        # Only a timeout before any text is worth another attempt.
-        self.retryable_timeout = phase in ("connect", "first_token")
 
     @property
     def cause(self) -> str:
@@ -278,12 +273,6 @@ class UpstreamAuthError(UpstreamStatusError):
     kind = "auth"
 
 
-# Statuses that judge one request's content, not the upstream: another attempt (or another route)
-# would get the same answer. 401/403/404/407/408/429 and 5xx say something about the upstream or the
-# way to it; so do 411/414/415/431, which would judge the gateway's own framing of every request.
-REQUEST_REJECTION_STATUSES: Final = frozenset({400, 413, 422})
-
-
 class UpstreamRejectedError(UpstreamStatusError):
     """The upstream refused this particular request (too large, invalid); passed to the caller as a 4xx."""
 
@@ -308,28 +297,3 @@ class UpstreamInterruptedError(UpstreamError):
     """The stream broke after it had started."""
 
     kind = "interrupted"
-
-
-def counts_against_upstream(error: UpstreamError) -> bool:
-    """Whether ``error`` says the upstream (or the way to it) is failing.
-
-    A rejection of one request does not, nor does a stream cut by the request's own total deadline.
-    """
-    if isinstance(error, UpstreamTimeoutError):
-        return not error.own_deadline
-    return not isinstance(error, UpstreamRejectedError)
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether a failure before the first token (or while a non-streamed answer was read) may be retried."""
-    if isinstance(error, UpstreamError) and error.replayable:
-        return True
-    if isinstance(error, UpstreamTimeoutError):
-        return error.retryable_timeout
-    if isinstance(error, UpstreamRateLimitedError):
-        # 429 may clear up (the caller still checks that Retry-After fits the deadline);
-        # 402 (out of credits) will not, and retrying it only burns the retry budget.
-        return error.upstream_status == 429
-    if isinstance(error, UpstreamStatusError):
-        return error.upstream_status >= 500
-    return isinstance(error, UpstreamConnectError)

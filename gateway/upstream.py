@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import SpanKind, use_span
 
 from gateway.answer import Answer, read_whole
+from gateway.attempt import Attempt
 from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
@@ -36,8 +37,6 @@ from gateway.errors import (
     UpstreamNotWorkingError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
-    counts_against_upstream,
-    is_retryable,
 )
 from gateway.overhead import answered_by, waiting
 from gateway.rate_limits import RateLimits
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from gateway.cutter import Cutter
-    from gateway.flowgpt.client import ChatPrompt, FlowGptStream
+    from gateway.flowgpt.client import ChatPrompt
     from gateway.limiter import ConcurrencyLimiter
     from gateway.metrics import Metrics
     from gateway.route_pool import Route, RoutePool
@@ -137,96 +136,72 @@ class UpstreamService:
             try:
                 yield answer
             finally:
-                await self._settle(answer)
+                # How the answer ended, as the handler's iteration saw it: a client that left is neither.
+                await answer.attempt.settle(answer.error, finished=answer.completed)
+                if answer.error is not None:
+                    answer.attempt.reaches_client()  # the client's answer broke on this route
         finally:
             self.limiter.release()
-
-    async def _settle(self, answer: Answer) -> None:
-        """The answer's end: close the stream, then the route's metrics and breaker from what it saw."""
-        await answer.stream.aclose()
-        route = answer.route
-        route.inflight -= 1
-        metrics = route.metrics
-        metrics.inflight.dec()
-        metrics.upstream_duration.observe(self._clock() - answer.started)
-        if answer.error is not None:
-            metrics.upstream_errors[answer.error.kind].inc()
-            if counts_against_upstream(answer.error):
-                metrics.client_errors.inc()  # the client's answer broke on this route
-            await route.breaker.failed(answer.ticket, answer.error)
-        elif answer.completed:
-            await route.breaker.completed(answer.ticket)
-        route.breaker.release(answer.ticket)
-        if answer.span is not None:
-            if answer.error is not None:
-                Tracing.failed(answer.span, answer.error.kind)
-            else:
-                answer.span.set_attribute("gateway.outcome", "completed" if answer.completed else "cut_short")
-            answer.span.end()
 
     async def _open_with_failover(
         self, prompt: ChatPrompt, deadline: float, whole: Callable[[], Cutter] | None
     ) -> Answer:
+        """The policy: which route, fail over or retry, and when to stop; each attempt settles itself."""
         failed_routes: set[str] = set()
-        attempts = 0  # retries and failovers made so far
+        tries = 0  # retries and failovers made so far
         retryable_seen = False  # some failure of this request may clear up on a second try
         retrying = False  # the next attempt is a retry after a pause (counted on the route it goes to)
-        last_error: UpstreamError | None = None
+        last: tuple[Attempt, UpstreamError] | None = None
         limits = RateLimits()
-        last_route: Route | None = None
         while True:
             route = self.routes.pick(failed_routes, prompt.model)
             if route is None:
-                if last_error is not None:
-                    if last_route is not None:
-                        last_route.metrics.client_errors.inc()  # the client gets the error of this route
-                    raise limits.answer(last_error)
+                if last is not None:
+                    raise self._give_up(*last, limits)
                 raise self._refused(self.routes.refusal(prompt.model))
             try:
                 ticket = route.breaker.admit(prompt.model)
             except CircuitOpenError:
                 failed_routes.add(route.name)  # lost a race for the trial: skipped, not a failure
                 continue
-            reason = "retry" if retrying else "failover" if attempts else "first"
+            reason = "retry" if retrying else "failover" if tries else "first"
             if retrying:
                 route.metrics.retries.inc()
                 retrying = False
-            span = self._attempt_span(route, prompt, attempts, reason)
+            attempt = Attempt(route, ticket, clock=self._clock, span=self._attempt_span(route, prompt, tries, reason))
+            cutter = whole() if whole is not None else None
             try:
-                cutter = whole() if whole is not None else None
-                if span is None:
-                    stream, first, started = await self._attempt(route, prompt, deadline, cutter)
+                if attempt.span is None:
+                    first = await self._attempt(attempt, prompt, deadline, cutter)
                 else:  # the attempt's span is current while it runs: a traceparent sent upstream names it
+                    span = attempt.span
                     with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                        stream, first, started = await self._attempt(route, prompt, deadline, cutter)
+                        first = await self._attempt(attempt, prompt, deadline, cutter)
             except BaseException as exc:
-                if span is not None:
-                    _end_failed(span, exc)
-                await route.breaker.failed(ticket, exc)
-                route.breaker.release(ticket)
-                if not isinstance(exc, UpstreamError) or not counts_against_upstream(exc):
-                    raise  # a rejection would be rejected by every route alike
-                last_error, last_route = exc, route
+                outcome = await attempt.settle(exc)
+                if not outcome.may_fail_over:
+                    raise  # cancelled, a bug, the request's own deadline, or a rejection every route would repeat
+                if not isinstance(exc, UpstreamError):  # only an upstream failure may fail over
+                    raise
+                last = (attempt, exc)
                 limits.saw(exc)
-                retryable_seen = retryable_seen or is_retryable(exc)
+                retryable_seen = retryable_seen or outcome.retryable
                 failed_routes.add(route.name)
                 if self.routes.any_admits(failed_routes, prompt.model):
-                    if not self._may_try_again(attempts, 0.0, deadline):
-                        route.metrics.client_errors.inc()
-                        if limits.answer(exc) is exc:
+                    if not self._may_try_again(tries, 0.0, deadline):
+                        if (error := self._give_up(attempt, exc, limits)) is exc:
                             raise
-                        raise limits.answer(exc) from exc
+                        raise error from exc
                     log.info("failing over from_route=%s kind=%s", route.name, exc.kind)
                     route.metrics.failovers.inc()
                 else:
                     # Every route has failed this request (or refuses): a pause, then any route that still
                     # admits a call, if some failure may clear up.
-                    delay = self._retry_delay(exc, attempts, deadline, prompt.model) if retryable_seen else None
+                    delay = self._retry_delay(exc, tries, deadline, prompt.model) if retryable_seen else None
                     if delay is None:
-                        route.metrics.client_errors.inc()
-                        if limits.answer(exc) is exc:
+                        if (error := self._give_up(attempt, exc, limits)) is exc:
                             raise
-                        raise limits.answer(exc) from exc
+                        raise error from exc
                     log.info(
                         "retrying upstream after route=%s delay_ms=%.0f kind=%s", route.name, delay * 1000, exc.kind
                     )
@@ -234,14 +209,16 @@ class UpstreamService:
                         await asyncio.sleep(delay)
                     failed_routes.clear()
                     retrying = True
-                attempts += 1
+                tries += 1
                 continue
-            await route.breaker.answered(ticket)
-            if ticket.trial:
-                route.breaker.release(ticket)  # the trial is decided: let the next caller in
-            if span is not None:
-                span.set_attribute("gateway.first_token_seconds", round(self._clock() - started, 6))
-            return Answer(route, ticket, stream, first, started, deadline, cutter, span)
+            assert attempt.stream is not None
+            return Answer(attempt, attempt.stream, first, deadline, cutter)
+
+    @staticmethod
+    def _give_up(attempt: Attempt, error: UpstreamError, limits: RateLimits) -> UpstreamError:
+        """The error the client gets after ``attempt``, the last: a 429 when every route said 429."""
+        attempt.reaches_client()
+        return limits.answer(error)
 
     def _attempt_span(self, route: Route, prompt: ChatPrompt, attempt: int, reason: str) -> Span | None:
         """A client span for one upstream attempt (None when tracing is off: no cost per attempt)."""
@@ -279,55 +256,22 @@ class UpstreamService:
         room = deadline - (self._clock() + delay)
         return room >= min(self.timeouts.first_token, MIN_ATTEMPT_SECONDS) and self._budget.try_acquire()
 
-    async def _attempt(
-        self, route: Route, prompt: ChatPrompt, deadline: float, cutter: Cutter | None
-    ) -> tuple[FlowGptStream, str, float]:
-        """One upstream attempt on ``route`` up to the first text fragment (with ``cutter``, to the answer's end)."""
-        metrics = route.metrics
-        metrics.selected.inc()
-        metrics.upstream_requests.inc()
-        metrics.inflight.inc()
-        route.inflight += 1
-        started = self._clock()
-        remaining = deadline - started
+    async def _attempt(self, attempt: Attempt, prompt: ChatPrompt, deadline: float, cutter: Cutter | None) -> str:
+        """Open the stream up to its first text fragment (with ``cutter``, read the answer to its end)."""
+        remaining = deadline - attempt.started
         phase: TimeoutPhase = "first_token" if self.timeouts.first_token < remaining else "total"
         budget = self.timeouts.first_token if phase == "first_token" else max(0.0, remaining)
-        stream: FlowGptStream | None = None
+        client = attempt.route.client
         try:
-            try:
-                with waiting():
-                    async with asyncio.timeout(budget):
-                        stream = await route.client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
-                        first = await anext(stream)
-            except TimeoutError as exc:
-                raise UpstreamTimeoutError(
-                    f"no answer from the upstream within {budget:.1f}s",
-                    phase=phase,
-                    # Cut short by the request's own deadline: the route was not given its full limit.
-                    own_deadline=phase == "total",
-                ) from exc
-            metrics.first_token.observe(self._clock() - started)
-            if cutter is not None:
-                await read_whole(stream, first, cutter)
-        except BaseException as exc:
-            if stream is not None:
-                await stream.aclose()
-            route.inflight -= 1
-            metrics.inflight.dec()
-            metrics.upstream_duration.observe(self._clock() - started)
-            if isinstance(exc, UpstreamError):
-                metrics.upstream_errors[exc.kind].inc()
-            raise
-        return stream, first, started
-
-
-def _end_failed(span: Span, exc: BaseException) -> None:
-    """End an attempt's span with its outcome: the upstream error's kind (and status), or why it stopped."""
-    if isinstance(exc, UpstreamError):
-        Tracing.failed(span, exc.kind)
-        status = getattr(exc, "upstream_status", None)
-        if status is not None:
-            span.set_attribute("http.response.status_code", status)
-    else:
-        span.set_attribute("gateway.outcome", "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
-    span.end()
+            with waiting():
+                async with asyncio.timeout(budget):
+                    stream = await client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
+                    attempt.stream = stream
+                    first = await anext(stream)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"no answer from the upstream within {budget:.1f}s", phase=phase) from exc
+        attempt.first_fragment()
+        if cutter is not None:
+            await read_whole(stream, first, cutter)
+        await attempt.answered()
+        return first

@@ -11,9 +11,8 @@ from gateway.answer import Answer
 from gateway.errors import UpstreamInterruptedError
 
 if TYPE_CHECKING:
-    from gateway.breaker import Ticket
+    from gateway.attempt import Attempt
     from gateway.flowgpt.client import FlowGptStream
-    from gateway.route_pool import Route
 
 
 async def _fragments(rest: list[str], error: Exception | None = None) -> AsyncIterator[str]:
@@ -24,9 +23,9 @@ async def _fragments(rest: list[str], error: Exception | None = None) -> AsyncIt
 
 
 def _answer(rest: list[str], error: Exception | None = None) -> Answer:
-    # Answer only iterates its stream and carries route and ticket for the scope that settles it.
+    # Answer only iterates its stream and carries its attempt for the scope that settles it.
     stream = cast("FlowGptStream", _fragments(rest, error))
-    return Answer(cast("Route", None), cast("Ticket", None), stream, "Hel", started=1.0, deadline=9.0)
+    return Answer(cast("Attempt", None), stream, "Hel", deadline=9.0)
 
 
 async def test_the_first_fragment_leads_and_a_clean_end_marks_completed() -> None:

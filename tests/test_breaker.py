@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamInterruptedError,
 )
 from gateway.events import BreakerChanged, EventBus
+from gateway.outcome import COMPLETED, CUT_SHORT, classify
 from tests.clock_support import FakeClock
 
 UTCNOW_DEPRECATION = (
@@ -135,19 +136,20 @@ async def guarded(breaker: CircuitBreaker, fn: Callable[[], Awaitable[T]], *, de
     ``defer_success`` leaves a success to the caller's own ``completed`` (a stream that is still being read).
     """
     ticket = breaker.admit()
+    outcome = CUT_SHORT
     try:
         try:
             result = await fn()
         except BaseException as error:
-            await breaker.failed(ticket, error)
+            outcome = classify(error)
             raise  # the original error, also for the call that tripped the breaker
         if ticket.trial:
             await breaker.answered(ticket)
         elif not defer_success:
-            await breaker.completed(ticket)
+            outcome = COMPLETED
         return result
     finally:
-        breaker.release(ticket)
+        await breaker.settle(ticket, outcome)
 
 
 def state_of(breaker: CircuitBreaker) -> BreakerState:
@@ -169,12 +171,13 @@ async def trip(breaker: CircuitBreaker, times: int = 2) -> None:
             await guarded(breaker, fail)
 
 
-async def stream_broke(breaker: CircuitBreaker, ticket: Ticket | None = None, error: UpstreamError | None = None) -> None:
+async def stream_broke(
+    breaker: CircuitBreaker, ticket: Ticket | None = None, error: UpstreamError | None = None
+) -> None:
     """A stream admitted with ``ticket`` (a fresh one when None) broke after its first token."""
     if ticket is None:
         ticket = breaker.admit()
-    await breaker.failed(ticket, error or UpstreamInterruptedError("the stream broke"))
-    breaker.release(ticket)
+    await breaker.settle(ticket, classify(error or UpstreamInterruptedError("the stream broke")))
 
 
 async def start_a_hanging_call(breaker: CircuitBreaker) -> asyncio.Task[str]:
@@ -272,16 +275,15 @@ async def test_deferred_success_counts_when_the_stream_ends(breaker: CircuitBrea
     ticket = breaker.admit()
     await guarded(breaker, open_stream, defer_success=True)
     assert breaker.consecutive_failures == 1
-    await breaker.completed(ticket)
-    breaker.release(ticket)
+    await breaker.settle(ticket, COMPLETED)
     assert breaker.consecutive_failures == 0
 
 
 async def test_a_ticket_released_without_an_outcome_counts_nothing(breaker: CircuitBreaker) -> None:
-    """Only failed()/answered()/completed() count: an admitted call released without one (a stream object made, never read) is neutral."""
+    """Only a failure or a completion counts: a call settled cut short (a stream object made, never read) is neutral."""
     await stream_broke(breaker)
     for _ in range(5):
-        breaker.release(breaker.admit())
+        await breaker.settle(breaker.admit(), CUT_SHORT)
     assert (state_of(breaker), breaker.consecutive_failures) == ("closed", 1)
 
 
@@ -583,9 +585,7 @@ async def test_probe_recovered_ends_the_open_period_but_never_closes(
     assert (breaker.state, breaker.mode) == ("open", "forced_open")
 
 
-async def test_traffic_trips_are_marked_as_such(
-    breaker: CircuitBreaker, clock: FakeClock, opened: list[None]
-) -> None:
+async def test_traffic_trips_are_marked_as_such(breaker: CircuitBreaker, clock: FakeClock, opened: list[None]) -> None:
     """BreakerChanged(by_traffic) to open comes from trips by calls and broken streams, not operator or probe actions."""
     await trip(breaker)
     assert len(opened) == 1
@@ -776,7 +776,7 @@ async def test_arrow_open_to_half_open_when_the_period_ends_without_traffic(
     ticket = breaker.admit()
     assert ticket.trial
     assert recorder.changes == [("closed", "open"), ("open", "half_open")]
-    breaker.release(ticket)
+    await breaker.settle(ticket, CUT_SHORT)
 
 
 async def test_arrow_open_to_half_open_fires_on_the_loop_timer() -> None:
@@ -866,11 +866,11 @@ async def test_a_trial_from_an_earlier_period_does_not_hold_a_later_one(
     clock.advance(30)
     assert breaker.decision().error is None  # the old trial does not count against this period's slot
     new_trial = breaker.admit()
-    breaker.release(old_trial)  # ends late: must not free the new period's slot
+    await breaker.settle(old_trial, CUT_SHORT)  # ends late: must not free the new period's slot
     busy = breaker.decision().error
     assert busy is not None
     assert busy.code == "half_open_busy"
-    breaker.release(new_trial)
+    await breaker.settle(new_trial, CUT_SHORT)
     assert breaker.decision().error is None
 
 
@@ -891,7 +891,7 @@ async def test_stop_cancels_the_open_period_timer() -> None:
 async def test_a_model_is_refused_alone_and_unknown_models_share_one_bucket(make_breaker: BreakerFactory) -> None:
     """After another model's success, a streak of one model refuses that model only; unknown models count as one."""
     breaker = make_breaker(known_models=("good", "bad"))
-    await breaker.completed(breaker.admit("good"))
+    await breaker.settle(breaker.admit("good"), COMPLETED)
     first = breaker.admit("new-1")
     assert first.model == "*"
     await stream_broke(breaker, first)

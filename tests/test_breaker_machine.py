@@ -12,6 +12,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 from gateway.breaker import CircuitBreaker, Ticket
 from gateway.errors import CircuitOpenError, UpstreamConnectError, UpstreamRejectedError
 from gateway.events import BreakerChanged, EventBus
+from gateway.outcome import COMPLETED, CUT_SHORT, classify
 from tests.clock_support import FakeClock
 
 SLOTS = 2
@@ -69,16 +70,16 @@ class BreakerMachine(RuleBasedStateMachine):
         breaker = self.breaker
         stale = ticket.generation != breaker._state.generation
         before = (breaker.state, breaker.consecutive_failures, breaker._state.generation)
+        outcome = COMPLETED
         if then == "release":
             error = UpstreamConnectError("refused") if counts else UpstreamRejectedError("bad", upstream_status=400)
-            run_now(breaker.failed(ticket, error))
+            outcome = classify(error)
         elif then == "answered":
             run_now(breaker.answered(ticket))
-        else:
-            run_now(breaker.completed(ticket))
+            outcome = CUT_SHORT
+        run_now(breaker.settle(ticket, outcome))
         if stale:
             assert (breaker.state, breaker.consecutive_failures, breaker._state.generation) == before
-        breaker.release(ticket)
 
     @rule(seconds=st.floats(min_value=0, max_value=50))
     def time_passes(self, seconds: float) -> None:

@@ -210,11 +210,10 @@ class FlowGptStream:
                     async with asyncio.timeout(timeout):
                         chunk = await content.readany()
                 except TimeoutError as exc:
-                    if phase == "total":  # the request's own deadline: it blames no upstream
+                    if phase == "total":  # the request's own deadline ran out, not the upstream's patience
                         raise UpstreamTimeoutError(
                             f"the answer did not end within the request's total deadline ({timeout:.1f}s left)",
                             phase="total",
-                            own_deadline=True,
                         ) from exc
                     raise UpstreamTimeoutError(f"upstream sent nothing for {timeout:.1f}s", phase=phase) from exc
         except (aiohttp.ClientError, OSError) as exc:

@@ -18,7 +18,6 @@ import aiohttp
 import orjson
 
 from gateway.errors import (
-    REQUEST_REJECTION_STATUSES,
     UpstreamAuthError,
     UpstreamBlockedError,
     UpstreamProtocolError,
@@ -26,6 +25,12 @@ from gateway.errors import (
     UpstreamRejectedError,
     UpstreamStatusError,
 )
+
+# Statuses that judge one request's content, not the upstream: another attempt (or another route)
+# would get the same answer. 401/403/404/407/408/429 and 5xx say something about the upstream or the
+# way to it; so do 411/414/415/431, which would judge the gateway's own framing of every request.
+REQUEST_REJECTION_STATUSES: Final = frozenset({400, 413, 422})
+
 
 CLOUDFLARE_MARKERS: Final = (
     "<title>Just a moment...</title>",
