@@ -3,7 +3,8 @@
 A proxy on loopback answers every request with a 401 whose message quotes one secret in one
 encoding (a token, a proxy password, the ``user:password`` pair that ``Proxy-Authorization: Basic``
 carries; raw, percent-encoded, base64 with and without padding). Every outward surface is then
-read: the client's error, /readyz, /status, /ui/data, the log and every key in Redis.
+read: the client's error, /readyz, /status, /ui/data, the log, every key in Redis, and every
+trace span's name, attributes and events.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app_keys import ROUTES
 from gateway.simulator import Simulator
@@ -77,14 +80,17 @@ async def test_a_secret_quoted_by_the_upstream_reaches_no_outward_surface(
     secret: str,
     encoding: str,
 ) -> None:
-    """The echoed secret is masked in the client error, /readyz, /status, /ui/data, the log and Redis."""
+    """The echoed secret is masked in the client error, /readyz, /status, /ui/data, the log, Redis and traces."""
     caplog.set_level(logging.INFO)
     proxy_url, quoted = echo_proxy
     quoted[0] = ENCODINGS[encoding](SECRETS[secret])
     prefix = redis_server.prefix()
     routes = json.dumps([{"name": "a", "url": sim.route_url("a"), "token": TOKEN, "proxy": proxy_url}])
     probing = {"probe_enabled": True, "probe_interval": 0.2, "probe_unhealthy_interval": 0.2}
-    gateway = await fleet_member(make_gateway, sim, redis_server, prefix, upstreams=routes, **probing)
+    spans = InMemorySpanExporter()
+    gateway = await fleet_member(
+        make_gateway, sim, redis_server, prefix, upstreams=routes, span_exporter=spans, **probing
+    )
     await eventually(lambda: gateway.app[ROUTES]["a"].flag.last_probe is not None, within=3.0)
     response = await gateway.post(CHAT, json=chat_body("hi"))
     surfaces = {"chat": (response.status, await response.text())}
@@ -93,10 +99,20 @@ async def test_a_secret_quoted_by_the_upstream_reaches_no_outward_surface(
         surfaces[path] = (0, await (await gateway.get(path)).text())
     surfaces["log"] = (0, caplog.text)
     surfaces["redis"] = (0, await _everything_under(redis_server, prefix))
+    # The probe's 401 is traced (its span ends just after the flag takes the result).
+    await eventually(lambda: any(span.name == "probe flowgpt" for span in spans.get_finished_spans()), within=3.0)
+    finished = spans.get_finished_spans()
+    surfaces["traces"] = (0, "\n".join(_span_text(span) for span in finished))
     assert "***" in surfaces["log"][1]  # the echo was logged, masked
     for name, (_, text) in surfaces.items():
         leaked = [form for form in _forms() if form in text]
         assert not leaked, f"{secret} ({encoding}) leaked through {name}: {leaked}"
+
+
+def _span_text(span: ReadableSpan) -> str:
+    """A span as text: its name, attributes, events and status, everything an exporter would send."""
+    events = [(event.name, dict(event.attributes or {})) for event in span.events]
+    return f"{span.name} {dict(span.attributes or {})} {events} {span.status.description}"
 
 
 async def _everything_under(server: RedisServer, prefix: str) -> str:
