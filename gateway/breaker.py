@@ -162,7 +162,8 @@ class CircuitBreaker:
                 if self._counter.failures > 0:  # at zero aiobreaker's closed-state success changes nothing
                     await self._counter.replay(failed=False)
                 self._step(st.Success(ticket.generation, ticket.model))
-        self._step(st.Neutral(ticket.generation, ticket.trial))
+        if ticket.trial:  # only a trial holds a slot to free (the table's Neutral row changes nothing else)
+            self._step(st.Neutral(ticket.generation, ticket.trial))
 
     def force_open(self) -> None:
         """Refuse every call until :meth:`automatic` or :meth:`force_closed`."""

@@ -108,7 +108,10 @@ def _half_open(state: State, now: float) -> Step:
 
 def _success(state: State, event: Success, now: float) -> Step:
     """streak reset; the model is evidence"""
-    return replace(state, streak=frozenset(), last_ok=event.model or state.last_ok), ()
+    last_ok = event.model or state.last_ok
+    if not state.streak and last_ok == state.last_ok:
+        return state, ()  # nothing to change: the common case, without the cost of a copy
+    return replace(state, streak=frozenset(), last_ok=last_ok), ()
 
 
 def _failure(state: State, event: Failure, now: float) -> Step:
