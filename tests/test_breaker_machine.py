@@ -68,6 +68,7 @@ class BreakerMachine(RuleBasedStateMachine):
         if ticket is None:
             return
         breaker = self.breaker
+        breaker._catch_up()  # a period end that is due applies first, whatever the command (it is no outcome)
         stale = ticket.generation != breaker._state.generation
         before = (breaker.state, breaker.consecutive_failures, breaker._state.generation)
         outcome = COMPLETED
@@ -158,3 +159,17 @@ TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def test_a_stale_trial_settled_after_a_due_period_end_counts_nothing() -> None:
+    """Found by the machine: a peer's trip whose period has already ended is applied by the next command.
+
+    That catch-up is the period's end, not the stale trial's outcome, so the invariant is checked after it.
+    """
+    machine = BreakerMachine()
+    machine.fleet_trips(open_for=1e-9)
+    machine.time_passes(1.0)
+    ticket = machine.breaker.admit(MODELS[0])
+    assert ticket.trial
+    machine.fleet_trips(open_for=1e-199)  # a new period, over at once: the trial is stale
+    machine.outcome(ticket=ticket, counts=False, then="answered")
