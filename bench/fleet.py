@@ -18,7 +18,8 @@ import statistics
 import time
 from typing import Any
 
-from bench.procs import BenchRun, Proc
+from bench.harness import BenchRun
+from monitoring.processes import ManagedProcess as Proc
 from monitoring.processes import free_port
 
 

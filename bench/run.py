@@ -25,14 +25,15 @@ import orjson
 
 from bench import report
 from bench.fleet import run_fleet
+from bench.harness import post_json
 from bench.loadgen import request_for
-from bench.procs import PYTHON, Proc, compress_large_log, post_json
 from bench.profile import format_summary, py_spy_path, start_recording, summarize
 from bench.tracing import run_tracing
 from bench.wrk import run_wrk, write_script, wrk_path
 from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.simulator.routes import route_path
-from monitoring.processes import clean_env, free_port
+from monitoring.processes import PYTHON, clean_env, compress_large_log, free_port
+from monitoring.processes import ManagedProcess as Proc
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = REPO_DIR / "bench" / "results"

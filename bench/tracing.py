@@ -14,8 +14,9 @@ import statistics
 import urllib.request
 from typing import Any
 
-from bench.procs import PYTHON, BenchRun, Proc
-from monitoring.processes import clean_env, free_port
+from bench.harness import BenchRun
+from monitoring.processes import PYTHON, clean_env, free_port
+from monitoring.processes import ManagedProcess as Proc
 
 
 def _overhead_sum_count(url: str) -> tuple[float, float]:

@@ -171,7 +171,7 @@ class Stack:
         """
         for process in reversed(self.processes):
             try:
-                await process.stop()
+                await asyncio.to_thread(process.stop)  # a thread: the webhook receiver serves meanwhile
             except BaseException:  # e.g. a second Ctrl-C: do not leave the others running
                 self.kill_all()
                 raise
@@ -202,9 +202,8 @@ class Stack:
     def _process(
         self, name: str, argv: list[str], env: Mapping[str, str] | None = None, *, log_name: str | None = None
     ) -> ManagedProcess:
-        process = ManagedProcess(name, argv, log_path=self.workdir / f"{log_name or name}.log", env=env)
+        process = ManagedProcess(name, argv, self.workdir, env=env, log_name=log_name)
         self.processes.append(process)
-        process.start()
         return process
 
     async def _start_on_free_port(
@@ -218,7 +217,7 @@ class Stack:
             log_name = name if attempt == 1 else f"{name}-{attempt}"
             process = self._process(name, argv_for(port), env or None, log_name=log_name)
             try:
-                await self._wait_http_ok(process, ready_url(base), what=f"{name} on {base}")
+                await process.wait_ready(ready_url(base), within=self.options.start_timeout)
             except StackError:
                 taken = "address already in use" in process.log_text().lower()
                 if process.running or not taken or attempt == _PORT_ATTEMPTS:
@@ -227,14 +226,6 @@ class Stack:
                 continue
             return base
         raise AssertionError("unreachable")
-
-    async def _wait_http_ok(self, process: ManagedProcess, url: str, *, what: str) -> None:
-        async def ready() -> bool:
-            process.ensure_running()
-            async with self.session.get(url) as response:
-                return response.status == 200
-
-        await wait_until(ready, within=self.options.start_timeout, what=what)
 
     async def _start_simulator(self) -> None:
         process = self._process(
@@ -247,7 +238,7 @@ class Stack:
             return None if match is None else match.group(1)
 
         self.sim_url = await wait_until(banner, within=self.options.start_timeout, what="the simulator's banner")
-        await self._wait_http_ok(process, f"{self.sim_url}/_sim/healthz", what="the simulator")
+        await process.wait_ready(f"{self.sim_url}/_sim/healthz", within=self.options.start_timeout)
 
     async def _start_alertmanager(self, binary: str, webhook_url: str) -> None:
         options = self.options

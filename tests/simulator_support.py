@@ -6,9 +6,11 @@ The ``sim`` and ``session`` fixtures these tests use live in conftest.py.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, Message, build_body, signed_headers
 from gateway.simulator import Simulator, expected_answer
@@ -69,3 +71,12 @@ async def get_json(session: aiohttp.ClientSession, url: str, route: str | None =
     params = None if route is None else {"route": route}
     async with session.get(url, params=params) as resp:
         return resp.status, await resp.json()
+
+
+async def stop_cuts(sim: Simulator, resp: aiohttp.ClientResponse) -> None:
+    """``sim.stop()`` returns at once and the open response ends cut, so no client takes a prefix for the whole."""
+    started = time.monotonic()
+    await sim.stop()
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()

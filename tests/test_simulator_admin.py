@@ -13,12 +13,7 @@ import pytest
 
 from gateway.flowgpt.protocol import UPSTREAM_PATH
 from gateway.simulator import SimFaults, SimStats, Simulator
-from tests.simulator_support import (
-    QUESTION,
-    chat_body,
-    get_json,
-    post_chat,
-)
+from tests.simulator_support import QUESTION, chat_body, get_json, post_chat
 
 
 async def test_admin_faults_roundtrip(sim: Simulator, session: aiohttp.ClientSession) -> None:

@@ -17,9 +17,7 @@ import pytest
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, UPSTREAM_PATH, signed_headers
 from gateway.simulator import SimFaults, SimOptions
 from gateway.simulator.cli import add_arguments, options_from_args, run
-from tests.simulator_support import (
-    chat_body,
-)
+from tests.simulator_support import chat_body
 
 
 def _parse(*argv: str) -> argparse.Namespace:

@@ -17,14 +17,7 @@ import pytest
 
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, signed_headers
 from gateway.simulator import SimOptions, Simulator
-from tests.simulator_support import (
-    ANSWER,
-    _bad_signature,
-    chat_body,
-    parse,
-    post_chat,
-    text_of,
-)
+from tests.simulator_support import ANSWER, _bad_signature, chat_body, parse, post_chat, text_of
 
 
 def _missing(name: str) -> Callable[[], dict[str, str]]:

@@ -16,15 +16,7 @@ from pydantic import ValidationError
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, Message, build_body, signed_headers
 from gateway.simulator import CLOUDFLARE_PAGE, SimFaults, SimOptions, Simulator, expected_answer
 from gateway.simulator.faults import MAX_ANSWER_BYTES, split_error_body
-from tests.simulator_support import (
-    ANSWER,
-    MODEL,
-    QUESTION,
-    chat_body,
-    parse,
-    post_chat,
-    text_of,
-)
+from tests.simulator_support import ANSWER, MODEL, QUESTION, chat_body, parse, post_chat, text_of
 
 # --- error responses ---------------------------------------------------------------
 

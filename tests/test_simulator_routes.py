@@ -16,15 +16,7 @@ import pytest
 from gateway.flowgpt.protocol import ANONYMOUS_TOKEN, UPSTREAM_PATH, signed_headers
 from gateway.simulator import RouteLimitError, RouteNameError, SimFaults, SimOptions, Simulator
 from monitoring.processes import eventually
-from tests.simulator_support import (
-    ANSWER,
-    _bad_signature,
-    chat_body,
-    get_json,
-    parse,
-    post_chat,
-    text_of,
-)
+from tests.simulator_support import ANSWER, _bad_signature, chat_body, get_json, parse, post_chat, text_of
 
 
 async def test_routes_answer_with_their_own_faults_at_the_same_time(
