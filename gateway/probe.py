@@ -104,7 +104,7 @@ class Prober:
         started = self._clock()
         error: str | None = None
         kind: str | None = None
-        self._flag.probing = True
+        self._flag.probe_started()
         try:
             async with asyncio.timeout(self._timeout):
                 stream = await self._client.open(self._prompt)
@@ -123,7 +123,7 @@ class Prober:
             log.exception("probe failed unexpectedly route=%s", self._flag.route)
             error = f"unexpected {type(exc).__name__}"
         finally:
-            self._flag.probing = False
+            self._flag.probe_ended()
         latency = self._clock() - started
         error = None if error is None else self._scrub(error)
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error, kind=kind)
@@ -145,7 +145,7 @@ class Prober:
             except Exception:
                 log.exception("probe loop error")
             delay = self.next_delay()
-            self._flag.next_probe_at = self._clock() + delay
+            self._flag.probe_scheduled(self._clock() + delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
