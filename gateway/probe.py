@@ -25,6 +25,7 @@ from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
     from gateway.flowgpt.client import FlowGptClient
+    from gateway.probe_lease import ProbeLease
     from gateway.working import WorkingFlag
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Prober:
         prompt: str,
         clock: Callable[[], float] = time.monotonic,
         jitter: float = 0.1,
-        may_probe: Callable[[], bool] = lambda: True,
+        lease: ProbeLease | None = None,
         scrub: Callable[[str], str] = lambda text: text,
         tracing: Tracing | None = None,
     ) -> None:
@@ -60,7 +61,7 @@ class Prober:
         self._clock = clock
         self._jitter = jitter
         # With a fleet, one process holds the route's probe lease; the others skip their ticks.
-        self.may_probe = may_probe
+        self._lease = lease
         # An upstream's error may quote what it was sent (a token, the prompt): scrubbed once, here,
         # so /readyz, /status, the logs, the status page and the fleet never see it.
         self._scrub = scrub
@@ -140,7 +141,7 @@ class Prober:
             # Cleared before probing, so a trigger that arrives during the probe is kept.
             self._wake.clear()
             try:
-                if self.may_probe():
+                if self._lease is None or self._lease.may_probe():
                     await self.probe_once()
             except Exception:
                 log.exception("probe loop error")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.events import EventBus
     from gateway.flowgpt.client import FlowGptClient
     from gateway.probe import Prober
+    from gateway.probe_lease import ProbeLease
     from gateway.route_metrics import RouteMetrics
     from gateway.working import WorkingFlag
 
@@ -36,6 +37,7 @@ class Route:
     breaker: CircuitBreaker
     flag: WorkingFlag
     prober: Prober
+    lease: ProbeLease  # whether this process runs the prober's next probe (the fleet keeps it)
     events: EventBus
     metrics: RouteMetrics
     scopes: Scopes  # what its fleet state is shared with
