@@ -156,13 +156,10 @@ class WorkingFlag:
             retry_after = max(1.0, self._next_probe_at - self._clock())
         return UpstreamNotWorkingError("the upstream is failing its health probes", retry_after=retry_after)
 
-    def snapshot(self) -> dict[str, object]:
-        """For /readyz and /status."""
+    def counters(self) -> dict[str, object]:
+        """The probe counters and the last probe, for /readyz and /status (its state comes from the route's health)."""
         last = self.last_probe
         return {
-            "working": self.working,
-            "state": self.state,
-            "mode": self.mode,
             "consecutive_failures": self.consecutive_failures,
             "consecutive_successes": self.consecutive_successes,
             "probes_total": self.probes_total,
