@@ -44,6 +44,7 @@ from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
 from gateway.probe import Prober
+from gateway.probe_lease import LinkState, ProbeLease
 from gateway.retry import RetryBudget, RetryPolicy
 from gateway.route_config import RouteSpec
 from gateway.route_pool import Route, RoutePool
@@ -128,7 +129,11 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
     app[HTTP_SESSION] = session
     tracing = app[TRACING]
-    routes = RoutePool([make_route(session, spec, settings, metrics, clock, tracing) for spec in settings.routes()])
+    # Made before both the routes' probe leases and the fleet's link, so each gets it at construction.
+    link_state = LinkState()
+    routes = RoutePool(
+        [make_route(session, spec, settings, metrics, clock, tracing, link_state) for spec in settings.routes()]
+    )
     app[ROUTES] = routes
     for route in routes:
         app[TIMELINE].watch(route)
@@ -155,6 +160,7 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
     if settings.redis_url is not None:
         fleet = app[FLEET] = SharedHealth(
             routes,
+            link_state=link_state,
             url=settings.redis_url.get_secret_value(),
             prefix=settings.redis_prefix,
             timeout=settings.redis_timeout,
@@ -190,8 +196,12 @@ def make_route(
     metrics: Metrics,
     clock: Callable[[], float] = time.monotonic,
     tracing: Tracing | None = None,
+    link_state: LinkState | None = None,
 ) -> Route:
-    """One route as its settings describe it, wired through its own event bus (also used by ``probe``)."""
+    """One route as its settings describe it, wired through its own event bus (also used by ``probe``).
+
+    ``link_state``: the fleet's, whose lease then decides who probes; without one this process always does.
+    """
     events = EventBus()
     route_metrics = metrics.routes[spec.name]
     route_metrics.subscribe(events)
@@ -213,6 +223,7 @@ def make_route(
         events=events,
     )
     client = make_client(session, spec, settings, route_metrics, clock, tracing)
+    lease = ProbeLease(link_state or LinkState(), probe_interval=settings.probe_interval, clock=clock)
     prober = Prober(
         client,
         flag,
@@ -225,6 +236,7 @@ def make_route(
         clock=clock,
         scrub=settings.scrubber(),
         tracing=tracing,
+        lease=lease,
     )
     events.subscribe(ProbeFinished, flag.probe_finished)
     events.subscribe(ProbeFinished, breaker.probe_finished)
@@ -237,6 +249,7 @@ def make_route(
         breaker=breaker,
         flag=flag,
         prober=prober,
+        lease=lease,
         events=events,
         metrics=route_metrics,
         scopes=Scopes.of(spec.name, spec.url, spec.proxy_url, spec.egress or settings.egress),

@@ -25,6 +25,7 @@ from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
     from gateway.flowgpt.client import FlowGptClient
+    from gateway.probe_lease import ProbeLease
     from gateway.working import WorkingFlag
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Prober:
         prompt: str,
         clock: Callable[[], float] = time.monotonic,
         jitter: float = 0.1,
-        may_probe: Callable[[], bool] = lambda: True,
+        lease: ProbeLease | None = None,
         scrub: Callable[[str], str] = lambda text: text,
         tracing: Tracing | None = None,
     ) -> None:
@@ -60,7 +61,7 @@ class Prober:
         self._clock = clock
         self._jitter = jitter
         # With a fleet, one process holds the route's probe lease; the others skip their ticks.
-        self.may_probe = may_probe
+        self._lease = lease
         # An upstream's error may quote what it was sent (a token, the prompt): scrubbed once, here,
         # so /readyz, /status, the logs, the status page and the fleet never see it.
         self._scrub = scrub
@@ -104,7 +105,7 @@ class Prober:
         started = self._clock()
         error: str | None = None
         kind: str | None = None
-        self._flag.probing = True
+        self._flag.probe_started()
         try:
             async with asyncio.timeout(self._timeout):
                 stream = await self._client.open(self._prompt)
@@ -123,7 +124,7 @@ class Prober:
             log.exception("probe failed unexpectedly route=%s", self._flag.route)
             error = f"unexpected {type(exc).__name__}"
         finally:
-            self._flag.probing = False
+            self._flag.probe_ended()
         latency = self._clock() - started
         error = None if error is None else self._scrub(error)
         result = ProbeResult(ok=error is None, at=time.time(), latency=latency, error=error, kind=kind)
@@ -140,12 +141,12 @@ class Prober:
             # Cleared before probing, so a trigger that arrives during the probe is kept.
             self._wake.clear()
             try:
-                if self.may_probe():
+                if self._lease is None or self._lease.may_probe():
                     await self.probe_once()
             except Exception:
                 log.exception("probe loop error")
             delay = self.next_delay()
-            self._flag.next_probe_at = self._clock() + delay
+            self._flag.probe_scheduled(self._clock() + delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()

@@ -120,9 +120,7 @@ class Timeline:
 
     def _add(self, route: Route, kind: Kind, old: str, new: str, reason: str) -> None:
         self._events.append(TimelineEvent(time.time(), route.name, kind, old, new, reason[:MAX_REASON_CHARS]))
-        breaker = route.breaker
-        up = route.flag.working and breaker.state != "open" and breaker.mode != "forced_open"
-        self.clocks[route.name].set(up)
+        self.clocks[route.name].set(route.health().up)
 
     def _breaker(self, route: Route, event: BreakerChanged) -> None:
         if event.old == event.new:

@@ -47,10 +47,11 @@ class WorkingFlag:
         self.consecutive_successes = 0
         self.last_probe: ProbeResult | None = None
         self.probes_total = 0
-        self.next_probe_at: float | None = None  # clock() value; set by the prober
         self.probed = False  # a probe answered, or a peer's verdict was adopted
         self.passed = False  # a probe succeeded (or a peer's "working" was adopted): working is known, not assumed
-        self.probing = False  # a probe is in flight; set by the prober
+        # The prober reports these through probe_started/probe_ended/probe_scheduled, so only the flag writes them.
+        self._probing = False
+        self._next_probe_at: float | None = None
 
     @property
     def working(self) -> bool:
@@ -58,6 +59,28 @@ class WorkingFlag:
         if self.mode == "auto":
             return self._probed_working
         return self.mode == "working"
+
+    @property
+    def probing(self) -> bool:
+        """A probe is in flight (the state reads ``checking`` before the first verdict)."""
+        return self._probing
+
+    @property
+    def next_probe_at(self) -> float | None:
+        """clock() reading of the next scheduled probe, which a refusal's Retry-After points at."""
+        return self._next_probe_at
+
+    def probe_started(self) -> None:
+        """The prober sent a probe."""
+        self._probing = True
+
+    def probe_ended(self) -> None:
+        """The probe in flight ended, whatever its result (the result arrives as a :class:`ProbeFinished`)."""
+        self._probing = False
+
+    def probe_scheduled(self, at: float) -> None:
+        """The prober's next probe is due at clock() reading ``at``."""
+        self._next_probe_at = at
 
     def probe_finished(self, event: ProbeFinished) -> None:
         """Subscriber for the prober's results."""
@@ -67,7 +90,7 @@ class WorkingFlag:
     def state(self) -> FlagState:
         """The flag's own state: its verdict, or ``unknown``/``checking`` until a probe passes or it goes down."""
         if self.mode == "auto" and not self.passed and self._probed_working:
-            return "checking" if self.probing else "unknown"
+            return "checking" if self._probing else "unknown"
         return "working" if self.working else "not_working"
 
     def record(self, result: ProbeResult) -> None:
@@ -129,17 +152,14 @@ class WorkingFlag:
         if self.mode == "not_working":
             return UpstreamNotWorkingError("the upstream is marked not working by an operator", retry_after=30.0)
         retry_after = 1.0
-        if self.next_probe_at is not None:
-            retry_after = max(1.0, self.next_probe_at - self._clock())
+        if self._next_probe_at is not None:
+            retry_after = max(1.0, self._next_probe_at - self._clock())
         return UpstreamNotWorkingError("the upstream is failing its health probes", retry_after=retry_after)
 
-    def snapshot(self) -> dict[str, object]:
-        """For /readyz and /status."""
+    def counters(self) -> dict[str, object]:
+        """The probe counters and the last probe, for /readyz and /status (its state comes from the route's health)."""
         last = self.last_probe
         return {
-            "working": self.working,
-            "state": self.state,
-            "mode": self.mode,
             "consecutive_failures": self.consecutive_failures,
             "consecutive_successes": self.consecutive_successes,
             "probes_total": self.probes_total,

@@ -188,7 +188,7 @@ async def test_retry_after_points_at_the_next_probe(make_gateway: GatewayFactory
     sim.faults = SimFaults(http_status=500)
     for _ in range(2):
         await gateway.app[ROUTES]["default"].prober.probe_once()
-    health.next_probe_at = clock() + 4.2
+    health.probe_scheduled(clock() + 4.2)
     response = await gateway.post(CHAT, json=chat_body())
     assert response.headers["Retry-After"] == "5"
 

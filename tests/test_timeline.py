@@ -25,10 +25,12 @@ BLOCKED = SimFaults(http_status=403, http_body="cloudflare")
 
 
 def _stub_route(name: str) -> Route:
-    """A route as the timeline sees it: a name, a bus, a flag and a breaker that are up."""
+    """A route as the timeline sees it: a name, a bus, a flag and a breaker, and a health record that is up."""
     flag = SimpleNamespace(working=True, last_probe=None, consecutive_failures=0)
     breaker = SimpleNamespace(state="closed", mode="auto")
-    return cast("Route", SimpleNamespace(name=name, events=EventBus(), flag=flag, breaker=breaker))
+    health = SimpleNamespace(up=True)
+    stub = SimpleNamespace(name=name, events=EventBus(), flag=flag, breaker=breaker, health=lambda model=None: health)
+    return cast("Route", stub)
 
 
 def _deep_size(timeline: Timeline) -> int:

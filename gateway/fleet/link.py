@@ -21,6 +21,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.probe_lease import LinkState
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -45,6 +47,7 @@ class RedisLink:
         on_message: Callable[[bytes], None],
         on_up: Callable[[], Awaitable[None]],
         on_down: Callable[[], None],
+        state: LinkState | None = None,
     ) -> None:
         self._url = url
         self._channel = channel
@@ -54,10 +57,16 @@ class RedisLink:
         self._on_down = on_down
         self._client: redis.Redis | None = None
         self._lost = asyncio.Event()
-        self.up = False
+        # Shared with the probe leases (made before the fleet, in the factory); only the link writes it.
+        self._state = state or LinkState()
         self.settled = asyncio.Event()  # the first attempt synced or failed: sharing, or deciding alone
         self._told = False  # an outage was logged; the next one is logged after a successful sync
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        """Connected, subscribed and synced: decisions are shared."""
+        return self._state.up
 
     async def call(self, fn: Callable[[redis.Redis], Awaitable[T]]) -> T | None:
         """Run one bounded call; ``None`` (and the link marked down) if Redis is down, slow or fails.
@@ -89,14 +98,14 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.up = False
+        self._state.up = False
 
     def _mark_down(self, why: str) -> None:
         """Once per outage: log, tell the owner; every call fails fast until the next session."""
         self._lost.set()
         self.settled.set()
-        if self.up:
-            self.up = False
+        if self._state.up:
+            self._state.up = False
             self._told = True
             log.warning("shared state lost, deciding locally until Redis is back reason=%r", why[:200])
             self._on_down()
@@ -138,7 +147,7 @@ class RedisLink:
             await self._on_up()
             if self._lost.is_set():
                 return False  # the re-sync failed: back off as from any failed connection
-            self.up, self._told = True, False
+            self._state.up, self._told = True, False
             self.settled.set()
             log.info("shared state connected channel=%s", self._channel)
             await self._relay(client, pubsub)

@@ -28,6 +28,7 @@ from gateway.events import ProbeFinished
 from gateway.fleet import scripts
 from gateway.fleet.messages import Keys, Probe, encode, probe_fields, stored_working
 from gateway.fleet.share import RouteShare
+from gateway.probe_lease import renew_period
 
 if TYPE_CHECKING:
     from gateway.fleet.link import RedisLink
@@ -52,22 +53,16 @@ class ProbeSharing:
         self._keys = keys
         self._origin = origin
         self._interval = probe_interval
-        self._period = max(probe_interval / 3, 0.05)
+        self._period = renew_period(probe_interval)
         self._lease_ttl_ms = max(math.ceil(self._period * 2000), 100)
         self._working_ttl_ms = math.ceil(probe_interval * 3000)
         self._clock = clock
         self._spawn = spawn
         self.wake = asyncio.Event()  # set on (re)connection: take free leases now, not a period later
 
-    def may_probe(self, share: RouteShare) -> bool:
-        """Probe when this process holds the lease, when there is no fleet to rely on, or when no result
-        has arrived for two intervals (the holder may be stuck, or its path blocked and its results kept)."""
-        stale = self._clock() - share.last_result_at > 2 * self._interval + self._period
-        return not self._link.up or share.lease_held or stale
-
     def probe_finished(self, share: RouteShare, event: ProbeFinished) -> None:
         """Subscriber: publish a probe this process ran, and store the flag it led to."""
-        share.last_result_at = self._clock()
+        share.lease.result_arrived()
         if event.remote or not self._link.up:
             return
         scopes = share.route.scopes
@@ -75,8 +70,9 @@ class ProbeSharing:
         if scope is None:
             # Maybe this host's own trouble, and no egress group to share it with: hand the lease to a
             # peer for an interval, so the fleet's probing does not depend on this host's path.
-            if share.lease_held:
-                share.lease_held, share.sit_out_until = False, self._clock() + self._interval
+            if share.lease.held:
+                share.lease.hold(False)
+                share.sit_out_until = self._clock() + self._interval
                 lease = self._keys.probe_lease(scopes.upstream)
                 self._spawn(self._link.call(functools.partial(_delete_if_mine, lease, self._origin)))
             return
@@ -105,7 +101,7 @@ class ProbeSharing:
         route = share.route
         if probe.scope not in route.scopes:
             return  # another upstream, or a failure of another egress group's path
-        share.last_result_at = self._clock()
+        share.lease.result_arrived()
         started = self._clock() - probe.started_ago
         route.events.publish(ProbeFinished(route.name, probe.result, started=started, remote=True))
 
@@ -164,26 +160,26 @@ class ProbeSharing:
     async def release(self, shares: list[RouteShare]) -> None:
         """Give back the leases this process holds (and only those), so a peer takes over at once."""
         for share in shares:
-            if share.lease_held:
+            if share.lease.held:
                 lease = self._keys.probe_lease(share.route.scopes.upstream)
                 await self._link.call(functools.partial(_delete_if_mine, lease, self._origin))
-                share.lease_held = False
+                share.lease.hold(False)
 
     async def _refresh(self, share: RouteShare) -> None:
-        if not share.lease_held and self._clock() < share.sit_out_until:
+        if not share.lease.held and self._clock() < share.sit_out_until:
             return  # gave the lease up after a failure of its own path: a peer probes for now
         key = self._keys.probe_lease(share.route.scopes.upstream)
         held = await self._link.call(
             lambda client: client.eval(scripts.ACQUIRE_OR_RENEW, 1, key, self._origin, self._lease_ttl_ms)
         )
         now_held = bool(held) and self._link.up
-        if now_held != share.lease_held:
+        if now_held != share.lease.held:
             log.info("probe lease %s route=%s", "taken" if now_held else "lost", share.route.name)
-        if now_held and not share.lease_held:
+        if now_held and not share.lease.held:
             last = share.route.flag.last_probe
             if last is None or time.time() - last.at > self._interval:
                 share.route.prober.trigger()  # taken over from a holder that stopped probing: look now
-        share.lease_held = now_held
+        share.lease.hold(now_held)
 
 
 async def _delete_if_mine(key: str, origin: str, client: redis.Redis) -> Any:

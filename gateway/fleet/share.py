@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.probe_lease import ProbeLease
 from gateway.route_pool import Route
 
 
@@ -29,7 +30,10 @@ class RouteShare:
     route: Route
     period: Period | None = None  # the open period this process is in (ours or the fleet's), if any
     unpublished_close: Period | None = None  # a close of ours not yet published: retried on re-sync
-    lease_held: bool = False
     sit_out_until: float = 0.0  # the probe lease is left to peers until then (our path failed)
-    last_result_at: float = 0.0  # when a probe result (ours or a peer's) was last applied here
     trip_publish: asyncio.Task[Any] | None = None  # our latest trip's publish, which its close must follow
+
+    @property
+    def lease(self) -> ProbeLease:
+        """The route's probe lease, which its prober reads."""
+        return self.route.lease

@@ -29,6 +29,7 @@ from gateway.fleet.overrides import OverrideSharing
 from gateway.fleet.probes import ProbeSharing
 from gateway.fleet.share import RouteShare
 from gateway.fleet.trips import TripSharing
+from gateway.probe_lease import LinkState
 from gateway.route_pool import RoutePool
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class SharedHealth:
         self,
         routes: RoutePool,
         *,
+        link_state: LinkState,
         url: str,
         prefix: str,
         timeout: float,
@@ -62,7 +64,13 @@ class SharedHealth:
         self._lease_task: asyncio.Task[None] | None = None
         self._probing = probing  # a process that does not probe must not hold a lease others wait on
         self.link = RedisLink(
-            url, channel=keys.channel, timeout=timeout, on_message=self._receive, on_up=self._resync, on_down=self._down
+            url,
+            channel=keys.channel,
+            timeout=timeout,
+            on_message=self._receive,
+            on_up=self._resync,
+            on_down=self._down,
+            state=link_state,  # the one the routes' probe leases read
         )
         self.trips = TripSharing(
             self.link, keys, self.origin, trial_window=trial_window, clock=clock, spawn=self._spawn
@@ -75,8 +83,7 @@ class SharedHealth:
             events = share.route.events
             events.subscribe(BreakerChanged, functools.partial(self.trips.breaker_changed, share))
             events.subscribe(ProbeFinished, functools.partial(self.probes.probe_finished, share))
-            share.last_result_at = clock()  # a joiner waits for the fleet's results before probing itself
-            share.route.prober.may_probe = functools.partial(self.probes.may_probe, share)
+            share.lease.result_arrived()  # a joiner waits for the fleet's results before probing itself
 
     @property
     def up(self) -> bool:
@@ -93,7 +100,7 @@ class SharedHealth:
                 "upstream_scope": scopes.upstream,
                 "egress": scopes.egress.rpartition("/")[2] if scopes.egress else None,
                 "path_failures_shared": scopes.egress is not None,
-                "probe_lease": self.up and share.lease_held,
+                "probe_lease": self.up and share.lease.held,
                 "open_period": None
                 if period is None
                 else {
@@ -103,7 +110,7 @@ class SharedHealth:
                     "shared": period.shared,
                 },
             }
-        leases = sorted(name for name, share in self._shares.items() if self.up and share.lease_held)
+        leases = sorted(name for name, share in self._shares.items() if self.up and share.lease.held)
         return {"up": self.up, "origin": self.origin, "probe_leases": leases, "routes": routes}
 
     def open_periods(self) -> dict[str, str]:
@@ -159,7 +166,7 @@ class SharedHealth:
             if message.scope not in share.route.scopes:
                 return  # another upstream, or a path failure of another egress group
             self.trips.apply_trip(share, message)  # our own too: arrival order names the period
-            if message.from_closed and share.lease_held and message.origin != self.origin:
+            if message.from_closed and share.lease.held and message.origin != self.origin:
                 share.route.prober.trigger()  # live traffic elsewhere says the upstream broke: look now
         elif message.origin == self.origin:
             return
@@ -180,7 +187,7 @@ class SharedHealth:
 
     def _down(self) -> None:
         for share in self._shares.values():
-            share.lease_held = False
+            share.lease.hold(False)
         self._on_state(False)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app_keys import CLOCK, FLEET, INFLIGHT, METRICS, READY_DEADLINE, ROUTES, SETTINGS, STARTED_AT, TIMELINE
+from gateway.health import Health
 from gateway.route_pool import Route
 from gateway.settings import describe_route
 
@@ -22,21 +23,42 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def route_snapshot(route: Route) -> dict[str, Any]:
-    """One route's working flag, probe and breaker, for /readyz, /status and /admin/state."""
-    return {"name": route.name, **route.flag.snapshot(), "breaker": route.breaker.snapshot()}
+def route_snapshot(route: Route, health: Health | None = None) -> dict[str, Any]:
+    """One route's working flag, probe and breaker, for /readyz, /status and /admin/state.
+
+    Every state in it comes from ``health`` (the route's one health record); the flag and the
+    breaker add only their counters.
+    """
+    health = health or route.health()
+    flag, breaker = route.flag, route.breaker
+    return {
+        "name": route.name,
+        "working": health.working,
+        "state": health.flag,
+        "mode": health.flag_mode,
+        **flag.counters(),
+        "breaker": {
+            "name": breaker.name,
+            "state": health.breaker,
+            "mode": health.breaker_mode,
+            "consecutive_failures": breaker.consecutive_failures,
+            "retry_after": health.retry_after,
+            "open_duration": breaker.current_open_duration,
+        },
+    }
 
 
 def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     routes = app[ROUTES]
     draining = app[INFLIGHT].draining
-    working = routes.working()
+    healths = [(route, route.health()) for route in routes]
+    working = any(health.working for _, health in healths)
     # Honest at start-up: until one route has passed a probe (or been pinned working by an operator),
     # "working" is only a default, so say not ready, for at most GATEWAY_READY_GRACE. A route whose
     # first probe failed, or that is still checking, does not count: any route may answer 401.
     unprobed = (
         app[SETTINGS].probe_enabled
-        and not any(route.flag.confirmed_working for route in routes)
+        and not any(health.confirmed for _, health in healths)
         and app[CLOCK]() < app[READY_DEADLINE]
     )
     ready = working and not draining and not unprobed
@@ -44,7 +66,7 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
         "ready": ready,
         "working": working,  # at least one route works (or is not yet probed)
         "shutting_down": draining,
-        "routes": [route_snapshot(route) for route in routes],
+        "routes": [route_snapshot(route, health) for route, health in healths],
     }
     if not ready:
         body["reason"] = "shutting down" if draining else "no route is working" if not working else "not yet probed"

@@ -135,5 +135,6 @@ def _snapshot(app: web.Application) -> tuple[bytes, dict[str, Any]]:
         data["view"] = page_view(data, series)
         return orjson.dumps(data), data["view"]
 
-    states = tuple((r.flag.working, r.breaker.state, r.breaker.mode) for r in app[ROUTES])
+    # What the page shows of each route's health; the record itself holds fresh error objects, never equal.
+    states = tuple((h.working, h.breaker, h.breaker_mode) for h in (r.health() for r in app[ROUTES]))
     return app[STATUS_SNAPSHOT].get(build, key=(app[INFLIGHT].draining, states))

@@ -28,11 +28,6 @@ Overall = Literal["serving", "degraded", "down"]
 Series = dict[str, Sequence[float | None]]  # requests, failures, first_token: one value per sample step
 
 
-def route_up(route: Route) -> bool:
-    """Whether the route takes traffic now or is about to: working, and its breaker not open."""
-    return route.flag.working and route.breaker.state != "open" and route.breaker.mode != "forced_open"
-
-
 def overall(ups: list[bool], *, draining: bool) -> Overall:
     """Serving when every route is up, down when none is (or the gateway drains), else degraded."""
     if draining or not any(ups):
@@ -62,22 +57,20 @@ def _route(
     opened_by: str | None,
     clock: RouteClock | None,
 ) -> dict[str, Any]:
-    breaker = route.breaker
-    state = breaker.state
-    open_now = state == "open" or breaker.mode == "forced_open"
+    health = route.health()
     return {
         "name": route.name,
         "url": mask_url(url),
         "weight": route.weight,
-        "up": route_up(route),
+        "up": health.up,
         "since_change": None if clock is None else round(clock.age(), 1),
-        "working": route.flag.working,
-        "working_state": route.flag.state,  # unknown, checking, working, not_working
-        "working_mode": route.flag.mode,
+        "working": health.working,
+        "working_state": health.flag,  # unknown, checking, working, not_working
+        "working_mode": health.flag_mode,
         "breaker": {
-            "state": state,
-            "mode": breaker.mode,
-            "retry_after": round(breaker.retry_after(), 1) if open_now else None,
+            "state": health.breaker,
+            "mode": health.breaker_mode,
+            "retry_after": round(health.retry_after, 1) if health.open else None,
             "opened_by": opened_by,  # "local", "fleet" (a peer's trip adopted here), or None
         },
         "probe": _probe(route, now, scrub),
