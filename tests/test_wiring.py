@@ -17,6 +17,7 @@ def _targets(tree: ast.AST) -> list[tuple[int, ast.Attribute, ast.expr | None]]:
     """Every attribute assigned in ``tree``: (line, target, the value assigned, when there is one)."""
     found: list[tuple[int, ast.Attribute, ast.expr | None]] = []
     for node in ast.walk(tree):
+        value: ast.expr | None
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign | ast.AugAssign):
