@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from aiohttp import web
@@ -10,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app_keys import FLEET, ROUTES
 from gateway.breaker import CircuitBreaker
+from gateway.events import BreakerChanged
 from gateway.scope import Scopes
 from gateway.simulator import Simulator
 from monitoring.processes import eventually
@@ -72,7 +75,22 @@ def scope_of(sim: Simulator, route: str = "a") -> str:
     return Scopes.of(route, sim.route_url(route), None, None).upstream
 
 
-async def trip(member: Client, route: str = "a") -> None:
-    """Chat through ``member`` until its breaker of ``route`` is open (the upstream must be failing)."""
-    while breaker(member, route).state != "open":
-        await chat(member)
+async def trip(member: Client, route: str = "a", *, within: float = 10.0) -> list[int]:
+    """Chat through ``member`` until its breaker of ``route`` opens (the upstream must be failing); the statuses.
+
+    It waits for the transition, not for a read of the state: with a short open period a loaded host can
+    read the breaker half-open again after every slow chat, and a loop on the state alone never ended.
+    """
+    opened = asyncio.Event()
+
+    def seen(event: BreakerChanged) -> None:
+        if event.new == "open":
+            opened.set()
+
+    member.app[ROUTES][route].events.subscribe(BreakerChanged, seen)
+    statuses: list[int] = []
+    deadline = time.monotonic() + within
+    while not opened.is_set() and breaker(member, route).state != "open":
+        assert time.monotonic() < deadline, f"route {route} did not open within {within} s; chats: {statuses}"
+        statuses.append(await chat(member))
+    return statuses

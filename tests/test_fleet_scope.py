@@ -21,7 +21,7 @@ from gateway.errors import UpstreamBlockedError, UpstreamStatusError, UpstreamTi
 from gateway.scope import Scopes
 from gateway.simulator import SimFaults, SimOptions, Simulator
 from monitoring.processes import eventually
-from tests.fleet_support import Client, breaker, chat, fleet_member
+from tests.fleet_support import Client, breaker, chat, fleet_member, trip
 from tests.gateway_support import GatewayFactory
 from tests.redis_support import RedisServer
 
@@ -78,8 +78,7 @@ async def test_replicas_of_one_egress_group_share_a_block_within_a_second(
     """With GATEWAY_EGRESS set alike, B's block is A's too: A refuses a within 1 s without a failure of its own."""
     first, second = await _pair(make_gateway, sim, redis_server, egress="nat-1")
     sim.set_faults(BLOCKED, route="a")
-    while breaker(second).state != "open":
-        await chat(second)
+    await trip(second)
     tripped = time.monotonic()
     await eventually(lambda: breaker(first).state == "open", within=1.0)
     assert time.monotonic() - tripped < 1.0
@@ -119,8 +118,7 @@ async def test_routes_whose_url_or_proxy_differ_never_share_whatever_their_names
         make_gateway, sim, redis_server, prefix, upstreams=json.dumps([{"name": "a", "url": sim.route_url("other")}])
     )
     sim.set_faults(SimFaults(http_status=500), route="a")
-    while breaker(first).state != "open":
-        await chat(first)
+    await trip(first)
     await asyncio.sleep(0.5)
     assert breaker(second).state == "closed"
     assert await chat(second) == 200
@@ -183,8 +181,7 @@ async def test_one_hosts_connect_timeouts_stay_its_own(
     """B cannot connect (timeouts, not refusals), no egress group: A stays closed and serves."""
     first, second = await _pair(make_gateway, sim, redis_server)
     monkeypatch.setattr(second.app[ROUTES]["a"].client, "_session", _NoSynAck())
-    while breaker(second).state != "open":
-        await chat(second)
+    await trip(second)
     await asyncio.sleep(0.5)
     assert breaker(first).state == "closed", "B's path trouble opened A"
     assert await chat(first) == 200
@@ -196,8 +193,7 @@ async def test_one_hosts_plain_403_stays_its_own(
     """B's egress address gets a WAF's plain 403 (no Cloudflare page): not shared without an egress group."""
     first, second = await _pair(make_gateway, sim, redis_server)
     sim.set_faults(SimFaults(http_status=403, http_body="Access denied", only_token="token-b"), route="a")
-    while breaker(second).state != "open":
-        await chat(second)
+    await trip(second)
     await asyncio.sleep(0.5)
     assert breaker(first).state == "closed", "B's address block opened A"
 
@@ -214,11 +210,9 @@ async def test_a_peers_close_does_not_end_a_members_own_longer_period_of_another
         make_gateway, sim, redis_server, prefix, upstreams=_route_a(sim, "token-b"), breaker_reset_seconds=30
     )
     sim.set_faults(BLOCKED, route="a")
-    while breaker(second).state != "open":
-        await chat(second)
+    await trip(second)
     sim.set_faults(SimFaults(http_status=500, only_token="token-a"), route="a")  # A sees an outage
-    while breaker(first).state != "open":
-        await chat(first)
+    await trip(first)
     sim.set_faults(BLOCKED, route="a")
     deadline = time.monotonic() + 3.0
     while breaker(first).state != "closed" and time.monotonic() < deadline:
