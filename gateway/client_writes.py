@@ -6,18 +6,19 @@ The guard times each write: one loop timer is armed per ``write_timeout`` (not p
 write), and when it finds a write pending for too long, or past the request's total
 deadline, it fires the enclosing ``asyncio.timeout`` scope, which cancels the write.
 A guarded response costs one scope and one timer; each write then costs a clock read and
-two attribute stores.
+two attribute stores, plus the request's overhead stopwatch (found once per guard, not per write).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
-from gateway.overhead import waiting
+from gateway import overhead
 
 
 class ClientStalledError(Exception):
@@ -39,6 +40,7 @@ class ClientWriteGuard:
         self._since: float | None = None  # loop time the pending write began, None when idle
         self._timer: asyncio.TimerHandle | None = None
         self._fired_after: float | None = None
+        self._stopwatch = overhead.CURRENT.get()  # a write's wait is not the gateway's own time
 
     async def __aenter__(self) -> Self:
         await self._scope.__aenter__()
@@ -60,16 +62,26 @@ class ClientWriteGuard:
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
         """Write ``data``; a write that blocks past its deadline ends the ``async with`` block."""
         self._begin()
-        with waiting():
+        started = time.perf_counter()
+        try:
             await response.write(data)
+        finally:
+            self._count_wait(started)
         self._since = None
 
     async def write_eof(self, response: web.StreamResponse) -> None:
         """Finish the response (a ``web.Response`` writes its body here); it always waits for the drain."""
         self._begin()
-        with waiting():
+        started = time.perf_counter()
+        try:
             await response.write_eof()
+        finally:
+            self._count_wait(started)
         self._since = None
+
+    def _count_wait(self, started: float) -> None:
+        if self._stopwatch is not None:
+            self._stopwatch.waited += time.perf_counter() - started
 
     def _begin(self) -> None:
         self._since = self._loop.time()
