@@ -95,7 +95,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def main_check(ns: argparse.Namespace, run_dir: Path) -> int:
     """Start the processes, measure, print the table; 1 when a ratio exceeds the limit."""
     print(f"bench --check {run_dir}", flush=True)

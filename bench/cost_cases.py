@@ -26,6 +26,7 @@ from gateway.flowgpt.protocol import resolve_model
 from gateway.handlers import chat
 from gateway.middlewares import add_request_id_header
 from gateway.openai_schema import parse_chat_request
+from gateway.outcome import classify
 from gateway.overhead import answered_by, waiting
 from gateway.simulator.answers import split_answer
 
@@ -180,15 +181,14 @@ def slot(app: web.Application) -> Make:
 
 
 def ticket(app: web.Application) -> Make:
-    """A breaker ticket's life on a successful call: admit, first token, completed, release."""
+    """A breaker ticket's life on a successful call: admit, first token, settled as completed."""
     breaker = app[ROUTES]["default"].breaker
 
     async def make(number: int) -> Step:
         async def step() -> object:
             t = breaker.admit(MODEL)
             await breaker.answered(t)
-            await breaker.completed(t)
-            breaker.release(t)
+            await breaker.settle(t, classify(None))
             return None
 
         return step
