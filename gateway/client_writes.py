@@ -12,13 +12,12 @@ two attribute stores, plus the request's overhead stopwatch (found once per guar
 from __future__ import annotations
 
 import asyncio
-import time
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
-from gateway import overhead
+from gateway.overhead import waiting
 
 
 class ClientStalledError(Exception):
@@ -40,7 +39,7 @@ class ClientWriteGuard:
         self._since: float | None = None  # loop time the pending write began, None when idle
         self._timer: asyncio.TimerHandle | None = None
         self._fired_after: float | None = None
-        self._stopwatch = overhead.CURRENT.get()  # a write's wait is not the gateway's own time
+        self._waiting = waiting()  # the request's stopwatch, found once: a write's wait is not the gateway's own time
 
     async def __aenter__(self) -> Self:
         await self._scope.__aenter__()
@@ -62,26 +61,16 @@ class ClientWriteGuard:
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
         """Write ``data``; a write that blocks past its deadline ends the ``async with`` block."""
         self._begin()
-        started = time.perf_counter()
-        try:
+        with self._waiting:
             await response.write(data)
-        finally:
-            self._count_wait(started)
         self._since = None
 
     async def write_eof(self, response: web.StreamResponse) -> None:
         """Finish the response (a ``web.Response`` writes its body here); it always waits for the drain."""
         self._begin()
-        started = time.perf_counter()
-        try:
+        with self._waiting:
             await response.write_eof()
-        finally:
-            self._count_wait(started)
         self._since = None
-
-    def _count_wait(self, started: float) -> None:
-        if self._stopwatch is not None:
-            self._stopwatch.waited += time.perf_counter() - started
 
     def _begin(self) -> None:
         self._since = self._loop.time()
