@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
-
-from bench.run import Bench
 
 SCENARIOS: Final = (("nonstream_c16", 16, False), ("nonstream_c64", 64, False), ("stream_c16", 16, True))
 DEFAULT_MAX_VS_BARE: Final = 2.0  # today's gateway: about 1.5x to 1.8x on the 2-vCPU machine (docs/benchmark.md)
@@ -34,7 +33,7 @@ def limit(ns: argparse.Namespace) -> float:
     return DEFAULT_MAX_VS_BASELINE if ns.baseline_src is not None else DEFAULT_MAX_VS_BARE
 
 
-def run_check(bench: Bench) -> dict[str, Any]:
+def run_check(bench: Any) -> dict[str, Any]:
     """Measure and judge; ``bench`` is a started :class:`bench.run.Bench` (gateway from this checkout)."""
     ns = bench.ns
     targets = ["bare", "gateway"]
@@ -95,10 +94,10 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main_check(ns: argparse.Namespace, run_dir: Path) -> int:
-    """Start the processes, measure, print the table; 1 when a ratio exceeds the limit."""
+def main_check(ns: argparse.Namespace, run_dir: Path, make_bench: Callable[[argparse.Namespace, Path], Any]) -> int:
+    """Start the processes (``make_bench``: :class:`bench.run.Bench`), measure, print the table; 1 above the limit."""
     print(f"bench --check {run_dir}", flush=True)
-    bench = Bench(ns, run_dir)
+    bench = make_bench(ns, run_dir)
     try:
         result = run_check(bench)
     finally:

@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from bench import report
+from bench.check import main_check
 from bench.fleet import run_fleet
 from bench.loadgen import request_for
 from bench.procs import PYTHON, Proc, compress_large_log, post_json
@@ -485,9 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
     if ns.check:
-        from bench.check import main_check  # bench.check imports this module
-
-        return main_check(ns, run_dir)
+        return main_check(ns, run_dir, Bench)
     print(f"benchmark run {run_dir}", flush=True)
     bench = Bench(ns, run_dir)
     summary: dict[str, Any] = {"meta": meta, "scenarios": {}}
