@@ -19,6 +19,7 @@ LABELS: Final = {
     "direct": "direct",
     "bare": "bare proxy",
     "gateway": "gateway",
+    "baseline": "baseline",
     "gateway1": "gateway, 1 route",
     "gateway8": "gateway, 8 routes",
     "workers1": "1 worker",

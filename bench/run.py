@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from bench import report
+from bench.check import main_check
 from bench.fleet import run_fleet
 from bench.harness import post_json
 from bench.loadgen import request_for
@@ -166,6 +167,20 @@ class Bench:
         proc = self._spawn(name, argv, env, port, cwd=self.ns.gateway_src)
         proc.wait_http(f"http://127.0.0.1:{port}/readyz")
         return proc
+
+    def start_gateway_from(self, src: Path, name: str) -> Proc:
+        """A gateway (as the main one) running the package found in ``src`` (``--check``'s baseline)."""
+        saved, self.ns.gateway_src = self.ns.gateway_src, src
+        try:
+            return self._start_gateway(name, self.sim_url(self.sim), max_concurrency=None)
+        finally:
+            self.ns.gateway_src = saved
+
+    def run_load(self, target: str, concurrency: int, duration: float, *, stream: bool) -> dict[str, Any]:
+        """One load run against ``target`` (no accounting: wrap it in :meth:`measure`)."""
+        if stream:
+            return self._stream(target, concurrency, duration)
+        return self._nonstream(target, concurrency, duration)
 
     def close(self) -> None:
         """Stop every process this run started."""
@@ -420,8 +435,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="also profile the gateway at c=64 with py-spy")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument("--check", action="store_true", help="only the CPU-ratio check (see bench/check.py)")
+    parser.add_argument(
+        "--max-ratio",
+        type=float,
+        help="--check fails above this CPU ratio (default 2.0 x bare, 1.1 x baseline)",
+    )
     ns = parser.parse_args(argv)
-    ns.reps = ns.reps or (1 if ns.quick else 3)
+    # --check: the gateway is this checkout's; --gateway-src names the baseline it is compared with.
+    ns.baseline_src, ns.quick = (ns.gateway_src, True) if ns.check else (None, ns.quick)
+    ns.gateway_src = None if ns.check else ns.gateway_src
+    ns.reps = ns.reps or (1 if ns.quick and not ns.check else 3)
     ns.duration = ns.duration or (1.0 if ns.quick else 3.0)
     ns.warmup = ns.warmup or (0.5 if ns.quick else 1.0)
     ns.stream_chunk_delay = ns.stream_chunk_delay or (0.3 if ns.quick else 0.5)
@@ -429,10 +453,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ns.loadgen = "wrk" if wrk_path() else "python"
         if ns.loadgen == "python":
             print("wrk not found (apt-get install wrk): using the asyncio load generator for everything")
-    if ns.gateway_src is not None:
-        ns.gateway_src = ns.gateway_src.resolve()
-        if not (ns.gateway_src / "gateway" / "__init__.py").exists():
-            parser.error(f"--gateway-src: no gateway package in {ns.gateway_src}")
+    for attr in ("gateway_src", "baseline_src"):
+        src = getattr(ns, attr)
+        if src is not None:
+            setattr(ns, attr, src.resolve())
+            if not (src / "gateway" / "__init__.py").exists():
+                parser.error(f"--gateway-src: no gateway package in {src}")
     if ns.profile and py_spy_path() is None:
         parser.error("--profile needs py-spy: .venv/bin/pip install py-spy")
     return ns
@@ -460,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uvloop": ns.uvloop,
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
+    if ns.check:
+        return main_check(ns, run_dir, Bench)
     print(f"benchmark run {run_dir}", flush=True)
     bench = Bench(ns, run_dir)
     summary: dict[str, Any] = {"meta": meta, "scenarios": {}}

@@ -6,7 +6,7 @@ The guard times each write: one loop timer is armed per ``write_timeout`` (not p
 write), and when it finds a write pending for too long, or past the request's total
 deadline, it fires the enclosing ``asyncio.timeout`` scope, which cancels the write.
 A guarded response costs one scope and one timer; each write then costs a clock read and
-two attribute stores.
+two attribute stores, plus the request's overhead stopwatch (found once per guard, not per write).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class ClientWriteGuard:
         self._since: float | None = None  # loop time the pending write began, None when idle
         self._timer: asyncio.TimerHandle | None = None
         self._fired_after: float | None = None
+        self._waiting = waiting()  # the request's stopwatch, found once: a write's wait is not the gateway's own time
 
     async def __aenter__(self) -> Self:
         await self._scope.__aenter__()
@@ -60,14 +61,14 @@ class ClientWriteGuard:
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
         """Write ``data``; a write that blocks past its deadline ends the ``async with`` block."""
         self._begin()
-        with waiting():
+        with self._waiting:
             await response.write(data)
         self._since = None
 
     async def write_eof(self, response: web.StreamResponse) -> None:
         """Finish the response (a ``web.Response`` writes its body here); it always waits for the drain."""
         self._begin()
-        with waiting():
+        with self._waiting:
             await response.write_eof()
         self._since = None
 

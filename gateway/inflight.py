@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from gateway.errors import ShuttingDownError
 
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.05  # how often the drain looks whether the handlers have finished
+
+
+class _Tracked:
+    """What :meth:`InFlightTracker.track` returns: a class, not a generator, since every chat request enters one."""
+
+    __slots__ = ("_active", "_task")
+
+    def __init__(self, active: set[asyncio.Task[object]], task: asyncio.Task[object]) -> None:
+        self._active = active
+        self._task = task
+
+    def __enter__(self) -> asyncio.Task[object]:
+        self._active.add(self._task)
+        return self._task
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.discard(self._task)
 
 
 class InFlightTracker:
@@ -32,17 +47,12 @@ class InFlightTracker:
         if self.draining:
             raise ShuttingDownError("the gateway is shutting down", retry_after=1.0)
 
-    @contextmanager
-    def track(self) -> Iterator[asyncio.Task[object]]:
-        """Count the current task as in flight for the duration of the block."""
+    def track(self) -> _Tracked:
+        """Count the current task as in flight for the duration of the ``with`` block."""
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("track() needs a running task")
-        self._active.add(task)
-        try:
-            yield task
-        finally:
-            self._active.discard(task)
+        return _Tracked(self._active, task)
 
     def was_cut(self, task: asyncio.Task[object] | None) -> bool:
         """Whether ``task`` was cancelled by the drain (not by its client leaving)."""

@@ -74,8 +74,8 @@ async def _observe(request: web.Request, handler: Handler, span: Span | None) ->
 
 
 async def _observed(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID_PATTERN.fullmatch(incoming) else hex_id(16)
+    incoming = request.headers.get("X-Request-ID")
+    request_id = incoming if incoming and _REQUEST_ID_PATTERN.fullmatch(incoming) else hex_id(16)
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()

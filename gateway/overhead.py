@@ -11,49 +11,64 @@ metrics, logging. It is exported as ``gateway_overhead_seconds{route}`` for the 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Final
 
 
 class Stopwatch:
-    """One request's wall time, the part of it spent waiting on others, and the route that answered."""
+    """One request's wall time, the part of it spent waiting on others, and the route that answered.
 
-    __slots__ = ("route", "started", "waited")
+    It is also the context manager :func:`waiting` returns (no object per wait: it wraps every fragment).
+    Waits that overlap (nested, or in two tasks of one request) count once, from the first start to the last end.
+    """
+
+    __slots__ = ("_depth", "_since", "route", "started", "waited")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.waited = 0.0
         self.route: str | None = None
+        self._depth = 0  # waits open now
+        self._since = 0.0  # when the first of them began
 
     def overhead(self) -> float:
         """Seconds so far that were the gateway's own."""
         return max(0.0, time.perf_counter() - self.started - self.waited)
 
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            self._since = time.perf_counter()
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.waited += time.perf_counter() - self._since
+
 
 CURRENT: Final[ContextVar[Stopwatch | None]] = ContextVar("overhead_stopwatch", default=None)
 
 
-class _Waiting:
-    """The context manager :func:`waiting` returns: a class, not a generator, since it wraps every fragment."""
+class _NotTimed:
+    """What :func:`waiting` returns outside a request: nothing to count."""
 
-    __slots__ = ("_started", "_stopwatch")
-
-    def __init__(self, stopwatch: Stopwatch | None) -> None:
-        self._stopwatch = stopwatch
-        self._started = 0.0
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        if self._stopwatch is not None:
-            self._started = time.perf_counter()
+        pass
 
     def __exit__(self, *exc: object) -> None:
-        if self._stopwatch is not None:
-            self._stopwatch.waited += time.perf_counter() - self._started
+        pass
 
 
-def waiting() -> _Waiting:
+_NOT_TIMED: Final = _NotTimed()
+
+
+def waiting() -> AbstractContextManager[None]:
     """Count the enclosed wait (on the upstream, the client or a backoff) as not the gateway's own time."""
-    return _Waiting(CURRENT.get())
+    stopwatch = CURRENT.get()
+    return _NOT_TIMED if stopwatch is None else stopwatch
 
 
 def answered_by(route: str) -> None:
