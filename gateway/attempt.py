@@ -30,10 +30,10 @@ class Attempt:
 
     __slots__ = ("_clock", "outcome", "route", "span", "started", "stream", "ticket")
 
-    def __init__(self, route: Route, ticket: Ticket, *, clock: Callable[[], float], span: Span | None) -> None:
+    def __init__(self, route: Route, ticket: Ticket, *, clock: Callable[[], float]) -> None:
         self.route = route
         self.ticket = ticket
-        self.span = span
+        self.span: Span | None = None  # the attempt's trace span, when tracing is on; ended by settle
         self._clock = clock
         self.stream: FlowGptStream | None = None  # set once the upstream has answered with a stream
         self.outcome: Outcome | None = None  # set by settle

@@ -159,6 +159,7 @@ class UpstreamService:
                 if last is not None:
                     raise self._give_up(*last, limits)
                 raise self._refused(self.routes.refusal(prompt.model))
+            cutter = whole() if whole is not None else None  # made before the ticket: if it fails, nothing is held
             try:
                 ticket = route.breaker.admit(prompt.model)
             except CircuitOpenError:
@@ -168,13 +169,12 @@ class UpstreamService:
             if retrying:
                 route.metrics.retries.inc()
                 retrying = False
-            attempt = Attempt(route, ticket, clock=self._clock, span=self._attempt_span(route, prompt, tries, reason))
-            cutter = whole() if whole is not None else None
-            try:
-                if attempt.span is None:
+            attempt = Attempt(route, ticket, clock=self._clock)
+            try:  # from here on, whatever fails (the span too) settles the attempt: a trial slot never leaks
+                span = attempt.span = self._attempt_span(route, prompt, tries, reason)
+                if span is None:
                     first = await self._attempt(attempt, prompt, deadline, cutter)
                 else:  # the attempt's span is current while it runs: a traceparent sent upstream names it
-                    span = attempt.span
                     with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                         first = await self._attempt(attempt, prompt, deadline, cutter)
             except BaseException as exc:

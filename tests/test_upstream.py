@@ -7,16 +7,20 @@ seeded RNG with route ``a`` weighted far above the others, so ``a`` is always tr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.trace import NoOpTracer, Span
 
 from gateway.app import make_route
+from gateway.cutter import Cutter
 from gateway.errors import (
     CircuitOpenError,
     OverloadedError,
@@ -32,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.retry import RetryBudget, RetryPolicy
 from gateway.route_pool import RoutePool
 from gateway.simulator import SimFaults, Simulator, expected_answer
+from gateway.tracing import Tracing
 from gateway.upstream import Timeouts, UpstreamService
 from tests.gateway_support import make_settings
 
@@ -75,7 +80,12 @@ async def make_rig_fixture(sim: Simulator) -> AsyncIterator[RigFactory]:
     async with aiohttp.ClientSession() as session:
 
         def factory(
-            *routes: str, slots: int = 4, retry_max: int = 2, budget_ratio: float = 0.2, budget_min: int = 10
+            *routes: str,
+            slots: int = 4,
+            retry_max: int = 2,
+            budget_ratio: float = 0.2,
+            budget_min: int = 10,
+            tracing: Tracing | None = None,
         ) -> Rig:
             upstreams = [{"name": name, "url": sim.route_url(name), "weight": WEIGHTS[name]} for name in routes]
             settings = make_settings(sim.url, upstreams=json.dumps(upstreams), breaker_fail_max=3)
@@ -92,6 +102,7 @@ async def make_rig_fixture(sim: Simulator) -> AsyncIterator[RigFactory]:
                 metrics=metrics,
                 timeouts=Timeouts(first_token=2.0, idle=2.0, total=5.0),
                 retry=RetryPolicy(max_retries=retry_max, backoff_base=0.001, backoff_max=0.005),
+                tracing=tracing,
             )
             return Rig(service, pool, limiter, metrics)
 
@@ -235,3 +246,39 @@ async def test_the_slot_is_held_for_the_scope_and_released_after(make_rig: RigFa
     async with rig.service.answer(PROMPT) as again:
         assert await again.read_all() == ANSWER
     assert rig.limiter.in_use == 0
+
+
+class _BrokenTracer(NoOpTracer):
+    """A sampler or span processor with a bug: starting a span raises."""
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
+        raise RuntimeError("span processor bug")
+
+
+async def _half_open(rig: Rig) -> None:
+    breaker = rig.pool["a"].breaker
+    breaker.trip(0.01, 0.01)  # a peer's short open period: half-open once it ends
+    await asyncio.sleep(0.05)
+    assert breaker.state == "half_open"
+
+
+def _boom() -> Cutter:
+    raise RuntimeError("cutter factory bug")
+
+
+async def test_a_failure_before_the_attempt_runs_holds_nothing(make_rig: RigFactory) -> None:
+    """A cutter factory or a span that fails to start leaves no ticket, trial slot or in-flight count behind.
+
+    One leaked half-open trial slot refuses every caller (half_open_busy) until an operator steps in.
+    """
+    broken = Tracing(endpoint=None)
+    broken.enabled, broken.tracer = True, _BrokenTracer()
+    for rig, whole in ((make_rig("a"), _boom), (make_rig("a", tracing=broken), None)):
+        await _half_open(rig)
+        route = rig.pool["a"]
+        with pytest.raises(RuntimeError):
+            async with rig.service.answer(PROMPT, whole=whole):
+                pass
+        assert (route.inflight, route.breaker.trials_running, rig.limiter.in_use) == (0, 0, 0)
+        assert rig.upstream("gateway_inflight_requests", "a") == 0
+        assert route.breaker.decision().admitted  # the next caller gets the trial
