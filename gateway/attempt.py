@@ -69,7 +69,7 @@ class Attempt:
             metrics.inflight.dec()
             metrics.upstream_duration.observe(self._clock() - self.started)
             if isinstance(exc, UpstreamError):
-                metrics.upstream_errors[exc.kind].inc()
+                metrics.upstream_errors[outcome.error_label(exc)].inc()
             await route.breaker.settle(self.ticket, outcome)
             if self.span is not None:
                 _end_span(self.span, exc, outcome)

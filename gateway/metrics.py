@@ -21,9 +21,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
-from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.fields import DROP_LABELS
 from gateway.flowgpt.protocol import MODELS
+from gateway.outcome import UPSTREAM_ERROR_LABELS
 from gateway.route_config import DEFAULT_ROUTE
 from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, UpstreamFamilies
 
@@ -222,7 +222,7 @@ class Metrics:
             return {
                 "upstream_requests": value("gateway_upstream_requests_total", route=route),
                 "upstream_errors": {
-                    k: value("gateway_upstream_errors_total", route=route, kind=k) for k in UPSTREAM_ERROR_KINDS
+                    k: value("gateway_upstream_errors_total", route=route, kind=k) for k in UPSTREAM_ERROR_LABELS
                 },
                 "json_parse_failures": value("gateway_upstream_json_parse_failures_total", route=route),
                 "retries": value("gateway_upstream_retries_total", route=route),

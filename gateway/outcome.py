@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from gateway.errors import (
+    UPSTREAM_ERROR_KINDS,
     UpstreamConnectError,
     UpstreamError,
     UpstreamRateLimitedError,
@@ -39,6 +40,11 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+
+# The ``kind`` label of gateway_upstream_errors_total: every error kind, and ``deadline`` for an
+# answer cut by the request's own total deadline. Its client still sees ``upstream_timeout``, but the
+# route did not fail, so the status page and the alert rules must be able to leave it out.
+UPSTREAM_ERROR_LABELS: Final[tuple[str, ...]] = (*UPSTREAM_ERROR_KINDS, "deadline")
 
 OutcomeKind = Literal["completed", "cut_short", "cancelled", "rejected", "own_deadline", "upstream_failure", "aborted"]
 
@@ -56,6 +62,10 @@ class Outcome:
     @property
     def succeeded(self) -> bool:
         return self.kind == "completed"
+
+    def error_label(self, error: UpstreamError) -> str:
+        """The metric's ``kind`` for ``error`` ending an attempt with this outcome (see UPSTREAM_ERROR_LABELS)."""
+        return "deadline" if self.kind == "own_deadline" else error.kind
 
 
 COMPLETED: Final = Outcome("completed", counts_against_route=False, retryable=False, may_fail_over=False)

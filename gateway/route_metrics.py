@@ -10,8 +10,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, WorkingChanged
+from gateway.outcome import UPSTREAM_ERROR_LABELS
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 TRANSITION_SOURCES: Final = ("local", "fleet")  # a peer's trip adopted here is not a trip of this process
@@ -30,7 +30,7 @@ class RouteMetrics:
         self.route = route
         labels = (provider, route)
         self.upstream_requests = families.upstream_requests.labels(*labels)
-        self.upstream_errors = {kind: families.upstream_errors.labels(*labels, kind) for kind in UPSTREAM_ERROR_KINDS}
+        self.upstream_errors = {kind: families.upstream_errors.labels(*labels, kind) for kind in UPSTREAM_ERROR_LABELS}
         self.upstream_duration = families.upstream_duration.labels(*labels)
         self.first_token = families.first_token.labels(*labels)
         self.parse_failures = families.parse_failures.labels(*labels)

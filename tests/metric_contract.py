@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
-from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.fields import DROP_LABELS
 from gateway.flowgpt.protocol import MODELS
 from gateway.metrics import ADMISSION_REASONS, PROVIDER, STREAM_OUTCOMES, TOKEN_DIRECTIONS, Metrics
+from gateway.outcome import UPSTREAM_ERROR_LABELS
 from gateway.route_metrics import BREAKER_STATES, PROBE_RESULTS, TRANSITION_SOURCES
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -75,7 +75,7 @@ SERIES_TO_METRIC: Final[Mapping[str, MetricSpec]] = {
 # Closed label value sets, as the gateway defines them.
 LABEL_VALUES: Final[Mapping[str, frozenset[str]]] = {
     "provider": frozenset({PROVIDER}),
-    "kind": frozenset(UPSTREAM_ERROR_KINDS),
+    "kind": frozenset(UPSTREAM_ERROR_LABELS),
     "reason": frozenset(ADMISSION_REASONS),
     "state": frozenset(BREAKER_STATES),
     "to_state": frozenset(BREAKER_STATES),

@@ -22,6 +22,7 @@ from gateway.errors import UPSTREAM_ERROR_KINDS
 from gateway.redact import mask_url
 from gateway.settings import Settings
 from gateway.simulator import SimFaults, SimOptions, Simulator
+from gateway.status_page.sampler import read_route
 from monitoring.processes import eventually
 from tests.gateway_support import GatewayFactory, chat_body
 from tests.metrics_support import delta, scrape, value
@@ -385,16 +386,27 @@ async def test_a_trickling_error_body_keeps_its_status(
 
 
 async def test_long_answers_cut_by_the_total_deadline_never_open_the_breaker(make_gateway: GatewayFactory) -> None:
-    """A healthy upstream streaming past the request's own total deadline is no upstream failure."""
+    """A healthy upstream streaming past the request's own total deadline is no upstream failure.
+
+    Not for the breaker, and not for the status page or the alert rules either: the metric counts it as
+    kind="deadline", which they leave out (the client still sees upstream_timeout).
+    """
     async with Simulator(SimOptions(chunk_delay=0.25, chunks=8)) as slow_sim:
         gateway = await make_gateway(upstream_url=slow_sim.url, timeout_total=1, breaker_fail_max=2, retry_max=0)
+        route = gateway.app[ROUTES]["default"]
+        before, page_before = await scrape(gateway), read_route(route.metrics)
         for _ in range(3):
             response = await gateway.post(CHAT, json=chat_body(stream=True))
             text = await response.text()
             assert response.status == 200
             assert "upstream_timeout" in text
             assert "total deadline" in text
-        assert (gateway.app[ROUTES]["default"].breaker.state, gateway.app[ROUTES]["default"].breaker.consecutive_failures) == ("closed", 0)
+        assert (route.breaker.state, route.breaker.consecutive_failures) == ("closed", 0)
+        after, page_after = await scrape(gateway), read_route(route.metrics)
+        labels = {"provider": "flowgpt", "route": "default"}
+        assert delta(before, after, "gateway_upstream_errors_total", kind="deadline", **labels) == 3
+        assert delta(before, after, "gateway_upstream_errors_total", kind="timeout", **labels) == 0
+        assert page_after[:2] == [page_before[0] + 3, page_before[1]]  # three attempts, no route failure
 
 
 def test_a_proxy_url_without_a_scheme_is_refused_without_echoing_it() -> None:

@@ -59,7 +59,8 @@ ROUTE_WIDTH: Final = COUNTERS + STEP_COLUMNS + len(ROUTE_EXTRAS)
 # route, then chat answers by status class and streams ended by an error event.
 SHARED_KEYS: Final = (*ADMISSION_REASONS, "retries", "failovers", *ANSWER_CLASSES, "stream_errors")
 GLOBAL_WIDTH: Final = 1 + len(SHARED_KEYS)
-# "rejected" is the upstream refusing one request (a caller's fault), not a failure of the route.
+# "rejected" is the upstream refusing one request (a caller's fault), not a failure of the route; nor
+# is "deadline" (a metric label only, not an error kind): an answer cut by its own total deadline.
 FAILURE_KINDS: Final = tuple(kind for kind in UPSTREAM_ERROR_KINDS if kind != "rejected")
 
 
