@@ -27,6 +27,11 @@ async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
     cutter.feed(first)
     try:
         while cutter.finish_reason is None:
+            # What one network read brought (a whole short answer, often) is fed without an await each.
+            for fragment in stream.take_buffered():
+                cutter.feed(fragment)
+                if cutter.finish_reason is not None:
+                    return
             try:
                 with waiting():
                     fragment = await anext(stream)

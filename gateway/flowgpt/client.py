@@ -189,6 +189,13 @@ class FlowGptStream:
         self.fragments_read += 1
         return self._pending.popleft()
 
+    def take_buffered(self) -> list[str]:
+        """The fragments already decoded and waiting, taken at once: no await per fragment for a reader of them all."""
+        taken = list(self._pending)
+        self._pending.clear()
+        self.fragments_read += len(taken)
+        return taken
+
     async def read_all(self) -> str:
         """The rest of the answer as one string."""
         return "".join([fragment async for fragment in self])
