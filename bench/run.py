@@ -359,25 +359,11 @@ class Bench:
             sim.stop()
         return out
 
-    def metrics_overhead(self) -> dict[str, Any]:
-        """The metrics micro-benchmark, in its own process."""
-        print("metrics micro-benchmark", flush=True)
-        number = "20000" if self.ns.quick else "50000"
+    def micro(self, title: str, module: str, number: int) -> dict[str, Any]:
+        """One micro-benchmark module (``--json --number N``), in its own process."""
+        print(f"{title} micro-benchmark", flush=True)
         completed = subprocess.run(
-            [PYTHON, "-m", "bench.metrics_overhead", "--json", "--number", number],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=clean_env(),
-        )
-        data: dict[str, Any] = json.loads(completed.stdout)
-        return data
-
-    def token_count(self) -> dict[str, Any]:
-        """The token-counting micro-benchmark, in its own process."""
-        print("token-counting micro-benchmark", flush=True)
-        completed = subprocess.run(
-            [PYTHON, "-m", "bench.token_count", "--json", "--number", "50" if self.ns.quick else "200"],
+            [PYTHON, "-m", module, "--json", "--number", str(number)],
             capture_output=True,
             text=True,
             check=True,
@@ -510,8 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "memory" not in ns.skip:
             summary["memory"] = bench.memory()
         if "micro" not in ns.skip:
-            summary["metrics_overhead"] = bench.metrics_overhead()
-            summary["token_count"] = bench.token_count()
+            quick = bench.ns.quick
+            summary["metrics_overhead"] = bench.micro("metrics", "bench.metrics_overhead", 20000 if quick else 50000)
+            summary["token_count"] = bench.micro("token-counting", "bench.token_count", 50 if quick else 200)
     finally:
         bench.close()
     meta["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
