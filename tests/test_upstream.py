@@ -7,7 +7,6 @@ seeded RNG with route ``a`` weighted far above the others, so ``a`` is always tr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -255,10 +254,10 @@ class _BrokenTracer(NoOpTracer):
         raise RuntimeError("span processor bug")
 
 
-async def _half_open(rig: Rig) -> None:
+def _half_open(rig: Rig) -> None:
     breaker = rig.pool["a"].breaker
-    breaker.trip(0.01, 0.01)  # a peer's short open period: half-open once it ends
-    await asyncio.sleep(0.05)
+    breaker.trip(30.0, 30.0)  # a peer opened the route ...
+    breaker.probe_recovered()  # ... and a probe passed: half-open now, no clock to wait on (arrow b3)
     assert breaker.state == "half_open"
 
 
@@ -274,7 +273,7 @@ async def test_a_failure_before_the_attempt_runs_holds_nothing(make_rig: RigFact
     broken = Tracing(endpoint=None)
     broken.enabled, broken.tracer = True, _BrokenTracer()
     for rig, whole in ((make_rig("a"), _boom), (make_rig("a", tracing=broken), None)):
-        await _half_open(rig)
+        _half_open(rig)
         route = rig.pool["a"]
         with pytest.raises(RuntimeError):
             async with rig.service.answer(PROMPT, whole=whole):
