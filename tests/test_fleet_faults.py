@@ -365,3 +365,30 @@ async def test_an_adopted_open_period_ends_at_a_jittered_moment(
     rests = [breaker(member).retry_after() for member in members]
     assert all(7.5 <= rest <= 12.0 for rest in rests), rests
     assert len({round(rest, 2) for rest in rests}) > 1, rests
+
+
+async def test_a_later_command_heard_while_ours_is_in_flight_wins_here_too(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stores "open"; before its reply is handled, B's "auto" is stored after it and heard by A: auto everywhere.
+
+    Found by review: A recorded B's later command but kept its own mode, and nothing repaired it until the
+    next command on that route (a re-sync saw Redis and the known command agree).
+    """
+    prefix = redis_server.prefix()
+    first, second = [await fleet_member(make_gateway, sim, redis_server, prefix) for _ in range(2)]
+    overrides = first.app[FLEET].overrides
+    write = overrides._write
+
+    async def overtaken(*args: Any) -> Any:
+        reply = await write(*args)
+        if args[2] == "open":  # stored: now B's command comes after it and reaches A first
+            response = await second.post("/admin/breaker", json={"mode": "auto", "route": "a"}, headers=ADMIN)
+            assert (await response.json())["shared"] is True
+            await eventually(lambda: overrides._known[("a", "breaker")].mode == "auto", within=3.0)
+        return reply
+
+    monkeypatch.setattr(overrides, "_write", overtaken)
+    response = await first.post("/admin/breaker", json={"mode": "open", "route": "a"}, headers=ADMIN)
+    assert (await response.json())["shared"] is True
+    assert (breaker(first).mode, breaker(second).mode) == ("auto", "auto")

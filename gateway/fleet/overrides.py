@@ -74,8 +74,13 @@ class OverrideSharing:
         if self._pending.get(key) is pending:
             del self._pending[key]
         _, epoch, seq = reply
-        if self._known[key].older_than(epoch, seq):
+        known = self._known[key]
+        if known.older_than(epoch, seq):
             self._known[key] = Known(mode, epoch, seq)
+        elif Known(mode, epoch, seq).older_than(known.epoch, known.seq) and (route_obj := self._routes.get(route)):
+            # Another process's command reached us while ours was in flight, and Redis ordered it after ours:
+            # it is what Redis holds and what the fleet obeys, so it takes effect here too.
+            self.apply(route_obj, target, known.mode)
         return True
 
     @staticmethod
@@ -94,7 +99,7 @@ class OverrideSharing:
             return
         self._known[key] = Known(message.mode, message.epoch, message.seq)
         if key in self._pending:
-            return  # given here meanwhile: newer than this one, and in force already
+            return  # ours is in flight: when its reply gives its place in Redis's order, share() applies the later
         self.apply(route, message.target, message.mode)
 
     async def resync(self) -> bool:
