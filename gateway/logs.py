@@ -59,7 +59,8 @@ class JsonFormatter(logging.Formatter):
             **_extra(record),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # The text ScrubSecrets left (it formats and scrubs the traceback once); never a fresh, raw one.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -91,6 +92,11 @@ class ScrubSecrets(logging.Filter):
         record.msg, record.args = self._scrub(record.getMessage()), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info)
+        for key, value in _extra(record).items():  # fields given with extra=...: both formats print them
+            if not isinstance(value, int | float | bool | None):
+                setattr(record, key, self._scrub(str(value)))
         return True
 
 

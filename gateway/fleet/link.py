@@ -101,17 +101,21 @@ class RedisLink:
         self._state.up = False
 
     def _mark_down(self, why: str) -> None:
-        """Once per outage: log, tell the owner; every call fails fast until the next session."""
+        """Once per outage: log, tell the owner; every call fails fast until the next session.
+
+        ``why`` is logged whole (redis-py's messages are short): a cut made before the log filter scrubs
+        the line could split a secret so that the scrubber no longer recognises it.
+        """
         self._lost.set()
         self.settled.set()
         if self._state.up:
             self._state.up = False
             self._told = True
-            log.warning("shared state lost, deciding locally until Redis is back reason=%r", why[:200])
+            log.warning("shared state lost, deciding locally until Redis is back reason=%r", why)
             self._on_down()
         elif not self._told:  # never connected (or never re-synced) since the last warning
             self._told = True
-            log.warning("shared state unavailable, deciding locally until Redis answers reason=%r", why[:200])
+            log.warning("shared state unavailable, deciding locally until Redis answers reason=%r", why)
 
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
