@@ -46,6 +46,10 @@ class Cutter:
         """Everything sent so far."""
         return "".join(self._sent)
 
+    def sent_tokens(self) -> int | None:
+        """The exact token count of the text sent, kept while the limit was applied; None without a limit."""
+        return self._count.with_text("") if self._count is not None else None
+
     def feed(self, fragment: str) -> str:
         """The part of ``fragment`` (with any text held back before) that may be sent now."""
         if self.finish_reason is not None:

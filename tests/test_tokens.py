@@ -14,11 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cutter import Cutter
+from gateway.flowgpt.protocol import DEFAULT_MODEL
+from gateway.handlers.reply import Reply
+from gateway.metrics import Metrics
 from gateway.tokens import (
     CL100K_PATTERN,
     CL100K_SHA256,
     EncodingFileError,
     RunningCount,
+    TokenCounter,
     bundled_file,
     load_cl100k,
     shared_counter,
@@ -133,3 +137,32 @@ def test_counting_cost_is_small() -> None:
     tokens = counter.count(text)
     seconds = min(timeit.repeat(lambda: counter.count(text), number=20, repeat=3)) / 20
     assert seconds * 1000 / tokens < 0.01
+
+
+class _CountingCounter(TokenCounter):
+    """The real counter, noting each whole-text count made for usage."""
+
+    def __init__(self) -> None:
+        super().__init__(shared_counter()._encoding)
+        self.whole_counts = 0
+
+    async def count_soon(self, text: str) -> int:
+        self.whole_counts += 1
+        return await super().count_soon(text)
+
+
+@pytest.mark.parametrize("limit", [None, 7, 1000])
+async def test_usage_counts_an_answer_once(limit: int | None) -> None:
+    """With max_tokens the cutter's running count is the usage (no second count of the whole text); without, one count.
+
+    Found by review: the answer was tokenized piece by piece for the limit, then counted again whole for usage.
+    """
+    counter = _CountingCounter()
+    reply = Reply(model=DEFAULT_MODEL, prompt_tokens=3, include_usage=True, cutter=lambda: Cutter(counter=counter))
+    cutter = Cutter(limit=limit, counter=counter)
+    for fragment in ("Once upon a time ", "there was a gateway ", "that counted tokens ", "only once, really."):
+        cutter.feed(fragment)
+    cutter.end()
+    usage = await reply.settle(Metrics(routes=("default",)), "default", cutter, counter)
+    assert usage["completion_tokens"] == counter.count(cutter.text)
+    assert counter.whole_counts == (1 if limit is None else 0)

@@ -102,7 +102,7 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     async with upstream.answer(prompt, whole=reply.cutter) as answer:
         assert answer.whole is not None
         text, finish_reason = answer.whole.text, answer.whole.finish_reason or "stop"
-        usage = await reply.settle(app[METRICS], answer.route.name, text, counter)
+        usage = await reply.settle(app[METRICS], answer.route.name, answer.whole, counter)
     body = orjson.dumps(completion(new_completion_id(), model, text, finish_reason=finish_reason, usage=usage))
     response = web.Response(body=body, content_type="application/json")
     if len(body) < GUARD_BODY_BYTES:
@@ -154,12 +154,12 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
                 else:
                     if text := cutter.end():
                         await guard.write(response, encoder.content(text))
-                usage = await reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                usage = await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
                 end = encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None)
                 await guard.write(response, end)
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
-                await reply.settle(app[METRICS], answer.route.name, cutter.text, app[TOKENS])
+                await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
                 outcome = "rejected" if exc.status < 500 and exc.status != 429 else "error"
                 await guard.write(response, error_event(exc))
             await guard.write_eof(response)

@@ -23,8 +23,13 @@ class Reply:
     include_usage: bool
     cutter: Callable[[], Cutter]
 
-    async def settle(self, metrics: Metrics, route: str, text: str, counter: TokenCounter) -> dict[str, int]:
-        """Count the answer's tokens (what the client received; a long one off the loop) and return its ``usage``."""
-        completion_tokens = await counter.count_soon(text)
+    async def settle(self, metrics: Metrics, route: str, cutter: Cutter, counter: TokenCounter) -> dict[str, int]:
+        """Count the answer's tokens (what the client received) and return its ``usage``.
+
+        With ``max_tokens`` the cutter has counted the text as it went: its count is used, not made again.
+        Otherwise the text is counted once here (a long one off the loop).
+        """
+        counted = cutter.sent_tokens()
+        completion_tokens = counted if counted is not None else await counter.count_soon(cutter.text)
         metrics.count_tokens(route, self.model, prompt=self.prompt_tokens, completion=completion_tokens)
         return usage(self.prompt_tokens, completion_tokens)
