@@ -51,7 +51,11 @@ class ProbeLease:
         """A probe result (ours or a peer's) was applied here; a joiner also starts its wait with this."""
         self._last_result_at = self._clock()
 
+    @property
+    def results_stale(self) -> bool:
+        """No probe result (ours or a peer's) for two intervals and a renewal period."""
+        return self._clock() - self._last_result_at > self._stale_after
+
     def may_probe(self) -> bool:
         """Probe when holding the lease, when there is no fleet to rely on, or when results went stale."""
-        stale = self._clock() - self._last_result_at > self._stale_after
-        return not self._link.up or self._held or stale
+        return not self._link.up or self._held or self.results_stale

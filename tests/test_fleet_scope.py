@@ -104,6 +104,13 @@ async def test_a_blocked_lease_holder_hands_the_probing_over_and_its_failures_st
     assert flag.last_probe is not None
     assert flag.last_probe.ok
     assert await chat(first) == 200
+    # /status says who probes the route now and why the other does not (A's results reach B: not stale).
+    seen = {}
+    for name, member in (("A", first), ("B", second)):
+        route = (await (await member.get("/status")).json())["shared_state"]["routes"]["a"]
+        seen[name] = (route["probe_lease"], route["probes_here"], route["probe_results_stale"])
+        assert route["probe_sitting_out_seconds"] >= 0
+    assert seen == {"A": (True, True, False), "B": (False, False, False)}
 
 
 async def test_routes_whose_url_or_proxy_differ_never_share_whatever_their_names(

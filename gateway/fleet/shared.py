@@ -63,6 +63,7 @@ class SharedHealth:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._probing = probing  # a process that does not probe must not hold a lease others wait on
+        self._clock = clock
         self.link = RedisLink(
             url,
             channel=keys.channel,
@@ -94,6 +95,7 @@ class SharedHealth:
         """For /status: whether sharing works, who we are, and per route what is shared, with whom, from where."""
         routes = {}
         opened_by = self.open_periods()
+        now = self._clock()
         for name, share in self._shares.items():
             scopes, period = share.route.scopes, share.period
             routes[name] = {
@@ -101,6 +103,11 @@ class SharedHealth:
                 "egress": scopes.egress.rpartition("/")[2] if scopes.egress else None,
                 "path_failures_shared": scopes.egress is not None,
                 "probe_lease": self.up and share.lease.held,
+                # Why this process probes the route, or does not: it holds the lease, it sits out after its own
+                # path failed (the lease is left to peers), or the fleet's results went stale and it probes anyway.
+                "probe_sitting_out_seconds": round(max(0.0, share.sit_out_until - now), 1),
+                "probe_results_stale": share.lease.results_stale,
+                "probes_here": share.lease.may_probe(),
                 "open_period": None
                 if period is None
                 else {
