@@ -21,6 +21,8 @@ class Stopwatch:
 
     It is also the context manager :func:`waiting` returns (no object per wait: it wraps every fragment).
     Waits that overlap (nested, or in two tasks of one request) count once, from the first start to the last end.
+    Event loop only: ``asyncio.to_thread`` copies the context, and a wait entered in a thread would race
+    the loop on the unlocked counters (no caller does that).
     """
 
     __slots__ = ("_depth", "_since", "route", "started", "waited")
