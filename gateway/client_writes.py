@@ -2,11 +2,12 @@
 
 aiohttp's ``StreamResponse.write`` only waits when the transport's buffer is full, that is
 when the client has stopped reading; ``write_eof`` always waits for the buffer to drain.
-The guard times each write: one loop timer is armed per ``write_timeout`` (not per
-write), and when it finds a write pending for too long, or past the request's total
-deadline, it fires the enclosing ``asyncio.timeout`` scope, which cancels the write.
-A guarded response costs one scope and one timer; each write then costs a clock read and
-two attribute stores, plus the request's overhead stopwatch (found once per guard, not per write).
+The guard times each write: one check is scheduled per ``write_timeout`` (not per
+write, on the process's shared timers of :mod:`gateway.deadlines`), and when it finds a write
+pending for too long, or past the request's total deadline, it fires the enclosing
+:class:`~gateway.deadlines.Deadline` scope, which cancels the write. A guarded response costs
+one scope and a heap entry per check; each write then costs a clock read and two attribute
+stores, plus the request's overhead stopwatch (found once per guard, not per write).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Self
 
 from aiohttp import web
 
+from gateway.deadlines import Deadline, timers
 from gateway.overhead import waiting
 
 
@@ -33,26 +35,28 @@ class ClientWriteGuard:
 
     def __init__(self, *, write_timeout: float, total_remaining: float) -> None:
         self._loop = asyncio.get_running_loop()
+        self._timers = timers()
         self._write_timeout = write_timeout
         self._total_at = self._loop.time() + max(0.0, total_remaining)
-        self._scope = asyncio.timeout(None)
+        self._scope = Deadline(None)
         self._since: float | None = None  # loop time the pending write began, None when idle
-        self._timer: asyncio.TimerHandle | None = None
+        self._checking = 0  # the generation of the scheduled check; 0: none scheduled
+        self._generation = 0
         self._fired_after: float | None = None
         self._waiting = waiting()  # the request's stopwatch, found once: a write's wait is not the gateway's own time
 
     async def __aenter__(self) -> Self:
-        await self._scope.__aenter__()
+        self._scope.__enter__()
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._checking:
+            self._checking = 0
+            self._timers.discard()
         try:
-            await self._scope.__aexit__(kind, error, tb)
+            self._scope.__exit__(kind, error, tb)
         except TimeoutError:
             if self._fired_after is None:
                 raise
@@ -74,21 +78,34 @@ class ClientWriteGuard:
 
     def _begin(self) -> None:
         self._since = self._loop.time()
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._due(self._since), self._check)
+        if not self._checking:
+            self._schedule(self._due(self._since))
 
     def _due(self, since: float) -> float:
         return min(since + self._write_timeout, self._total_at)
 
-    def _check(self) -> None:
-        self._timer = None
+    def _schedule(self, when: float) -> None:
+        self._generation += 1
+        self._checking = self._generation
+        self._timers.add(when, self, self._generation)
+
+    def waits_on(self, generation: int) -> bool:
+        """Whether the check of ``generation`` is still the scheduled one (for the shared timers)."""
+        return generation == self._checking
+
+    def _expire(self, generation: int) -> None:
+        """The scheduled check: cut a write pending past its due time, else look again when it is due."""
+        if generation != self._checking:
+            return
+        self._checking = 0
+        self._timers.discard()
         since = self._since
         if since is None:
-            return  # no write pending: the next write arms the timer again
+            return  # no write pending: the next write schedules the check again
         now = self._loop.time()
         due = self._due(since)
         if now < due:
-            self._timer = self._loop.call_at(due, self._check)
+            self._schedule(due)
             return
         self._fired_after = now - since
-        self._scope.reschedule(now)  # cancels the blocked write; __aexit__ turns it into ClientStalledError
+        self._scope.expire_now()  # cancels the blocked write; __aexit__ turns it into ClientStalledError

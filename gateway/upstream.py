@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, use_span
 
 from gateway.answer import Answer, read_whole
 from gateway.attempt import Attempt
+from gateway.deadlines import Deadline
 from gateway.errors import (
     AdmissionError,
     CircuitOpenError,
@@ -263,11 +264,10 @@ class UpstreamService:
         budget = self.timeouts.first_token if phase == "first_token" else max(0.0, remaining)
         client = attempt.route.client
         try:
-            with waiting():
-                async with asyncio.timeout(budget):
-                    stream = await client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
-                    attempt.stream = stream
-                    first = await anext(stream)
+            with waiting(), Deadline(budget):
+                stream = await client.open(prompt, idle_timeout=self.timeouts.idle, deadline=deadline)
+                attempt.stream = stream
+                first = await anext(stream)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"no answer from the upstream within {budget:.1f}s", phase=phase) from exc
         attempt.first_fragment()

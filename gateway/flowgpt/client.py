@@ -7,7 +7,6 @@ aiohttp exception is translated into the gateway's hierarchy here and only here.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import orjson
 
+from gateway.deadlines import Deadline
 from gateway.errors import (
     TimeoutPhase,
     UpstreamConnectError,
@@ -214,7 +214,7 @@ class FlowGptStream:
             if not chunk and not content.at_eof():
                 timeout, phase = self._read_budget()
                 try:
-                    async with asyncio.timeout(timeout):
+                    with Deadline(timeout):
                         chunk = await content.readany()
                 except TimeoutError as exc:
                     if phase == "total":  # the request's own deadline ran out, not the upstream's patience
