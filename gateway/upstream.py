@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,8 +111,7 @@ class UpstreamService:
         self._metrics.rejections[reason].inc()
         return error
 
-    @asynccontextmanager
-    async def answer(self, prompt: ChatPrompt, *, whole: Callable[[], Cutter] | None = None) -> AsyncIterator[Answer]:
+    def answer(self, prompt: ChatPrompt, *, whole: Callable[[], Cutter] | None = None) -> AnswerScope:
         """Admit the request and yield an answer whose first fragment has arrived.
 
         With ``whole`` (non-streamed requests) the answer is read to its end into a fresh cutter per
@@ -124,6 +122,10 @@ class UpstreamService:
         last attempt. A client that goes away (cancellation) is no upstream failure. The caller
         has checked :meth:`refuse_early`; a route that stopped admitting since is skipped by the pick.
         """
+        return AnswerScope(self, prompt, whole)
+
+    async def _open(self, prompt: ChatPrompt, whole: Callable[[], Cutter] | None) -> Answer:
+        """A slot, then an answer from some route; the slot is given back if none comes."""
         try:
             await self.limiter.acquire()
         except OverloadedError:
@@ -133,14 +135,19 @@ class UpstreamService:
             deadline = self._clock() + self.timeouts.total
             self._budget.record_request()
             answer = await self._open_with_failover(prompt, deadline, whole)
-            answered_by(answer.route.name)
-            try:
-                yield answer
-            finally:
-                # How the answer ended, as the handler's iteration saw it: a client that left is neither.
-                await answer.attempt.settle(answer.error, finished=answer.completed)
-                if answer.error is not None:
-                    answer.attempt.reaches_client()  # the client's answer broke on this route
+        except BaseException:
+            self.limiter.release()
+            raise
+        answered_by(answer.route.name)
+        return answer
+
+    async def _close(self, answer: Answer) -> None:
+        """Settle the answer's attempt as the handler's iteration saw it end, then free the slot."""
+        try:
+            # A client that left is neither completed nor failed: the attempt's outcome says so.
+            await answer.attempt.settle(answer.error, finished=answer.completed)
+            if answer.error is not None:
+                answer.attempt.reaches_client()  # the client's answer broke on this route
         finally:
             self.limiter.release()
 
@@ -275,3 +282,28 @@ class UpstreamService:
             await read_whole(stream, first, cutter)
         await attempt.answered()
         return first
+
+
+class AnswerScope:
+    """``async with service.answer(prompt) as answer:``; leaving it settles the call and frees the slot.
+
+    A class rather than an ``asynccontextmanager`` generator: every chat request enters one, and the
+    generator's machinery cost about five times a plain ``__aenter__``/``__aexit__`` pair.
+    """
+
+    __slots__ = ("_answer", "_prompt", "_service", "_whole")
+
+    def __init__(self, service: UpstreamService, prompt: ChatPrompt, whole: Callable[[], Cutter] | None) -> None:
+        self._service = service
+        self._prompt = prompt
+        self._whole = whole
+        self._answer: Answer | None = None
+
+    async def __aenter__(self) -> Answer:
+        self._answer = await self._service._open(self._prompt, self._whole)
+        return self._answer
+
+    async def __aexit__(self, *exc: object) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            await self._service._close(answer)
