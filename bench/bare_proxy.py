@@ -3,7 +3,8 @@
 It accepts an OpenAI chat request, signs it and forwards it to FlowGpt (the
 simulator) with the FlowGpt body, decodes the NDJSON answer and replies with
 OpenAI JSON or SSE, byte for byte in the gateway's format and with one write per
-SSE event, as the gateway does. No validation beyond what the two hops need, no
+upstream read (the SSE events it brought; the last read's leave with the end), as the
+gateway does. No validation beyond what the two hops need, no
 breaker, limiter, retries, timeouts, metrics, logging or request ids: whatever the
 gateway costs on top of this is the price of those features.
 
@@ -68,13 +69,15 @@ async def _stream(
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     encoder = ChunkEncoder(new_completion_id(), model)
-    await response.write(encoder.role())
+    events = [encoder.role()]
     async for chunk in upstream.content.iter_any():
-        for fragment in decoder.feed(chunk):
-            await response.write(encoder.content(fragment))
-    for fragment in decoder.finish():
-        await response.write(encoder.content(fragment))
-    await response.write(encoder.stop())
+        events.extend(encoder.content(fragment) for fragment in decoder.feed(chunk))
+        if not upstream.content.at_eof():  # else these leave with the end
+            await response.write(b"".join(events))
+            events.clear()
+    events.extend(encoder.content(fragment) for fragment in decoder.finish())
+    events.append(encoder.stop())
+    await response.write(b"".join(events))
     await response.write_eof()
     return response
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import UpstreamError
-from gateway.overhead import waiting
 
 if TYPE_CHECKING:
     from gateway.attempt import Attempt
@@ -33,8 +32,7 @@ async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
                 if cutter.finish_reason is not None:
                     return
             try:
-                with waiting():
-                    fragment = await anext(stream)
+                fragment = await anext(stream)
             except StopAsyncIteration:
                 cutter.end()
                 return
@@ -80,14 +78,37 @@ class Answer:
             first, self._first = self._first, None
             return first
         try:
-            with waiting():
-                return await anext(self.stream)
+            return await anext(self.stream)
         except StopAsyncIteration:
             self.completed = True
             raise
         except UpstreamError as exc:
             self.error = exc
             raise
+
+    async def next_fragments(self) -> list[str]:
+        """The fragments one upstream read brought (the first fragment leads the first batch); [] at the end.
+
+        A stream handler writes each batch at once: what arrived together leaves together.
+        """
+        if self.whole is not None:
+            return []
+        if self._first is not None:
+            first, self._first = self._first, None
+            return [first, *self.stream.take_buffered()]
+        try:
+            fragments = await self.stream.next_fragments()
+        except UpstreamError as exc:
+            self.error = exc
+            raise
+        if not fragments:
+            self.completed = True
+        return fragments
+
+    @property
+    def drained(self) -> bool:
+        """The next :meth:`next_fragments` ends the answer without waiting (all of it has arrived)."""
+        return self._first is None and self.stream.drained
 
     def finish_early(self) -> None:
         """The gateway has all it needs (a stop sequence, the token limit): the upstream answered well.

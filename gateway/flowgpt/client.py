@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.flowgpt.ndjson import NdjsonDecoder
 from gateway.flowgpt.protocol import Message, build_body, signed_headers
 from gateway.flowgpt.status import raise_for_status
+from gateway.overhead import waiting
 from gateway.redact import redact_sample
 from gateway.route_config import DEFAULT_ROUTE
 
@@ -189,6 +190,19 @@ class FlowGptStream:
         self.fragments_read += 1
         return self._pending.popleft()
 
+    @property
+    def drained(self) -> bool:
+        """Nothing decoded is waiting and every byte has arrived: the next read ends the stream without a wait."""
+        return not self._pending and (self._eof or self._response.content.at_eof())
+
+    async def next_fragments(self) -> list[str]:
+        """The fragments decoded so far, or else those of the next read that brings any; [] at the end."""
+        while not self._pending:
+            if self._eof:
+                return []
+            await self._read_more()
+        return self.take_buffered()
+
     def take_buffered(self) -> list[str]:
         """The fragments already decoded and waiting, taken at once: no await per fragment for a reader of them all."""
         taken = list(self._pending)
@@ -214,7 +228,7 @@ class FlowGptStream:
             if not chunk and not content.at_eof():
                 timeout, phase = self._read_budget()
                 try:
-                    with Deadline(timeout):
+                    with waiting(), Deadline(timeout):  # only a read that waits is not the gateway's own time
                         chunk = await content.readany()
                 except TimeoutError as exc:
                     if phase == "total":  # the request's own deadline ran out, not the upstream's patience

@@ -142,21 +142,30 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
     cutter = reply.cutter()
     try:
         async with _write_guard(request, answer) as guard:
-            await guard.write(response, encoder.role())
             outcome: StreamOutcome = "completed"
+            events = [encoder.role()]
             try:
-                async for fragment in answer:
-                    if text := cutter.feed(fragment):
-                        await guard.write(response, encoder.content(text))
+                # The events of one upstream read leave in one write (with the end, when the answer has
+                # all arrived): what arrived together leaves together, a syscall per read, not per fragment.
+                while fragments := await answer.next_fragments():
+                    for fragment in fragments:
+                        if text := cutter.feed(fragment):
+                            events.append(encoder.content(text))
+                        if cutter.finish_reason is not None:
+                            break
+                    if cutter.finish_reason is None and answer.drained:
+                        continue  # all of it has arrived: these events leave with the end, in one write
+                    await guard.write(response, b"".join(events))
+                    events.clear()
                     if cutter.finish_reason is not None:
                         answer.finish_early()  # leaving the scope cancels the rest upstream
                         break
                 else:
                     if text := cutter.end():
-                        await guard.write(response, encoder.content(text))
+                        events.append(encoder.content(text))
                 usage = await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
-                end = encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None)
-                await guard.write(response, end)
+                events.append(encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None))
+                await guard.write(response, b"".join(events))
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
                 await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
