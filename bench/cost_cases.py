@@ -21,6 +21,7 @@ from bench import bare_proxy
 from bench.cost_fixture import FRAGMENTS, chat_request
 from bench.loadgen import EXPECTED, MODEL
 from gateway.app_keys import INFLIGHT, METRICS, ROUTES, UPSTREAM
+from gateway.deadlines import Deadline
 from gateway.flowgpt.client import ChatPrompt
 from gateway.flowgpt.protocol import resolve_model
 from gateway.handlers import chat
@@ -224,7 +225,7 @@ def upstream_metrics(app: web.Application, stream: bool) -> Make:
 
 
 def deadlines(app: web.Application, timers: int) -> Make:
-    """``timers`` asyncio.timeout scopes around awaits that return at once, and the deadline arithmetic."""
+    """``timers`` Deadline scopes (the shared timers) around awaits that return at once, and the deadline arithmetic."""
     service = app[UPSTREAM]
 
     async def nothing() -> None:
@@ -237,7 +238,7 @@ def deadlines(app: web.Application, timers: int) -> Make:
             deadline = loop.time() + service.timeouts.total
             for _ in range(timers):
                 remaining = max(0.0, deadline - loop.time())
-                async with asyncio.timeout(min(service.timeouts.first_token, remaining)):
+                with Deadline(min(service.timeouts.first_token, remaining)):
                     await nothing()
             return None
 

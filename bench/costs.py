@@ -35,10 +35,10 @@ from gateway.settings import Settings
 
 NUMBER: Final = 2_000
 REPEAT: Final = 5
-# asyncio.timeout scopes per answer on the live path: the first-token limit. A read of the upstream stream
+# Deadline scopes per answer on the live path: the first-token limit. A read of the upstream stream
 # takes one more only when nothing is buffered; py-spy at c=64 found none (the answer arrives in one segment).
 TIMERS: Final = 1
-STREAM_WRITES: Final = FRAGMENTS + 2  # role, one per fragment, the stop event; then the end
+STREAM_WRITES: Final = 1  # the events of an answer that arrived in one read leave in one write; then the end
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ def rows(apps: c.Apps) -> list[Row]:
             "deadlines (first token, idle, total, client write)",
             (c.deadlines(gw, TIMERS), None),
             (c.deadlines(gw, TIMERS), None),
-            how=f"{TIMERS} asyncio.timeout scopes and the deadline arithmetic",
+            how=f"{TIMERS} Deadline scope(s) on the shared timers and the deadline arithmetic",
         ),
         Row(
             "client-write guard",
