@@ -349,7 +349,16 @@ async def test_fault_cell_on_one_of_three_routes(
     routes = [{"name": "a", "url": url_a, "weight": 1000}] + [
         {"name": name, "url": sim.route_url(name), "weight": 0.001} for name in ("b", "c")
     ]
-    gateway = await _warm_gateway(make_gateway, upstreams=json.dumps(routes), retry_max=2, breaker_fail_max=10)
+    # The healthy routes get three times FAST's limits: on a loaded machine an answer from b once
+    # missed 0.2 s, failed over again to c and counted two failovers (the faults' delays stay longer).
+    gateway = await _warm_gateway(
+        make_gateway,
+        upstreams=json.dumps(routes),
+        retry_max=2,
+        breaker_fail_max=10,
+        timeout_first_token=0.6,
+        timeout_idle=0.6,
+    )
     baseline = _baseline(gateway)
     before = await scrape(gateway)
     if fault.faults is not None:
