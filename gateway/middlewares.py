@@ -54,31 +54,22 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, one access-log line and the HTTP metrics for every request, in a server span."""
     tracing = request.app.get(TRACING)
     if tracing is None or not tracing.enabled:
-        return await _observe(request, handler, None)
+        return await _observed(request, handler, None)
     route = route_template(request)
     with tracing.server_span(f"{request.method} {route}", request.headers) as span:
         span.set_attribute("http.request.method", request.method)
         span.set_attribute("http.route", route)  # the template, never the raw path a client chose
-        return await _observe(request, handler, span)
-
-
-async def _observe(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
-    stopwatch = Stopwatch()
-    watch = overhead.CURRENT.set(stopwatch)
-    try:
         return await _observed(request, handler, span)
-    finally:
-        overhead.CURRENT.reset(watch)
-        if stopwatch.route is not None:  # a chat request that an upstream route answered
-            request.app[METRICS].observe_overhead(stopwatch.route, stopwatch.overhead())
 
 
 async def _observed(request: web.Request, handler: Handler, span: Span | None) -> web.StreamResponse:
+    # One coroutine for all of it (every request runs it): the stopwatch's start is the request's.
+    stopwatch = Stopwatch()
+    watch = overhead.CURRENT.set(stopwatch)
     incoming = request.headers.get("X-Request-ID")
     request_id = incoming if incoming and _REQUEST_ID_PATTERN.fullmatch(incoming) else hex_id(16)
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
-    started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
@@ -91,9 +82,10 @@ async def _observed(request: web.Request, handler: Handler, span: Span | None) -
         status = CLIENT_CLOSED_REQUEST
         raise
     finally:
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - stopwatch.started
         route = route_template(request)
         app = request.app
+        metrics = app[METRICS]
         trace_id = None
         if span is not None:
             span.set_attribute("gateway.request_id", request_id)
@@ -102,7 +94,9 @@ async def _observed(request: web.Request, handler: Handler, span: Span | None) -
                 span.set_status(Status(StatusCode.ERROR))
             trace_id = Tracing.trace_id()
         try:
-            app[METRICS].observe_http(route, request.method, status, elapsed, request_id, trace_id)
+            metrics.observe_http(route, request.method, status, elapsed, request_id, trace_id)
+            if stopwatch.route is not None:  # a chat request that an upstream route answered
+                metrics.observe_overhead(stopwatch.route, stopwatch.overhead())
         except Exception:  # metrics must never turn an answered request into a failure
             log.exception("recording request metrics failed")
         access_log = app[SETTINGS].access_log
@@ -115,6 +109,7 @@ async def _observed(request: web.Request, handler: Handler, span: Span | None) -
                 elapsed * 1000,
             )
         request_id_var.reset(token)
+        overhead.CURRENT.reset(watch)
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
