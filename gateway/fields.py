@@ -100,6 +100,9 @@ OTHER: Final = "other"
 DROP_LABELS: Final[tuple[str, ...]] = (*REFUSABLE, OTHER)
 _LEAVE_IT_OUT: Final = "Leave it out, or ask the operator to set GATEWAY_DROP_PARAMS=true to have it dropped"
 _PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The fields that pass whatever their value: a request with no others has nothing to screen (one set
+# lookup per key, instead of a look for each of the refused fields).
+_PASSING: Final = frozenset(field.name for field in FIELDS if field.treatment != "refused")
 
 
 def drop_label(name: str) -> str:
@@ -114,6 +117,8 @@ def screen(data: dict[str, Any], *, drop: bool) -> tuple[str, ...]:
     in table order, then those outside it in request order (a name that is not a plain
     identifier, which the response header could not carry, as ``other``). ``null`` counts as absent.
     """
+    if _PASSING.issuperset(data):
+        return ()
     dropped: list[str] = []
     for name in REFUSABLE:
         if name not in data:

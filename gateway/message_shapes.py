@@ -43,6 +43,7 @@ SHAPES: Final[tuple[tuple[str, Treatment, str], ...]] = (
 )
 _TOOL_ROLES: Final = frozenset({"tool", "function"})
 _ASSISTANT_ONLY: Final = ("tool_calls", "function_call", "audio")
+_ASSISTANT_KEYS: Final = frozenset(_ASSISTANT_ONLY)
 
 
 def screen_messages(messages: Any) -> None:
@@ -61,14 +62,20 @@ def screen_messages(messages: Any) -> None:
             raise UnsupportedContentError(
                 f"'{param}' has role '{role}': FlowGpt cannot carry tool results", param=param
             )
-        for key in _ASSISTANT_ONLY:
-            if message.get(key):
-                what = "audio" if key == "audio" else "tool calls"
-                param = f"messages.{index}.{key}"
-                raise UnsupportedContentError(f"'{param}' is not supported: FlowGpt cannot carry {what}", param=param)
+        # Most messages have none of these keys: one set operation, not three look-ups.
+        if not _ASSISTANT_KEYS.isdisjoint(message):
+            _screen_assistant_only(index, message)
         content = message.get("content")
         if isinstance(content, list):
             _screen_parts(index, content)
+
+
+def _screen_assistant_only(index: int, message: dict[str, Any]) -> None:
+    for key in _ASSISTANT_ONLY:
+        if message.get(key):
+            what = "audio" if key == "audio" else "tool calls"
+            param = f"messages.{index}.{key}"
+            raise UnsupportedContentError(f"'{param}' is not supported: FlowGpt cannot carry {what}", param=param)
 
 
 def _screen_parts(index: int, parts: list[Any]) -> None:

@@ -7,11 +7,11 @@ from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, SchemaValidator
 
 from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
 from gateway.fields import screen
-from gateway.flowgpt.protocol import DEFAULT_MODEL, Message, question_index
+from gateway.flowgpt.protocol import DEFAULT_MODEL, Message, Role, question_index
 from gateway.ids import hex_id
 from gateway.message_shapes import screen_messages
 
@@ -19,6 +19,12 @@ _TOLERANT = ConfigDict(extra="ignore", strict=True)
 _StopText = Annotated[StrictStr, Field(min_length=1)]
 # Union members add their type name to a validation error's location; these are left out of ``param``.
 _TYPE_PIECES: Final = frozenset({"str", "int", "float", "bool", "none", "list[TextPart]", "list[str]", "StreamOptions"})
+_FLOWGPT_ROLES: Final[dict[str, Role]] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
 
 
 def chat_request_body(content: str, *, stream: bool = False, model: str = DEFAULT_MODEL) -> dict[str, Any]:
@@ -55,6 +61,8 @@ class ChatMessage(BaseModel):
     def to_flowgpt(self) -> Message:
         """Collapse the content (or a refused turn's ``refusal``) to one string and the role to FlowGpt's three."""
         content = self.content
+        if isinstance(content, str):  # the usual message: nothing to collapse (positional: the dataclass is frozen)
+            return Message(_FLOWGPT_ROLES[self.role], content)
         if content is None and self.role == "assistant" and self.refusal:
             content = self.refusal  # the turn said this; an empty turn would misstate the conversation
         text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
@@ -107,6 +115,73 @@ class ChatCompletionRequest(BaseModel):
         return self
 
 
+def _without_checks(schema: Any, checks: frozenset[object]) -> tuple[Any, int]:
+    """A copy of a core schema with the ``mode="after"`` model validators in ``checks`` left out, and how many were."""
+    if isinstance(schema, dict):
+        function = schema.get("function")
+        if schema.get("type") == "function-after" and isinstance(function, dict) and function.get("function") in checks:
+            inner, removed = _without_checks(schema["schema"], checks)
+            return inner, removed + 1
+        copied: dict[str, Any] = {}
+        removed = 0
+        for key, value in schema.items():
+            copied[key], found = _without_checks(value, checks)
+            removed += found
+        return copied, removed
+    if isinstance(schema, list):
+        items = [_without_checks(item, checks) for item in schema]
+        return [item for item, _ in items], sum(found for _, found in items)
+    return schema, 0
+
+
+def _unchecked_validator() -> SchemaValidator:
+    """``ChatCompletionRequest``'s validator without its two model validators, which cost a Python call per message.
+
+    They only refuse (they return the model unchanged), so ``_question`` checks the same in one loop; whatever
+    either refuses is validated again in full, for the error in pydantic's order. The same classes are built.
+    Should pydantic lay out its schema otherwise, it is the full validator again: slower, never different.
+    """
+    checks = frozenset({ChatCompletionRequest._has_question, ChatMessage._content_present})
+    schema, removed = _without_checks(ChatCompletionRequest.__pydantic_core_schema__, checks)
+    return SchemaValidator(schema if removed == len(checks) else ChatCompletionRequest.__pydantic_core_schema__)
+
+
+_UNCHECKED: Final = _unchecked_validator()
+
+
+def _question(messages: list[ChatMessage]) -> int | None:
+    """The question's index (as ``question_index``), or None if a model validator would refuse the messages."""
+    asked = None
+    for index, message in enumerate(messages):
+        role = message.role
+        if message.content is None and role != "assistant":
+            return None  # ChatMessage._content_present
+        if role != "system" and role != "developer":
+            asked = index
+    return asked  # None: ChatCompletionRequest._has_question
+
+
+def _validated(data: dict[str, Any]) -> tuple[ChatCompletionRequest, int]:
+    """The request and its question's index, or ``InvalidRequestError`` naming the first error pydantic reports."""
+    try:
+        chat: ChatCompletionRequest = _UNCHECKED.validate_python(data)
+        asked = _question(chat.messages)
+    except ValidationError:
+        asked = None
+    if asked is not None:
+        return chat, asked
+    # Refused: the full validation reports it, the model validators' errors in their place among the fields'.
+    try:
+        chat = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        loc, message = _reported(exc.errors(include_url=False))
+        # Union members add their type name to the location; keep the path a client can act on.
+        field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
+        where = f"'{field}'" if field else "request"
+        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
+    return chat, question_index(tuple(message.role for message in chat.messages))  # not reached: refused above
+
+
 def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCompletionRequest, tuple[str, ...]]:
     """Decode, screen and validate a request body; errors name the offending field.
 
@@ -120,19 +195,12 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
     screen_messages(data.get("messages"))
     dropped = screen(data, drop=drop_params)
-    try:
-        chat = ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        loc, message = _reported(exc.errors(include_url=False))
-        # Union members add their type name to the location; keep the path a client can act on.
-        field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
-        where = f"'{field}'" if field else "request"
-        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
+    chat, asked = _validated(data)
     # FlowGpt answers the last message that is not a system message as its question (system
     # messages after it join the system prompt). An assistant message there is a prefill to
     # continue, which FlowGpt cannot do: sent as the question, it would read as the user's words.
-    asked = question_index(tuple(message.role for message in chat.messages))
-    if chat.messages[asked].role == "assistant":
+    question = chat.messages[asked]
+    if question.role == "assistant":
         param = f"messages.{asked}"
         raise UnsupportedContentError(
             f"'{param}' is an assistant message after the last user message (a prefill): "
@@ -140,8 +208,9 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
             param=param,
         )
     # FlowGpt rejects an empty question. Refuse it here: passed on, the upstream's 400 would be
-    # a 502 and a breaker failure any client could cause.
-    if not chat.messages[asked].to_flowgpt().content:
+    # a 502 and a breaker failure any client could cause. (String content is the text to_flowgpt gives.)
+    content = question.content
+    if not (content if isinstance(content, str) else question.to_flowgpt().content):
         param = f"messages.{asked}.content"
         raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped

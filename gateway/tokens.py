@@ -20,6 +20,8 @@ import base64
 import functools
 import hashlib
 import importlib.util
+import itertools
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -34,6 +36,14 @@ CL100K_PATTERN: Final = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
+# The same pre-tokenizer for ASCII text, for Python's ``re`` on bytes: in ASCII, \p{L} is [A-Za-z], \p{N} is
+# [0-9] and \s (Unicode White_Space, as tiktoken's Rust regex has it) is [\t\n\v\f\r ] (not \x1c-\x1f, which
+# Python's \s takes), and $ without multiline is the end of the text (\Z). tests/test_tokens_fast.py compares both.
+_WS: Final = r"[\t\n\x0b\x0c\r ]"
+CL100K_ASCII_PATTERN: Final = (
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?+[A-Za-z]++|[0-9]{1,3}+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]++[\r\n]*+"
+    rf"|{_WS}++\Z|{_WS}*[\r\n]|{_WS}+(?![^\t\n\x0b\x0c\r ])|{_WS}"
+).encode("ascii")
 CL100K_SPECIAL: Final = {
     "<|endoftext|>": 100257,
     "<|fim_prefix|>": 100258,
@@ -51,6 +61,9 @@ UNSETTLED_PIECES: Final = 3
 OFF_LOOP_CHARS: Final = 32 * 1024
 # Unsettled text below this many characters is not split into pieces again (it costs less to count it).
 MIN_SETTLE_CHARS: Final = 32
+# ASCII text up to this long is split and looked up here, not by tiktoken (see TokenCounter.count). Longer text
+# is counted off the event loop, where tiktoken releases the GIL and this would hold it.
+FAST_COUNT_CHARS: Final = OFF_LOOP_CHARS
 
 
 class EncodingFileError(RuntimeError):
@@ -86,6 +99,11 @@ class TokenCounter:
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding
         self._chunks = regex.compile(CL100K_PATTERN)
+        # For count: the ASCII pre-tokenizer and every token's bytes, when the encoding splits as cl100k_base does.
+        cl100k = encoding._pat_str == CL100K_PATTERN
+        self._fast_chars = FAST_COUNT_CHARS if cl100k else -1
+        self._ascii_pieces = re.compile(CL100K_ASCII_PATTERN).findall
+        self._single_tokens = frozenset(encoding._mergeable_ranks) if cl100k else frozenset()
         # Roles repeat in every prompt: counted once.
         self._roles = {role: self.count(role) for role in ("system", "developer", "user", "assistant")}
 
@@ -95,7 +113,22 @@ class TokenCounter:
         return pieces
 
     def count(self, text: str) -> int:
-        """Tokens in ``text`` (special-token text counts as ordinary text: it comes from users)."""
+        """Tokens in ``text`` (special-token text counts as ordinary text: it comes from users).
+
+        tiktoken spends about 2 µs on any call and its regex about 0.2 µs a character, even for a
+        short text. For ASCII text, split it here (``CL100K_ASCII_PATTERN``: the same pieces) and
+        count each piece that is a token in itself as one, as tiktoken does before any merging;
+        only the other pieces go to tiktoken's byte-pair merge, one by one. About 30% less for
+        prose and code, 10% more for random letters and digits (nearly every piece merged).
+        """
+        if len(text) <= self._fast_chars and text.isascii():
+            pieces: list[bytes] = self._ascii_pieces(text.encode("ascii"))
+            tokens = len(pieces)
+            if not self._single_tokens.issuperset(pieces):
+                merge = self._encoding._encode_single_piece
+                for piece in itertools.filterfalse(self._single_tokens.__contains__, pieces):
+                    tokens += len(merge(piece)) - 1
+            return tokens
         return len(self._encoding.encode_ordinary(text))
 
     def prompt(self, messages: Iterable[tuple[str, str]]) -> int:
