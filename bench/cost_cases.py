@@ -140,7 +140,7 @@ async def validated(request: web.Request) -> object:
     """What the chat handler does with the body before admission: read, validate, resolve, reduce."""
     parsed, _ = parse_chat_request(await chat._read_body(request), drop_params=False)
     model = resolve_model(parsed.model)
-    return ChatPrompt(model, tuple(m.to_flowgpt() for m in parsed.messages), parsed.temperature)
+    return ChatPrompt(model, tuple([m.to_flowgpt() for m in parsed.messages]), parsed.temperature)
 
 
 async def bare_parsed(request: web.Request) -> object:

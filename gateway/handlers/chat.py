@@ -85,7 +85,7 @@ async def _complete(request: web.Request) -> web.StreamResponse:
         raise ModelNotFoundError(
             f"the model '{chat.model[:100]}' does not exist; GET /v1/models lists the available ones", param="model"
         ) from None
-    messages = tuple(m.to_flowgpt() for m in chat.messages)
+    messages = tuple([m.to_flowgpt() for m in chat.messages])
     prompt = ChatPrompt(model, messages, chat.temperature)
     counter = app[TOKENS]
     reply = Reply(
