@@ -12,9 +12,10 @@ with the alert rules and dashboards: extend, never rename.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Final, Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -23,13 +24,15 @@ from prometheus_client.process_collector import ProcessCollector
 from gateway import __version__
 from gateway.fields import DROP_LABELS
 from gateway.flowgpt.protocol import MODELS
+from gateway.loop_metrics import LoopHistogram, metric_classes
 from gateway.outcome import UPSTREAM_ERROR_LABELS
 from gateway.route_config import DEFAULT_ROUTE
 from gateway.route_metrics import PROBE_RESULTS, REQUEST_BUCKETS, RouteMetrics, UpstreamFamilies
 
 PROVIDER: Final = "flowgpt"
 EXEMPLAR_ID_CHARS: Final = 128 - len("request_id")
-_TRACE_ID_CHARS: Final = len("trace_id") + 32
+TRACE_ID_HEX: Final = 32  # an OpenTelemetry trace id: 128 bits
+_TRACE_ID_CHARS: Final = len("trace_id") + TRACE_ID_HEX
 # From 50 µs (the floor measured in bench/) to a second (a long queue for a slot).
 OVERHEAD_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TOKEN_DIRECTIONS: Final = ("prompt", "completion")
@@ -62,18 +65,20 @@ class Metrics:
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         GCCollector(registry=reg)
+        # Written per request: lock-free in a single process (see gateway.loop_metrics); the rest stay standard.
+        loop = metric_classes()
 
-        self._http_requests = Counter(
+        self._http_requests = loop.counter(
             "gateway_http_requests_total", "Inbound HTTP requests.", ["route", "method", "code"], registry=reg
         )
-        self._http_duration = Histogram(
+        self._http_duration = loop.histogram(
             "gateway_http_request_duration_seconds",
             "Inbound request time until the last byte is sent (streams included).",
             ["route"],
             buckets=REQUEST_BUCKETS,
             registry=reg,
         )
-        overhead = Histogram(
+        overhead = loop.histogram(
             "gateway_overhead_seconds",
             "Time a chat request spent in the gateway itself (not waiting on the upstream, the client or a backoff).",
             ["route"],
@@ -81,13 +86,13 @@ class Metrics:
             registry=reg,
         )
         self._overhead = {name: overhead.labels(name) for name in routes}
-        rejections = Counter(
+        rejections = loop.counter(
             "gateway_admission_rejections_total",
             "Requests refused without contacting the upstream.",
             ["provider", "reason"],
             registry=reg,
         )
-        stream_outcomes = Counter(
+        stream_outcomes = loop.counter(
             "gateway_stream_outcomes_total",
             "Chat streams (answered 200) by how they ended; error: an error event ended the stream.",
             ["outcome"],
@@ -109,18 +114,18 @@ class Metrics:
         )
         # One series per refusable field of the table and one for all others: the label never takes client input.
         self.dropped_params = {param: dropped.labels(param) for param in DROP_LABELS}
-        tokens = Counter(
+        tokens = loop.counter(
             "gateway_tokens_total",
             "Tokens of answered requests (cl100k_base estimates), by route, model and direction.",
             ["route", "model", "direction"],
             registry=reg,
         )
-        # model is a resolved FlowGpt model (never the client's string): routes x models x 2 series.
+        # model is a resolved FlowGpt model (never the client's string): routes x models x 2 series,
+        # held as one (prompt, completion) pair per route and model: one lookup per answer.
         self._tokens = {
-            (route, model, direction): tokens.labels(route, model, direction)
+            (route, model): (tokens.labels(route, model, "prompt"), tokens.labels(route, model, "completion"))
             for route in routes
             for model in MODELS
-            for direction in TOKEN_DIRECTIONS
         }
         # Only with GATEWAY_REDIS_URL: without a fleet there is no shared state to lose.
         self._shared_state_up = (
@@ -135,7 +140,7 @@ class Metrics:
         )
         self._http_children: dict[tuple[str, str, int], Counter] = {}
         self._methods: frozenset[str] = frozenset()
-        self._http_duration_children: dict[str, Histogram] = {}
+        self._http_duration_observers: dict[str, Callable[[float, dict[str, str] | None], None]] = {}
 
     def scrape_registry(self) -> CollectorRegistry:
         """What /metrics serves: this registry, or under ``serve --workers`` the sum of every worker's files.
@@ -160,8 +165,9 @@ class Metrics:
 
     def count_tokens(self, route: str, model: str, *, prompt: int, completion: int) -> None:
         """One answer's prompt and completion tokens."""
-        self._tokens[(route, model, "prompt")].inc(prompt)
-        self._tokens[(route, model, "completion")].inc(completion)
+        prompt_tokens, completion_tokens = self._tokens[(route, model)]
+        prompt_tokens.inc(prompt)
+        completion_tokens.inc(completion)
 
     def observe_overhead(self, route: str, seconds: float) -> None:
         """The gateway's own time for one chat request that ``route`` answered."""
@@ -180,18 +186,24 @@ class Metrics:
         if counter is None:
             counter = self._http_children[key] = self._http_requests.labels(route, method, str(status))
         counter.inc()
-        histogram = self._http_duration_children.get(route)
-        if histogram is None:
-            histogram = self._http_duration_children[route] = self._http_duration.labels(route)
+        observe = self._http_duration_observers.get(route)
+        if observe is None:
+            histogram = self._http_duration.labels(route)
+            # The exemplars below are valid by construction: a lock-free child need not check each one.
+            observe = histogram.observe_valid if isinstance(histogram, LoopHistogram) else histogram.observe
+            self._http_duration_observers[route] = observe
         if request_id is None:
-            histogram.observe(seconds)
-        else:
-            # OpenMetrics caps an exemplar's labels at 128 characters, "request_id" included.
-            if trace_id is None:
-                exemplar = {"request_id": request_id[:EXEMPLAR_ID_CHARS]}
-            else:  # 32 hex characters: the request id gives up room for them
-                exemplar = {"request_id": request_id[: EXEMPLAR_ID_CHARS - _TRACE_ID_CHARS], "trace_id": trace_id}
-            histogram.observe(seconds, exemplar=exemplar)
+            observe(seconds, None)
+        # OpenMetrics caps an exemplar's labels at 128 characters, "request_id" included; both names are
+        # plain label names.
+        elif trace_id is None:
+            observe(seconds, {"request_id": request_id[:EXEMPLAR_ID_CHARS]})
+        else:  # 32 hex characters: the request id gives up room for them
+            exemplar = {"request_id": request_id[: EXEMPLAR_ID_CHARS - _TRACE_ID_CHARS], "trace_id": trace_id}
+            if len(trace_id) <= TRACE_ID_HEX:
+                observe(seconds, exemplar)
+            else:  # not an OpenTelemetry id (Tracing.trace_id never gives one): checked, and refused, as ever
+                self._http_duration.labels(route).observe(seconds, exemplar)
 
     def answers_by_class(self, route: str) -> dict[str, float]:
         """Inbound answers of one route template so far, by status class (``2xx``, ``4xx`` with 499, ``5xx``)."""

@@ -11,6 +11,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.events import BreakerChanged, EventBus, ProbeFinished, WorkingChanged
+from gateway.loop_metrics import metric_classes
 from gateway.outcome import UPSTREAM_ERROR_LABELS
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
@@ -90,33 +91,35 @@ class UpstreamFamilies:
 
     def __init__(self, reg: CollectorRegistry) -> None:
         per_route = ["provider", "route"]
-        self.upstream_requests = Counter(
+        # Written per request: lock-free in a single process (see gateway.loop_metrics); the rest stay standard.
+        loop = metric_classes()
+        self.upstream_requests = loop.counter(
             "gateway_upstream_requests_total", "Upstream attempts, retries included.", per_route, registry=reg
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = loop.counter(
             "gateway_upstream_errors_total", "Failed upstream attempts by kind.", [*per_route, "kind"], registry=reg
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = loop.histogram(
             "gateway_upstream_request_duration_seconds",
             "One upstream attempt, request sent to stream end.",
             per_route,
             buckets=REQUEST_BUCKETS,
             registry=reg,
         )
-        self.first_token = Histogram(
+        self.first_token = loop.histogram(
             "gateway_upstream_first_token_seconds",
             "Request sent to first text event (time to first token).",
             per_route,
             buckets=FIRST_TOKEN_BUCKETS,
             registry=reg,
         )
-        self.parse_failures = Counter(
+        self.parse_failures = loop.counter(
             "gateway_upstream_json_parse_failures_total",
             "Upstream NDJSON lines that could not be parsed.",
             per_route,
             registry=reg,
         )
-        self.retries = Counter(
+        self.retries = loop.counter(
             "gateway_upstream_retries_total", "Upstream retries made, by the route retried on.", per_route, registry=reg
         )
         self.breaker_state = Gauge(
@@ -152,23 +155,23 @@ class UpstreamFamilies:
             registry=reg,
             multiprocess_mode="max",
         )
-        self.inflight = Gauge(
+        self.inflight = loop.gauge(
             "gateway_inflight_requests",
             "Upstream calls in progress.",
             per_route,
             registry=reg,
             multiprocess_mode="livesum",
         )
-        self.selected = Counter(
+        self.selected = loop.counter(
             "gateway_route_selected_total", "Upstream attempts sent to each route.", ["route"], registry=reg
         )
-        self.failovers = Counter(
+        self.failovers = loop.counter(
             "gateway_failovers_total",
             "Attempts that failed on a route and moved to another one.",
             ["from_route"],
             registry=reg,
         )
-        self.client_errors = Counter(
+        self.client_errors = loop.counter(
             "gateway_route_client_errors_total",
             "Chat requests that ended in an error for the client (5xx, or a stream's error event) "
             "whose last attempt failed on this route.",
