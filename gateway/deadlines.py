@@ -19,11 +19,14 @@ import asyncio
 import heapq
 import itertools
 import math
+import threading
 from types import TracebackType
 from typing import Final, Protocol
 
 # Rebuild the heap once dead entries are more than this many beyond the live ones.
 _SLACK: Final = 256
+# The coarsest loop clock among those the gateway runs on (uvloop: milliseconds).
+_RESOLUTION: Final = 0.001
 
 
 class _Expiring(Protocol):
@@ -47,10 +50,9 @@ class _Timers:
 
     def add(self, when: float, owner: _Expiring, generation: int) -> None:
         """Call ``owner._expire(generation)`` at loop time ``when`` unless ``discard`` comes first."""
-        heap = self._heap
-        if len(heap) > 2 * self._live + _SLACK:
+        if len(self._heap) > 2 * self._live + _SLACK:
             self._compact()
-        heapq.heappush(heap, (when, next(self._seq), owner, generation))
+        heapq.heappush(self._heap, (when, next(self._seq), owner, generation))  # the heap of now, compacted or not
         self._live += 1
         if when < self._armed_at:
             self._arm(when)
@@ -68,12 +70,23 @@ class _Timers:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = math.inf
+        try:
+            # Everything due within the loop's clock resolution fires now: uvloop's clock and timers
+            # move in whole milliseconds, and a timer can run just before ``when`` reads as reached.
+            now = self._loop.time() + _RESOLUTION
+            # self._heap, not a local: an owner's _expire may add an entry, and that add may compact.
+            while self._heap and self._heap[0][0] <= now:
+                _, _, owner, generation = heapq.heappop(self._heap)
+                owner._expire(generation)  # a stale generation is a no-op
+        finally:
+            self._arm_next()
+
+    def _arm_next(self) -> None:
+        """Arm for the earliest live entry; dead ones on top are dropped, never woken for."""
         heap = self._heap
-        now = self._loop.time()
-        while heap and heap[0][0] <= now:
-            _, _, owner, generation = heapq.heappop(heap)
-            owner._expire(generation)  # a stale generation is a no-op
-        if heap:
+        while heap and not heap[0][2].waits_on(heap[0][3]):
+            heapq.heappop(heap)
+        if heap and heap[0][0] < self._armed_at:
             self._arm(heap[0][0])
 
     def _compact(self) -> None:
@@ -87,23 +100,19 @@ def _is_live(entry: tuple[float, int, _Expiring, int]) -> bool:
     return entry[2].waits_on(entry[3])
 
 
-_TIMERS: dict[asyncio.AbstractEventLoop, _Timers] = {}
-_last: tuple[asyncio.AbstractEventLoop | None, _Timers | None] = (None, None)
+_local = threading.local()  # each thread's last loop and its timers: no shared state between threads
 
 
 def timers() -> _Timers:
-    """The running loop's timers (made on first use; a closed loop's are dropped)."""
-    global _last
+    """The running loop's timers: one per loop in the common case (a thread running one loop at a time).
+
+    A thread that switches loops gets fresh timers for the new one; the old loop's keep their own
+    timer, so every deadline still fires (on fewer shared timers).
+    """
     loop = asyncio.get_running_loop()
-    last_loop, last_timers = _last
-    if loop is last_loop and last_timers is not None:
-        return last_timers
-    for old in [old for old in _TIMERS if old.is_closed()]:
-        del _TIMERS[old]
-    found = _TIMERS.get(loop)
-    if found is None:
-        found = _TIMERS[loop] = _Timers(loop)
-    _last = (loop, found)
+    found: _Timers | None = getattr(_local, "timers", None)
+    if found is None or found._loop is not loop:
+        found = _local.timers = _Timers(loop)
     return found
 
 
@@ -114,7 +123,7 @@ class Deadline:
     A sync context manager: the cancellation lands at the next await inside, as with ``asyncio.timeout``.
     """
 
-    __slots__ = ("_cancelling", "_generation", "_task", "_timers", "_when", "expired")
+    __slots__ = ("_cancelling", "_entered", "_generation", "_task", "_timers", "_when", "expired")
 
     def __init__(self, seconds: float | None) -> None:
         self._timers = timers()
@@ -122,6 +131,7 @@ class Deadline:
         self._generation = 0  # entries of older generations are stale
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
+        self._entered = False
         self.expired = False
 
     @property
@@ -130,9 +140,12 @@ class Deadline:
         return self._when
 
     def __enter__(self) -> Deadline:
+        if self._entered:
+            raise RuntimeError("a Deadline is entered once")  # as asyncio.timeout: a second use has no time left
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a Deadline needs a running task")
+        self._entered = True
         self._task = task
         self._cancelling = task.cancelling()
         if self._when is not None:

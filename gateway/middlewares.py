@@ -85,7 +85,6 @@ async def _observed(request: web.Request, handler: Handler, span: Span | None) -
         elapsed = time.perf_counter() - stopwatch.started
         route = route_template(request)
         app = request.app
-        metrics = app[METRICS]
         trace_id = None
         if span is not None:
             span.set_attribute("gateway.request_id", request_id)
@@ -94,6 +93,7 @@ async def _observed(request: web.Request, handler: Handler, span: Span | None) -
                 span.set_status(Status(StatusCode.ERROR))
             trace_id = Tracing.trace_id()
         try:
+            metrics = app[METRICS]
             metrics.observe_http(route, request.method, status, elapsed, request_id, trace_id)
             if stopwatch.route is not None:  # a chat request that an upstream route answered
                 metrics.observe_overhead(stopwatch.route, stopwatch.overhead())

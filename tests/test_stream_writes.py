@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.app_keys import INFLIGHT
 from gateway.simulator import SimOptions, Simulator, expected_answer
+from gateway.tokens import TokenCounter
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 
 
@@ -67,3 +70,29 @@ async def test_a_paced_answer_is_not_held_back(
     assert last_at - first_at >= 0.3  # spread over the answer's pacing, not written at the end
     assert first_at - sent < last_at - sent
     assert b'"role":"assistant"' in sse_writes[0][1]  # the role leaves with the first fragment
+
+
+async def test_a_shutdown_cut_while_the_end_is_counted_still_sends_the_held_text(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events held to leave with the end are written before the shutdown's error event."""
+    gateway = await make_gateway()
+    settling = asyncio.Event()
+    real_count_soon = TokenCounter.count_soon
+
+    async def slow_count(self: TokenCounter, text: str) -> int:  # as a long answer is counted off the loop
+        settling.set()
+        await asyncio.sleep(5)
+        return await real_count_soon(self, text)
+
+    monkeypatch.setattr(TokenCounter, "count_soon", slow_count)
+    request = asyncio.create_task(gateway.post("/v1/chat/completions", json=chat_body("All at once", stream=True)))
+    await asyncio.wait_for(settling.wait(), 5)
+    assert gateway.app is not None
+    await gateway.app[INFLIGHT].drain(0.05)
+    events = sse_events(await (await request).text())
+    chunks = [json.loads(event) for event in events if event != "[DONE]"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if "choices" in c)
+    assert text == expected_answer("gpt-3.5-turbo", "All at once")
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["error"]["code"] == "shutting_down"

@@ -140,10 +140,10 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
     await response.prepare(request)
     encoder = ChunkEncoder(new_completion_id(), reply.model)
     cutter = reply.cutter()
+    events = [encoder.role()]  # encoded, not yet written (a cut at shutdown still sends them)
     try:
         async with _write_guard(request, answer) as guard:
             outcome: StreamOutcome = "completed"
-            events = [encoder.role()]
             try:
                 # The events of one upstream read leave in one write (with the end, when the answer has
                 # all arrived): what arrived together leaves together, a syscall per read, not per fragment.
@@ -155,8 +155,7 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
                             break
                     if cutter.finish_reason is None and answer.drained:
                         continue  # all of it has arrived: these events leave with the end, in one write
-                    await guard.write(response, b"".join(events))
-                    events.clear()
+                    await guard.write(response, _take(events))
                     if cutter.finish_reason is not None:
                         answer.finish_early()  # leaving the scope cancels the rest upstream
                         break
@@ -165,12 +164,12 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
                         events.append(encoder.content(text))
                 usage = await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
                 events.append(encoder.stop(cutter.finish_reason or "stop", usage if reply.include_usage else None))
-                await guard.write(response, b"".join(events))
+                await guard.write(response, _take(events))
             except GatewayError as exc:
                 log.warning("stream ended by an error code=%s", exc.code)
                 await reply.settle(app[METRICS], answer.route.name, cutter, app[TOKENS])
                 outcome = "rejected" if exc.status < 500 and exc.status != 429 else "error"
-                await guard.write(response, error_event(exc))
+                await guard.write(response, _take(events) + error_event(exc))
             await guard.write_eof(response)
             app[METRICS].stream_ended(outcome)
             return response
@@ -193,10 +192,19 @@ async def _stream(request: web.Request, answer: Answer, reply: Reply) -> web.Str
         task.uncancel()
         with contextlib.suppress(ConnectionResetError, TimeoutError):
             async with asyncio.timeout(1.0):
-                await response.write(error_event(ShuttingDownError("the gateway shut down mid-stream")))
+                # What was encoded but held for the end (the whole answer had arrived) goes first.
+                cut = error_event(ShuttingDownError("the gateway shut down mid-stream"))
+                await response.write(_take(events) + cut)
                 await response.write_eof()
         app[METRICS].stream_ended("error")  # the gateway, not the client, ended it
         return response
+
+
+def _take(events: list[bytes]) -> bytes:
+    """The encoded events as one write, the list emptied first: a write cut short is never sent twice."""
+    data = b"".join(events)
+    events.clear()
+    return data
 
 
 def _report_dropped(request: web.Request, dropped: tuple[str, ...]) -> None:
