@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 SCENARIOS: Final = (("nonstream_c16", 16, False), ("nonstream_c64", 64, False), ("stream_c16", 16, True))
-DEFAULT_MAX_VS_BARE: Final = 2.0  # today's gateway: about 1.5x to 1.8x on the 2-vCPU machine (docs/benchmark.md)
+DEFAULT_MAX_VS_BARE: Final = 2.0  # today's gateway: about 1.45x to 1.6x on the 2-vCPU machine (docs/benchmark.md)
 DEFAULT_MAX_VS_BASELINE: Final = 1.10  # a change may cost at most 10% more CPU per request than the baseline
 DEFAULTS: Final = {"reps": 3, "duration": 1.0, "warmup": 0.5}
 
