@@ -27,16 +27,14 @@ async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
     try:
         while cutter.finish_reason is None:
             # What one network read brought (a whole short answer, often) is fed without an await each.
-            for fragment in stream.take_buffered():
+            fragments = await stream.next_fragments()
+            if not fragments:
+                cutter.end()
+                return
+            for fragment in fragments:
                 cutter.feed(fragment)
                 if cutter.finish_reason is not None:
                     return
-            try:
-                fragment = await anext(stream)
-            except StopAsyncIteration:
-                cutter.end()
-                return
-            cutter.feed(fragment)
     except UpstreamError as exc:
         exc.replayable = True
         raise

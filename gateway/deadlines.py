@@ -117,7 +117,7 @@ def timers() -> _Timers:
 
 
 class Deadline:
-    """``with Deadline(seconds):`` (or ``Deadline.at(loop_time)``) bounds the awaits inside it.
+    """``with Deadline(seconds):`` bounds the awaits inside it.
 
     ``None`` means no limit yet; :meth:`reschedule` moves it (``expire_now`` fires it at once).
     A sync context manager: the cancellation lands at the next await inside, as with ``asyncio.timeout``.

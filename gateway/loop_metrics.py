@@ -138,10 +138,28 @@ class LoopHistogram(Histogram):
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         try:
-            self._sum.value += amount
-        except AttributeError:
+            bucket = self._count(amount)
+        except AttributeError:  # a labelled parent has no value: the standard ValueError
             super().observe(amount)
             raise
+        if bucket is not None and exemplar:
+            _check_exemplar(exemplar)  # after counting, as the standard class does
+            bucket.exemplar = (exemplar, amount, time.time())
+
+    def observe_valid(self, amount: float, exemplar: dict[str, str] | None) -> None:
+        """A child's :meth:`observe` with an exemplar its caller built valid, so not checked again.
+
+        Valid: label names matching ``[a-zA-Z_][a-zA-Z0-9_]*`` (not starting ``__``), and names and
+        values of at most :data:`EXEMPLAR_MAX_RUNES` characters together; past that limit Prometheus
+        would refuse the whole OpenMetrics scrape.
+        """
+        bucket = self._count(amount)
+        if bucket is not None and exemplar:
+            bucket.exemplar = (exemplar, amount, time.time())
+
+    def _count(self, amount: float) -> LoopValue | None:
+        """Add ``amount`` to the sum and count it in its bucket, which is returned (None for NaN)."""
+        self._sum.value += amount
         bounds = self._upper_bounds
         # The first bound >= amount, as the standard loop finds it (the last bound is +Inf). NaN is
         # below no bound: bisect answers 0 and the test fails, so it lands in no bucket, as there.
@@ -149,26 +167,8 @@ class LoopHistogram(Histogram):
         if amount <= bounds[index]:
             bucket = self._buckets[index]
             bucket.value += 1
-            if exemplar:
-                _check_exemplar(exemplar)  # after counting, as the standard class does
-                bucket.exemplar = (exemplar, amount, time.time())
-
-    def observe_valid(self, amount: float, exemplar: dict[str, str] | None) -> None:
-        """A child's :meth:`observe` with an exemplar its caller built valid, so not checked again.
-
-        Valid: label names matching ``[a-zA-Z_][a-zA-Z0-9_]*`` (not starting ``__``), and names and
-        values of at most :data:`EXEMPLAR_MAX_RUNES` characters together; past that limit Prometheus
-        would refuse the whole OpenMetrics scrape. :meth:`observe` without the check, kept inline: a
-        call costs about what this body does.
-        """
-        self._sum.value += amount
-        bounds = self._upper_bounds
-        index = bisect_left(bounds, amount)
-        if amount <= bounds[index]:
-            bucket = self._buckets[index]
-            bucket.value += 1
-            if exemplar:
-                bucket.exemplar = (exemplar, amount, time.time())
+            return bucket
+        return None
 
 
 def _check_exemplar(exemplar: dict[str, str]) -> None:

@@ -61,12 +61,10 @@ class ChatMessage(BaseModel):
     def to_flowgpt(self) -> Message:
         """Collapse the content (or a refused turn's ``refusal``) to one string and the role to FlowGpt's three."""
         content = self.content
-        if isinstance(content, str):  # the usual message: nothing to collapse (positional: the dataclass is frozen)
-            return Message(_FLOWGPT_ROLES[self.role], content)
         if content is None and self.role == "assistant" and self.refusal:
             content = self.refusal  # the turn said this; an empty turn would misstate the conversation
         text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
-        return Message(role="system" if self.role == "developer" else self.role, content=text)
+        return Message(_FLOWGPT_ROLES[self.role], text)  # positional: the frozen dataclass's keywords cost more
 
 
 class StreamOptions(BaseModel):
@@ -174,11 +172,7 @@ def _validated(data: dict[str, Any]) -> tuple[ChatCompletionRequest, int]:
     try:
         chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        loc, message = _reported(exc.errors(include_url=False))
-        # Union members add their type name to the location; keep the path a client can act on.
-        field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
-        where = f"'{field}'" if field else "request"
-        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
+        raise invalid_request(exc) from None
     return chat, question_index(tuple(message.role for message in chat.messages))  # not reached: refused above
 
 
@@ -208,12 +202,20 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
             param=param,
         )
     # FlowGpt rejects an empty question. Refuse it here: passed on, the upstream's 400 would be
-    # a 502 and a breaker failure any client could cause. (String content is the text to_flowgpt gives.)
-    content = question.content
-    if not (content if isinstance(content, str) else question.to_flowgpt().content):
+    # a 502 and a breaker failure any client could cause.
+    if not question.to_flowgpt().content:
         param = f"messages.{asked}.content"
         raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequestError:
+    """The client's error for a refused body: pydantic's first error, at the path a client can act on."""
+    loc, message = _reported(exc.errors(include_url=False))
+    # Union members add their type name to the location; keep the path a client can act on.
+    field = ".".join(str(piece) for piece in loc if not _is_type_piece(piece)) or None
+    where = f"'{field}'" if field else "request"
+    return InvalidRequestError(f"invalid {where}: {message}", param=field)
 
 
 def _is_type_piece(piece: str | int) -> bool:

@@ -19,7 +19,8 @@ from typing import Final
 class Stopwatch:
     """One request's wall time, the part of it spent waiting on others, and the route that answered.
 
-    It is also the context manager :func:`waiting` returns (no object per wait: it wraps every fragment).
+    It is also the context manager :func:`waiting` returns (no object per wait: every upstream read that
+    waits and every client write enters one).
     Waits that overlap (nested, or in two tasks of one request) count once, from the first start to the last end.
     Event loop only: ``asyncio.to_thread`` copies the context, and a wait entered in a thread would race
     the loop on the unlocked counters (no caller does that).

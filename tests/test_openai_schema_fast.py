@@ -1,7 +1,7 @@
 """parse_chat_request's cheaper path gives what the plain one gave: the same request, the same drops, the same error.
 
-The reference below is the code as it was before (every field looked for by name, the full pydantic
-validation with its model validators, ``to_flowgpt`` on the question); hypothesis sends both every
+The reference below takes the plain path: every field looked for by name (``screen_each``), the full
+pydantic validation with its model validators, and ``question_index``; hypothesis sends both every
 shape of body, valid or not, with and without ``drop_params``.
 """
 
@@ -16,69 +16,17 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from gateway import openai_schema
-from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError, UnsupportedParameterError
-from gateway.fields import _LEAVE_IT_OUT, _PLAIN_NAME, BY_NAME, OTHER, REFUSABLE, screen
+from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
+from gateway.fields import screen, screen_each
 from gateway.flowgpt.protocol import Message, question_index
-from gateway.message_shapes import _ASSISTANT_ONLY, _TOOL_ROLES, _screen_parts, screen_messages
-from gateway.openai_schema import ChatCompletionRequest, ChatMessage, chat_request_body, parse_chat_request
-
-
-def _reference_screen_messages(messages: Any) -> None:
-    if not isinstance(messages, list):
-        return
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        if isinstance(role, str) and role in _TOOL_ROLES:
-            param = f"messages.{index}"
-            raise UnsupportedContentError(
-                f"'{param}' has role '{role}': FlowGpt cannot carry tool results", param=param
-            )
-        for key in _ASSISTANT_ONLY:
-            if message.get(key):
-                what = "audio" if key == "audio" else "tool calls"
-                param = f"messages.{index}.{key}"
-                raise UnsupportedContentError(f"'{param}' is not supported: FlowGpt cannot carry {what}", param=param)
-        content = message.get("content")
-        if isinstance(content, list):
-            _screen_parts(index, content)
-
-
-def _reference_screen(data: dict[str, Any], *, drop: bool) -> tuple[str, ...]:
-    dropped: list[str] = []
-    for name in REFUSABLE:
-        if name not in data:
-            continue
-        value = data[name]
-        if value is None or BY_NAME[name].harmless(value):
-            continue
-        if not drop:
-            raise UnsupportedParameterError(
-                f"'{name}' is not supported: {BY_NAME[name].reason.split(' (')[0]}. {_LEAVE_IT_OUT}",
-                param=name,
-            )
-        del data[name]
-        dropped.append(name)
-    for name in [name for name in data if name not in BY_NAME]:
-        if not drop:
-            shown = name[:64]
-            raise UnsupportedParameterError(
-                f"'{shown}' is not a Chat Completions field the gateway knows, and ignoring it could "
-                f"change the answer. {_LEAVE_IT_OUT}",
-                param=shown,
-            )
-        del data[name]
-        dropped.append(name if _PLAIN_NAME.fullmatch(name) else OTHER)
-    return tuple(dropped)
-
-
-def _reference_to_flowgpt(message: ChatMessage) -> Message:
-    content = message.content
-    if content is None and message.role == "assistant" and message.refusal:
-        content = message.refusal
-    text = content if isinstance(content, str) else "\n".join(part.text for part in content or ())
-    return Message(role="system" if message.role == "developer" else message.role, content=text)
+from gateway.message_shapes import screen_messages
+from gateway.openai_schema import (
+    ChatCompletionRequest,
+    ChatMessage,
+    chat_request_body,
+    invalid_request,
+    parse_chat_request,
+)
 
 
 def _reference_parse(raw: bytes, *, drop_params: bool) -> tuple[ChatCompletionRequest, tuple[str, ...]]:
@@ -88,15 +36,12 @@ def _reference_parse(raw: bytes, *, drop_params: bool) -> tuple[ChatCompletionRe
         raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
-    _reference_screen_messages(data.get("messages"))
-    dropped = _reference_screen(data, drop=drop_params)
+    screen_messages(data.get("messages"))
+    dropped = screen_each(data, drop=drop_params)  # the table walk, without screen's shortcut
     try:
-        chat = ChatCompletionRequest.model_validate(data)
+        chat = ChatCompletionRequest.model_validate(data)  # the full model, with both model validators
     except ValidationError as exc:
-        loc, message = openai_schema._reported(exc.errors(include_url=False))
-        field = ".".join(str(piece) for piece in loc if not openai_schema._is_type_piece(piece)) or None
-        where = f"'{field}'" if field else "request"
-        raise InvalidRequestError(f"invalid {where}: {message}", param=field) from None
+        raise invalid_request(exc) from None
     asked = question_index(tuple(message.role for message in chat.messages))
     if chat.messages[asked].role == "assistant":
         param = f"messages.{asked}"
@@ -105,7 +50,7 @@ def _reference_parse(raw: bytes, *, drop_params: bool) -> tuple[ChatCompletionRe
             "FlowGpt answers a user's question and cannot continue an assistant's text",
             param=param,
         )
-    if not _reference_to_flowgpt(chat.messages[asked]).content:
+    if not chat.messages[asked].to_flowgpt().content:
         param = f"messages.{asked}.content"
         raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
     return chat, dropped
@@ -260,29 +205,34 @@ def test_the_benchmark_body_is_parsed() -> None:
     assert [m.to_flowgpt() for m in chat.messages] == [Message(role="user", content="Hello, how are you today?")]
 
 
-@settings(max_examples=300, deadline=None)
-@given(message=MESSAGE)
-def test_to_flowgpt_is_unchanged(message: dict[str, Any]) -> None:
-    """Every valid message reduces to the same FlowGpt message as before."""
-    try:
-        chat = ChatMessage.model_validate(message)
-    except ValidationError:
-        return
-    assert chat.to_flowgpt() == _reference_to_flowgpt(chat)
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"role": "user", "content": "q"}, Message("user", "q")),
+        ({"role": "developer", "content": "d"}, Message("system", "d")),
+        (
+            {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            Message("system", "a\nb"),
+        ),
+        ({"role": "assistant", "content": None, "refusal": "I can't"}, Message("assistant", "I can't")),
+        ({"role": "assistant", "content": "said", "refusal": "I can't"}, Message("assistant", "said")),
+        ({"role": "assistant", "content": None}, Message("assistant", "")),
+    ],
+)
+def test_to_flowgpt_collapses_content_and_roles(message: dict[str, Any], expected: Message) -> None:
+    """Text parts join with a newline, a refused turn keeps its refusal, developer becomes system."""
+    assert ChatMessage.model_validate(message).to_flowgpt() == expected
 
 
 @settings(max_examples=500, deadline=None)
 @given(body=BODIES, drop=st.booleans())
 def test_screens_are_unchanged(body: dict[str, Any], drop: bool) -> None:
-    """screen and screen_messages: the same drops, the same data left, the same error."""
+    """screen's shortcut: the same drops, the same data left and the same error as the walk of the table."""
 
-    def outcome(screen_fn: Any, messages_fn: Any, data: dict[str, Any]) -> Any:
+    def outcome(screen_fn: Any, data: dict[str, Any]) -> Any:
         try:
-            messages_fn(data.get("messages"))
             return ("ok", screen_fn(data, drop=drop), data)
         except GatewayError as exc:
             return ("error", type(exc), exc.message, exc.param)
 
-    assert outcome(screen, screen_messages, orjson.loads(orjson.dumps(body))) == outcome(
-        _reference_screen, _reference_screen_messages, orjson.loads(orjson.dumps(body))
-    )
+    assert outcome(screen, orjson.loads(orjson.dumps(body))) == outcome(screen_each, orjson.loads(orjson.dumps(body)))
