@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError, retry_after_seconds
+from gateway.errors import AdmissionError, CircuitOpenError, retry_after_seconds
 from gateway.health import Health, query
 from gateway.scope import Scopes
 
@@ -49,8 +49,15 @@ class Route:
         return query(self.flag, self.breaker, model)
 
     def refusal(self, model: str | None = None) -> AdmissionError | None:
-        """Why this route would refuse a call for ``model`` now (working flag first), or None when it admits one."""
-        return self.health(model).refusal
+        """Why this route would refuse a call for ``model`` now (working flag first), or None when it admits one.
+
+        ``health(model).refusal`` from one breaker decision, without building the record: every
+        refused request asks it (the breaker-open path runs by the thousand per second).
+        """
+        decision = self.breaker.decision(model)
+        if decision.admitted and self.flag.working:
+            return None
+        return self.flag.admission_error() or decision.error
 
     def admits(self, model: str | None = None) -> bool:
         """``health(model).admits`` without building the record: the pick asks it of every route per request.
@@ -100,23 +107,22 @@ class RoutePool:
         """Whether some route outside ``exclude`` would take a call for ``model`` now."""
         return any(route.name not in exclude and route.admits(model) for route in self._routes)
 
-    def refusal(self, model: str | None = None) -> AdmissionError:
-        """The refusal when no route admits: ``upstream_not_working`` if none works, else the breakers'.
+    def refusal(self, model: str | None = None) -> AdmissionError | None:
+        """None when some route admits a call for ``model`` now, else the refusal: ``upstream_not_working``
+        if no route works, else the breakers'. One decision per route, stopping at the first that admits.
 
         Retry-After is the earliest of any route's, whichever kind of refusal it comes from.
         """
-        refusals = [error for error in (route.refusal(model) for route in self._routes) if error is not None]
-        if not refusals:  # a route admitted again while we looked: tell the caller to come straight back
-            return _come_back()
+        refusals: list[AdmissionError] = []
+        for route in self._routes:
+            error = route.refusal(model)
+            if error is None:
+                return None
+            refusals.append(error)
         earliest = min(_retry_after(error) for error in refusals)
-        not_working = [error for error in refusals if isinstance(error, UpstreamNotWorkingError)]
-        if len(not_working) == len(self._routes):
-            chosen: AdmissionError = min(not_working, key=_retry_after)
-        else:
-            circuits = [error for error in refusals if isinstance(error, CircuitOpenError)]
-            if not circuits:  # the routes that work admitted again while we looked
-                return _come_back()
-            chosen = min(circuits, key=_retry_after)
+        circuits = [error for error in refusals if isinstance(error, CircuitOpenError)]
+        # A route that works refuses by its breaker: the flag's refusal is chosen only when none works.
+        chosen = min(circuits or refusals, key=_retry_after)
         return _agreeing(chosen, earliest)
 
     def working(self) -> bool:
@@ -124,7 +130,8 @@ class RoutePool:
         return any(route.health().working for route in self._routes)
 
 
-def _come_back() -> CircuitOpenError:
+def come_back() -> CircuitOpenError:
+    """The refusal when a route admitted again while the caller looked: retry at once."""
     return CircuitOpenError(f"no route admitted the call; retry in {retry_after_seconds(0.0)} s", retry_after=0.0)
 
 

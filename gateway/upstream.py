@@ -41,6 +41,7 @@ from gateway.errors import (
 from gateway.overhead import answered_by, waiting
 from gateway.rate_limits import RateLimits
 from gateway.retry import RetryBudget, RetryPolicy, backoff_delay
+from gateway.route_pool import come_back
 from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -97,8 +98,9 @@ class UpstreamService:
         Called before the body is even read, so an outage costs callers (and us) the least;
         :meth:`answer` repeats it because state may change while the body arrives.
         """
-        if not self.routes.any_admits():
-            raise self._refused(self.routes.refusal())
+        error = self.routes.refusal()
+        if error is not None:
+            raise self._refused(error)
 
     def _refused(self, error: AdmissionError) -> AdmissionError:
         """Count a refusal by its reason and hand it back for raising."""
@@ -166,7 +168,7 @@ class UpstreamService:
             if route is None:
                 if last is not None:
                     raise self._give_up(*last, limits)
-                raise self._refused(self.routes.refusal(prompt.model))
+                raise self._refused(self.routes.refusal(prompt.model) or come_back())
             cutter = whole() if whole is not None else None  # made before the ticket: if it fails, nothing is held
             try:
                 ticket = route.breaker.admit(prompt.model)

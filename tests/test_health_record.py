@@ -104,6 +104,11 @@ async def test_every_surface_agrees_with_the_health_record(
     assert (routes.pick() is route) is health.admits
     assert routes.any_admits() is health.admits
     assert (route.refusal() is None) is health.admits
+    refusal, expected_refusal = route.refusal(), health.refusal  # the same refusal, read without the record
+    assert type(refusal) is type(expected_refusal)
+    if refusal is not None and expected_refusal is not None:
+        assert (refusal.message, refusal.retry_after) == (expected_refusal.message, expected_refusal.retry_after)
+    assert (routes.refusal() is None) is health.admits
     # /readyz and /status: the same body from the same record (the probe is off, so working is ready).
     for body in (ready, status):
         assert (body["ready"], body["working"]) == (health.working, health.working)
@@ -135,3 +140,24 @@ async def test_reading_health_changes_nothing(make_gateway: GatewayFactory, sim:
     assert first.breaker == "half_open"
     assert [route.health() for _ in range(3)] == [first] * 3
     assert seen == []
+
+
+async def test_a_refused_request_asks_each_breaker_once(
+    make_gateway: GatewayFactory, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early refusal reads each route's breaker once: the breaker-open path runs thousands of times a second."""
+    gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
+    route = gateway.app[ROUTES]["default"]
+    route.breaker.force_open()
+    decisions: list[str | None] = []
+    decide = route.breaker.decision
+
+    def counted(model: str | None = None) -> Any:
+        decisions.append(model)
+        return decide(model)
+
+    monkeypatch.setattr(route.breaker, "decision", counted)
+    response = await gateway.post(CHAT, json=chat_body())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "circuit_open"
+    assert decisions == [None]
