@@ -5,13 +5,15 @@ timeline and /readyz), each from the flag and the breaker in its own way. :func:
 working flag and the breaker once, changes nothing, and names each meaning of "up" as a field
 or property, so the consumers differ only in which question they ask:
 
-- ``admits``: a call for the model would be admitted now (picking; the pool's early refusal);
+- ``admits``: a call for the model would be admitted now (picking), and ``refusal``: why not (the
+  pool's early refusal);
 - ``up``: the route takes traffic now or is about to (working, breaker not open): the status
   page and the timeline, where a half-open route whose trial is running still counts as up;
 - ``working`` and ``confirmed``: readiness (at least one route working; one known to be).
 
-The pick runs per request for every route, so :meth:`gateway.route_pool.Route.admits` reads the same
-two facts as ``admits`` here without building the record (see its docstring for the timing).
+The pick and the early refusal run per request for every route, so :meth:`gateway.route_pool.Route.admits`
+and :meth:`~gateway.route_pool.Route.refusal` read the same two facts as ``admits`` and ``refusal`` here
+without building the record (see their docstrings for why).
 """
 
 from __future__ import annotations
