@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.app_keys import ROUTES
+from gateway.app_keys import INFLIGHT, ROUTES
 from gateway.events import BreakerChanged, WorkingChanged
 from gateway.route_pool import Route
 from gateway.simulator import SimFaults, Simulator
@@ -145,7 +145,7 @@ async def test_reading_health_changes_nothing(make_gateway: GatewayFactory, sim:
 async def test_a_refused_request_asks_each_breaker_once(
     make_gateway: GatewayFactory, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The early refusal reads each route's breaker once: the breaker-open path runs thousands of times a second."""
+    """The early refusal reads each route's breaker once, before the handler is tracked: it runs thousands of times a second."""
     gateway = await make_gateway(breaker_fail_max=1, retry_max=0)
     route = gateway.app[ROUTES]["default"]
     route.breaker.force_open()
@@ -157,7 +157,20 @@ async def test_a_refused_request_asks_each_breaker_once(
         return decide(model)
 
     monkeypatch.setattr(route.breaker, "decision", counted)
+    tracker = gateway.app[INFLIGHT]
+    tracked: list[object] = []
+    track = tracker.track
+
+    def noted() -> Any:
+        tracked.append(1)
+        return track()
+
+    monkeypatch.setattr(tracker, "track", noted)
     response = await gateway.post(CHAT, json=chat_body())
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "circuit_open"
     assert decisions == [None]
+    assert tracked == []  # a refusal awaits nothing: it is not tracked for the drain
+    route.breaker.automatic()
+    assert (await gateway.post(CHAT, json=chat_body())).status == 200
+    assert tracked == [1]  # an admitted call is

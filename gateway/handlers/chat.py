@@ -54,6 +54,10 @@ SSE_HEADERS = {
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Validate, admit, then answer in one JSON object or as a stream of chunks."""
     tracker = request.app[INFLIGHT]
+    # Refuse first: before the body is read or validated (during an outage the call cannot succeed),
+    # and untracked (a refusal awaits nothing, so a drain has nothing to wait for).
+    tracker.refuse_if_draining()
+    request.app[UPSTREAM].refuse_early()
     with tracker.track() as task:
         try:
             return await _complete(request)
@@ -69,10 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(request: web.Request) -> web.StreamResponse:
     app = request.app
-    app[INFLIGHT].refuse_if_draining()
     upstream = app[UPSTREAM]
-    # During an outage refuse before reading or validating anything: it cannot succeed anyway.
-    upstream.refuse_early()
     limit = app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
