@@ -155,9 +155,9 @@ def admission(app: web.Application) -> Make:
 
     async def make(number: int) -> Step:
         async def step() -> object:
+            tracker.refuse_if_draining()  # in the handler's order: the early checks, then the tracking
+            upstream.refuse_early()
             with tracker.track():
-                tracker.refuse_if_draining()
-                upstream.refuse_early()
                 tracker.refuse_if_draining()
             return None
 
