@@ -181,15 +181,27 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
 
     Returns the request and the refused fields dropped (only with ``drop_params``; else they are refused).
     """
+    data = decode_body(raw)
+    screen_messages(data.get("messages"))
+    dropped = screen(data, drop=drop_params)
+    chat, asked = _validated(data)
+    check_question(chat, asked)
+    return chat, dropped
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``InvalidRequestError`` (code ``invalid_json``)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
-    screen_messages(data.get("messages"))
-    dropped = screen(data, drop=drop_params)
-    chat, asked = _validated(data)
+    return data
+
+
+def check_question(chat: ChatCompletionRequest, asked: int) -> None:
+    """Refuse a question FlowGpt cannot answer: ``messages[asked]`` is the one it would be sent as."""
     # FlowGpt answers the last message that is not a system message as its question (system
     # messages after it join the system prompt). An assistant message there is a prefill to
     # continue, which FlowGpt cannot do: sent as the question, it would read as the user's words.
@@ -206,7 +218,6 @@ def parse_chat_request(raw: bytes, *, drop_params: bool = False) -> tuple[ChatCo
     if not question.to_flowgpt().content:
         param = f"messages.{asked}.content"
         raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
-    return chat, dropped
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequestError:

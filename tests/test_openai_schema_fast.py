@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from gateway import openai_schema
-from gateway.errors import GatewayError, InvalidRequestError, UnsupportedContentError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.fields import screen, screen_each
 from gateway.flowgpt.protocol import Message, question_index
 from gateway.message_shapes import screen_messages
@@ -24,35 +24,23 @@ from gateway.openai_schema import (
     ChatCompletionRequest,
     ChatMessage,
     chat_request_body,
+    check_question,
+    decode_body,
     invalid_request,
     parse_chat_request,
 )
 
 
 def _reference_parse(raw: bytes, *, drop_params: bool) -> tuple[ChatCompletionRequest, tuple[str, ...]]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
+    """The parse without its shortcuts: the screens' table walk and the full model, both model validators run."""
+    data = decode_body(raw)
     screen_messages(data.get("messages"))
-    dropped = screen_each(data, drop=drop_params)  # the table walk, without screen's shortcut
+    dropped = screen_each(data, drop=drop_params)
     try:
-        chat = ChatCompletionRequest.model_validate(data)  # the full model, with both model validators
+        chat = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    asked = question_index(tuple(message.role for message in chat.messages))
-    if chat.messages[asked].role == "assistant":
-        param = f"messages.{asked}"
-        raise UnsupportedContentError(
-            f"'{param}' is an assistant message after the last user message (a prefill): "
-            "FlowGpt answers a user's question and cannot continue an assistant's text",
-            param=param,
-        )
-    if not chat.messages[asked].to_flowgpt().content:
-        param = f"messages.{asked}.content"
-        raise InvalidRequestError(f"invalid '{param}': the last user message must not be empty", param=param)
+    check_question(chat, question_index(tuple(message.role for message in chat.messages)))
     return chat, dropped
 
 
