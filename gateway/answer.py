@@ -1,7 +1,7 @@
 """An answer in progress: the text fragments of one admitted upstream call, and how it ended.
 
 :meth:`gateway.upstream.UpstreamService.answer` yields one once the first fragment has
-arrived; the handler iterates it, and the scope reads ``completed`` and ``error`` to settle
+arrived; the handler reads it batch by batch, and the scope reads ``completed`` and ``error`` to settle
 the call with the route's breaker and metrics.
 """
 
@@ -41,7 +41,7 @@ async def read_whole(stream: FlowGptStream, first: str, cutter: Cutter) -> None:
 
 
 class Answer:
-    """An answer in progress: iterate it for text fragments inside its ``answer()`` scope.
+    """An answer in progress: read its text fragments with :meth:`next_fragments` inside its ``answer()`` scope.
 
     It remembers how the stream ended (``completed`` or ``error``), which the scope settles.
     """
@@ -65,24 +65,6 @@ class Answer:
     @property
     def route(self) -> Route:
         return self.attempt.route
-
-    def __aiter__(self) -> Answer:
-        return self
-
-    async def __anext__(self) -> str:
-        if self.whole is not None:
-            raise StopAsyncIteration
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        try:
-            return await anext(self.stream)
-        except StopAsyncIteration:
-            self.completed = True
-            raise
-        except UpstreamError as exc:
-            self.error = exc
-            raise
 
     async def next_fragments(self) -> list[str]:
         """The fragments one upstream read brought (the first fragment leads the first batch); [] at the end.
@@ -114,7 +96,3 @@ class Answer:
         Leaving the scope then cancels the rest of the upstream answer and settles it as completed.
         """
         self.completed = True
-
-    async def read_all(self) -> str:
-        """The whole answer as one string."""
-        return "".join([fragment async for fragment in self])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -11,6 +11,9 @@ from aiohttp.test_utils import TestClient
 from gateway.flowgpt.protocol import DEFAULT_MODEL
 from gateway.openai_schema import chat_request_body
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.answer import Answer
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -44,3 +47,11 @@ def chat_body(
 def sse_events(raw: str) -> list[str]:
     """The ``data:`` payloads of an SSE body, in order."""
     return [line[len("data: ") :] for line in raw.split("\n") if line.startswith("data: ")]
+
+
+async def read_all(answer: Answer) -> str:
+    """The rest of ``answer`` as one string, read batch by batch as the stream handler reads it."""
+    parts: list[str] = []
+    while fragments := await answer.next_fragments():
+        parts += fragments
+    return "".join(parts)

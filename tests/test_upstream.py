@@ -37,7 +37,7 @@ from gateway.route_pool import RoutePool
 from gateway.simulator import SimFaults, Simulator, expected_answer
 from gateway.tracing import Tracing
 from gateway.upstream import Timeouts, UpstreamService
-from tests.gateway_support import make_settings
+from tests.gateway_support import make_settings, read_all
 
 PROMPT = ChatPrompt(model=DEFAULT_MODEL, messages=[Message("user", "Hello")])
 ANSWER = expected_answer(DEFAULT_MODEL, "Hello")
@@ -116,7 +116,7 @@ async def test_an_answer_streams_the_whole_text_and_records_the_success(make_rig
     rig = make_rig("a")
     async with rig.service.answer(PROMPT) as answer:
         assert rig.limiter.in_use == 1
-        assert await answer.read_all() == ANSWER
+        assert await read_all(answer) == ANSWER
     assert answer.completed
     assert answer.error is None
     assert rig.limiter.in_use == 0
@@ -131,7 +131,9 @@ async def test_an_answer_streams_the_whole_text_and_records_the_success(make_rig
 @pytest.mark.parametrize(
     ("close_route", "error", "reason"),
     [
-        pytest.param(lambda route: route.flag.set_mode("not_working"), UpstreamNotWorkingError, "not_working", id="flag"),
+        pytest.param(
+            lambda route: route.flag.set_mode("not_working"), UpstreamNotWorkingError, "not_working", id="flag"
+        ),
         pytest.param(lambda route: route.breaker.force_open(), CircuitOpenError, "breaker_open", id="breaker"),
     ],
 )
@@ -159,7 +161,7 @@ async def test_a_failure_before_the_first_token_fails_over_to_another_route(
     rig = make_rig("a", "b")
     async with rig.service.answer(PROMPT) as answer:
         assert answer.route.name == "b"
-        assert await answer.read_all() == ANSWER
+        assert await read_all(answer) == ANSWER
     assert rig.sample("gateway_failovers_total", from_route="a") == 1
     assert rig.sample("gateway_route_selected_total", route="a") == 1
     assert rig.sample("gateway_route_selected_total", route="b") == 1
@@ -175,7 +177,7 @@ async def test_a_single_route_is_retried_before_the_first_token(make_rig: RigFac
     sim.set_faults(SimFaults(http_status=503, count=1), route="a")
     rig = make_rig("a")
     async with rig.service.answer(PROMPT) as answer:
-        assert await answer.read_all() == ANSWER
+        assert await read_all(answer) == ANSWER
     assert rig.upstream("gateway_upstream_retries_total", "a") == 1
     assert rig.upstream("gateway_upstream_requests_total", "a") == 2
     assert sim.route_stats("a").requests_total == 2
@@ -224,7 +226,7 @@ async def test_a_stream_cut_after_the_first_token_is_settled_as_the_routes_failu
     rig = make_rig("a", "b")
     with pytest.raises(UpstreamInterruptedError):
         async with rig.service.answer(PROMPT) as answer:
-            await answer.read_all()
+            await read_all(answer)
     assert isinstance(answer.error, UpstreamInterruptedError)
     assert not answer.completed
     assert rig.upstream("gateway_upstream_errors_total", "a", kind="interrupted") == 1
@@ -240,10 +242,10 @@ async def test_the_slot_is_held_for_the_scope_and_released_after(make_rig: RigFa
     async with rig.service.answer(PROMPT) as answer:
         with pytest.raises(OverloadedError):
             await answer_fails(rig)
-        await answer.read_all()
+        await read_all(answer)
     assert rig.sample("gateway_admission_rejections_total", provider="flowgpt", reason="overloaded") == 1
     async with rig.service.answer(PROMPT) as again:
-        assert await again.read_all() == ANSWER
+        assert await read_all(again) == ANSWER
     assert rig.limiter.in_use == 0
 
 
