@@ -42,7 +42,7 @@ from gateway.handlers import admin, chat, models, ops, runbook, ui
 from gateway.inflight import InFlightTracker
 from gateway.limiter import ConcurrencyLimiter
 from gateway.metrics import Metrics
-from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
+from gateway.middlewares import add_request_id_header, middlewares_for
 from gateway.probe import Prober
 from gateway.probe_lease import LinkState, ProbeLease
 from gateway.retry import RetryBudget, RetryPolicy
@@ -64,8 +64,9 @@ def create_app(
 
     ``span_exporter`` turns tracing on with that exporter (tests); otherwise ``GATEWAY_OTLP_ENDPOINT`` decides.
     """
+    api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     app = web.Application(
-        middlewares=[observe, errors, api_key_auth],
+        middlewares=middlewares_for(api_keys),
         client_max_size=settings.max_body_bytes,
         handler_args={
             "max_field_size": settings.max_header_bytes,
@@ -83,7 +84,7 @@ def create_app(
     app[INFLIGHT] = InFlightTracker()
     app[TIMELINE] = Timeline(fail_max=settings.breaker_fail_max, clock=clock)
     app[STARTED_AT] = time.monotonic()
-    app[API_KEYS] = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    app[API_KEYS] = api_keys
     tracing = app[TRACING] = Tracing(
         endpoint=settings.otlp_endpoint,
         propagate_upstream=settings.otlp_propagate_upstream,

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.middlewares import api_key_auth, errors, observe
 from gateway.simulator import CLOUDFLARE_PAGE, SimFaults, Simulator, expected_answer
 from tests.gateway_support import GatewayFactory, chat_body, sse_events
 
@@ -202,6 +203,15 @@ async def test_api_keys_guard_v1_only(make_gateway: GatewayFactory) -> None:
     assert (await wrong.json())["error"]["code"] == "invalid_api_key"
     assert (await gateway.get("/v1/models", headers={"Authorization": "Bearer key-two"})).status == 200
     assert (await gateway.get("/healthz")).status == 200
+
+
+async def test_the_key_check_runs_only_where_keys_are_set(make_gateway: GatewayFactory, gateway: Client) -> None:
+    """Without keys there is no key-check layer for every request to pass through (it costs each one
+    a coroutine); with keys it sits inside the error layer, so a refusal is OpenAI-shaped JSON."""
+    assert api_key_auth not in gateway.app.middlewares
+    assert (await gateway.get("/v1/models")).status == 200
+    keyed = await make_gateway(api_keys="key-one")
+    assert list(keyed.app.middlewares) == [observe, errors, api_key_auth]
 
 
 async def test_request_id_is_echoed(gateway: Client) -> None:

@@ -18,7 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from gateway.app_keys import API_KEYS, METRICS, SETTINGS, STATUS_OVERRIDE
 from gateway.errors import CircuitOpenError, UpstreamConnectError
 from gateway.metrics import Metrics
-from gateway.middlewares import add_request_id_header, api_key_auth, errors, observe
+from gateway.middlewares import add_request_id_header, middlewares_for
 from tests.gateway_support import make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -56,10 +56,11 @@ def make_app_fixture(aiohttp_client: AiohttpClient) -> MiddlewareApp:
     """A server with the gateway's middlewares (in the gateway's order) around toy handlers."""
 
     async def factory(*, api_keys: tuple[str, ...] = (), **settings: Any) -> Client:
-        app = web.Application(middlewares=[observe, errors, api_key_auth], client_max_size=1024)
+        keys = tuple(key.encode() for key in api_keys)
+        app = web.Application(middlewares=middlewares_for(keys), client_max_size=1024)
         app[SETTINGS] = make_settings("http://127.0.0.1:9/unused", **settings)
         app[METRICS] = metrics = Metrics()
-        app[API_KEYS] = tuple(key.encode() for key in api_keys)
+        app[API_KEYS] = keys
         app.on_response_prepare.append(add_request_id_header)
         app.router.add_get("/v1/items/{id}", _ok)
         app.router.add_post("/v1/upload", _read_body)
