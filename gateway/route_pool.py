@@ -9,6 +9,7 @@ choices). A single route skips the draw.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,16 +114,20 @@ class RoutePool:
 
         Retry-After is the earliest of any route's, whichever kind of refusal it comes from.
         """
-        refusals: list[AdmissionError] = []
+        # One pass, no lists: during an outage every request asks this. The chosen refusal is the first
+        # with the soonest Retry-After among the breakers', for a route that works refuses by its
+        # breaker: the flag's refusal is chosen only when none works.
+        chosen: AdmissionError | None = None
+        chosen_after = earliest = math.inf
         for route in self._routes:
             error = route.refusal(model)
             if error is None:
                 return None
-            refusals.append(error)
-        earliest = min(_retry_after(error) for error in refusals)
-        circuits = [error for error in refusals if isinstance(error, CircuitOpenError)]
-        # A route that works refuses by its breaker: the flag's refusal is chosen only when none works.
-        chosen = min(circuits or refusals, key=_retry_after)
+            after = _retry_after(error)
+            earliest = min(earliest, after)
+            if chosen is None or _ranks_before(error, after, chosen, chosen_after):
+                chosen, chosen_after = error, after
+        assert chosen is not None  # the pool has a route
         return _agreeing(chosen, earliest)
 
     def working(self) -> bool:
@@ -145,6 +150,12 @@ def _agreeing(error: AdmissionError, retry_after: float) -> AdmissionError:
     error.message = f"{reason}; retry in {retry_after_seconds(retry_after)} s"
     error.args = (error.message,)
     return error
+
+
+def _ranks_before(error: AdmissionError, after: float, chosen: AdmissionError, chosen_after: float) -> bool:
+    """Whether ``error`` is the better refusal to give: a breaker's before a flag's, then the sooner Retry-After."""
+    circuit, chosen_circuit = isinstance(error, CircuitOpenError), isinstance(chosen, CircuitOpenError)
+    return (circuit and not chosen_circuit) or (circuit == chosen_circuit and after < chosen_after)
 
 
 def _retry_after(error: AdmissionError) -> float:

@@ -6,15 +6,19 @@ import asyncio
 import collections
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.app_keys import ROUTES
+from gateway.errors import AdmissionError, CircuitOpenError, UpstreamNotWorkingError, retry_after_seconds
 from gateway.route_config import parse_routes
+from gateway.route_pool import Route, RoutePool
 from gateway.settings import Settings, describe_validation_error
 from gateway.simulator import SimFaults, Simulator
 from monitoring.processes import eventually
@@ -437,3 +441,44 @@ async def test_a_route_both_not_working_and_open_is_refused_for_not_working(
     response = await gateway.post(CHAT, json=chat_body())
     assert (response.status, (await response.json())["error"]["code"]) == (503, "upstream_not_working")
     assert response.headers["Retry-After"] == "30"  # the operator's pin says 30 s
+
+
+class _Refusing:
+    """A stand-in route that refuses with a given error (None: it admits)."""
+
+    def __init__(self, name: str, error: AdmissionError | None) -> None:
+        self.name = name
+        self.error = error
+
+    def refusal(self, model: str | None = None) -> AdmissionError | None:
+        return self.error
+
+
+_REFUSALS = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([0.0, 0.4, 1.0, 5.5, 30.0])), min_size=1, max_size=5
+)
+
+
+@given(_REFUSALS, st.booleans())
+def test_the_pool_gives_a_breaker_refusal_before_a_flag_one_then_the_soonest(
+    refusals: list[tuple[bool, float]], one_admits: bool
+) -> None:
+    """The rule, whatever the order: no refusal when a route admits; else the first refusal with the soonest
+    Retry-After among the breakers' (among all when no breaker refuses), saying the soonest Retry-After of all."""
+    errors: list[AdmissionError] = [
+        CircuitOpenError("circuit breaker is open; retry in 9 s", retry_after=after)
+        if circuit
+        else UpstreamNotWorkingError("the upstream is not working", retry_after=after)
+        for circuit, after in refusals
+    ]
+    routes: list[AdmissionError | None] = [*errors, None] if one_admits else list(errors)
+    pool = RoutePool([cast(Route, _Refusing(f"r{i}", error)) for i, error in enumerate(routes)])
+    chosen = pool.refusal()
+    if one_admits:
+        assert chosen is None
+        return
+    circuits = [error for error in errors if isinstance(error, CircuitOpenError)]
+    soonest = min(after for _, after in refusals)
+    assert chosen is min(circuits or errors, key=lambda error: error.retry_after or 0.0)
+    assert chosen.retry_after == soonest
+    assert chosen.message.endswith(f"; retry in {retry_after_seconds(soonest)} s")
