@@ -49,6 +49,7 @@ from gateway.breaker_state import (
     mode_of,
 )
 from gateway.events import BreakerChanged, BreakerMode, BreakerState
+from gateway.scope import UPSTREAM_CAUSES
 
 _FORCED: Final[dict[BreakerMode, Phase]] = {
     "auto": "closed",
@@ -68,7 +69,7 @@ def _change(
     counter: BreakerState | None = None,
 ) -> Step:
     """Move to ``new`` (a new generation): counter sync, timer, then the announcement, in that order."""
-    new = replace(new, generation=state.generation + 1, trials=0, streak=frozenset())
+    new = replace(new, generation=state.generation + 1, trials=0, streak=frozenset(), path_cause=None)
     effects: list[Effect] = [SyncCounter(counter or SHOWN[new.phase])]
     effects.append(StartTimer(new.open_until) if new.phase == "open" and new.open_until is not None else CancelTimer())
     old_state, new_state = SHOWN[state.phase], SHOWN[new.phase]
@@ -111,21 +112,26 @@ def _success(state: State, event: Success, now: float) -> Step:
     last_ok = event.model or state.last_ok
     if not state.streak and last_ok == state.last_ok:
         return state, ()  # nothing to change: the common case, without the cost of a copy
-    return replace(state, streak=frozenset(), last_ok=last_ok), ()
+    return replace(state, streak=frozenset(), path_cause=None, last_ok=last_ok), ()
 
 
 def _failure(state: State, event: Failure, now: float) -> Step:
     """count; a trip opens the route, or refuses one model if the streak is its alone"""
     streak = state.streak | {event.model}
+    path_cause = state.path_cause or (event.cause if event.cause and event.cause not in UPSTREAM_CAUSES else None)
     if not event.tripped:
-        return replace(state, streak=streak), ()
+        return replace(state, streak=streak, path_cause=path_cause), ()
     model = event.model
     if model is not None and streak == {model} and state.last_ok not in (None, model):
         until = now + state.duration
         refused = tuple(sorted({**dict(state.refused), model: until}.items()))
-        kept = replace(state, generation=state.generation + 1, streak=frozenset(), last_ok=None, refused=refused)
+        kept = replace(
+            state, generation=state.generation + 1, streak=frozenset(), path_cause=None, last_ok=None, refused=refused
+        )
         return kept, (SyncCounter("closed"), RefuseModel(model, until))
-    return _open(state, now, length=state.duration, duration=state.duration, by_traffic=True, cause=event.cause)
+    # Four connect errors and a 5xx are one host's trouble as much as an outage: the trip says the path's cause.
+    cause = path_cause or event.cause
+    return _open(state, now, length=state.duration, duration=state.duration, by_traffic=True, cause=cause)
 
 
 def _trial_succeeded(state: State, event: Success, now: float) -> Step:

@@ -26,8 +26,9 @@ E = TypeVar("E")
 class BreakerChanged:
     """The breaker's effective state changed; ``by_traffic`` when live calls caused it.
 
-    ``cause``: the cause of the failure that opened it by traffic (``UpstreamError.cause``: what the
-    fleet shares it by);
+    ``cause``: why live traffic opened it (``UpstreamError.cause``: what the fleet shares it by): the
+    first cause in the failure streak that may be one host's path, else the cause of the failure that
+    tripped it;
     ``from_fleet``: another gateway process's trip or close, adopted here (counted apart, so a
     fleet-wide trip is not counted once per process).
     """

@@ -261,3 +261,40 @@ def test_queries_agree_with_the_phase(phase: Phase) -> None:
         assert decision.retry_after == 5.0
     busy = decide(replace(START["half_open"], trials=2), NOW)
     assert (busy.admitted, busy.error is not None and busy.error.half_open) == (False, True)
+
+
+# -- a trip is shared no wider than all of its failures ----------------------------------------------
+
+
+def _trip_cause(causes: list[str], *, success_after: int | None = None) -> str | None:
+    """The cause a trip announces after failures of ``causes`` (the last one trips), with an optional success
+    after the first ``success_after`` of them."""
+    state = State(L, "closed", generation=1, duration=10.0)
+    for index, cause in enumerate(causes):
+        if index == success_after:
+            state, _ = transition(state, Success(1), NOW)
+        state, effects = transition(state, Failure(1, tripped=index == len(causes) - 1, cause=cause), NOW)
+    assert state.phase == "open"
+    published = [effect.change for effect in effects if isinstance(effect, Publish)]
+    assert [event.new for event in published] == ["open"]
+    return published[0].cause
+
+
+def test_a_streak_with_a_path_cause_trips_with_that_cause() -> None:
+    """Four connect errors and then a 5xx: the trip names the path's cause, so the fleet shares it only where that
+    path is shared (the egress group), not upstream-wide on the strength of its last failure alone."""
+    assert _trip_cause(["connect", "connect", "connect", "connect", "http_5xx"]) == "connect"
+    assert _trip_cause(["http_5xx", "blocked", "timeout", "http_5xx"]) == "blocked"
+
+
+def test_a_streak_of_outage_causes_trips_with_its_last() -> None:
+    """Every failure said the upstream is down: the trip is the outage's, as before."""
+    assert _trip_cause(["timeout", "http_5xx", "interrupted", "http_5xx"]) == "http_5xx"
+
+
+def test_a_success_forgets_the_path_cause_and_a_new_period_starts_without_one() -> None:
+    """A success ends the streak, its path cause with it; so does any change of phase."""
+    assert _trip_cause(["connect", "http_5xx", "http_5xx"], success_after=1) == "http_5xx"
+    opened = State(L, "closed", generation=1, duration=10.0, path_cause="connect")
+    state, _ = transition(opened, Failure(1, tripped=True, cause="http_5xx"), NOW)
+    assert (state.phase, state.path_cause) == ("open", None)

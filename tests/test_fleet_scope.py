@@ -85,6 +85,26 @@ async def test_replicas_of_one_egress_group_share_a_block_within_a_second(
     assert breaker(first).consecutive_failures == 0
 
 
+async def test_a_blocked_replicas_trip_stays_its_own_when_a_5xx_ends_the_streak(
+    make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
+) -> None:
+    """B is blocked twice, then one 5xx trips it: the streak was mostly B's path, so the trip stays B's (no
+    egress group is declared) and A keeps the route. Before, the last failure's 5xx took it upstream-wide."""
+    first, second = await _pair(make_gateway, sim, redis_server, breaker_fail_max=3, retry_max=0)
+    sim.set_faults(BLOCKED, route="a")
+    await chat(second)
+    await chat(second)
+    assert breaker(second).state == "closed"
+    sim.set_faults(SimFaults(http_status=500), route="a")
+    await chat(second)
+    assert breaker(second).state == "open"
+    sim.set_faults(SimFaults(), route="a")
+    await asyncio.sleep(1.0)  # a shared trip reaches a peer well within this (the egress group test: 1 s)
+    assert breaker(first).state == "closed"
+    assert breaker(first).consecutive_failures == 0
+    assert await chat(first) == 200
+
+
 async def test_a_blocked_lease_holder_hands_the_probing_over_and_its_failures_stay_its_own(
     make_gateway: GatewayFactory, sim: Simulator, redis_server: RedisServer
 ) -> None:
