@@ -50,8 +50,9 @@ class State:
     duration: float = 30.0  # of the current open period, or of the last one (growth)
     trials: int = 0  # trial calls running in this half-open period
     streak: frozenset[str | None] = frozenset()  # models of the current failure streak (None: not told)
-    # The first cause in the streak that may be one host's path (gateway.scope); None: every one said the
-    # upstream itself is down. A trip names it, so the fleet shares the trip no wider than all its failures.
+    # The first failure cause since the route last worked that may be one host's path (gateway.scope); None:
+    # every one said the upstream itself is down. A trip carries it, so the fleet shares the trip no wider
+    # than all its failures; kept through open and half-open periods, cleared when the route closes.
     path_cause: str | None = None
     last_ok: str | None = None  # model of the latest success: evidence that other models are served
     refused: tuple[tuple[str, float], ...] = ()

@@ -68,8 +68,13 @@ def _change(
     fleet: bool = False,
     counter: BreakerState | None = None,
 ) -> Step:
-    """Move to ``new`` (a new generation): counter sync, timer, then the announcement, in that order."""
-    new = replace(new, generation=state.generation + 1, trials=0, streak=frozenset(), path_cause=None)
+    """Move to ``new`` (a new generation): counter sync, timer, then the announcement, in that order.
+
+    The path cause outlives open and half-open periods (their trials continue the failing episode) and
+    ends when the route closes or an operator takes over.
+    """
+    path_cause = new.path_cause if new.phase in ("open", "half_open") else None
+    new = replace(new, generation=state.generation + 1, trials=0, streak=frozenset(), path_cause=path_cause)
     effects: list[Effect] = [SyncCounter(counter or SHOWN[new.phase])]
     effects.append(StartTimer(new.open_until) if new.phase == "open" and new.open_until is not None else CancelTimer())
     old_state, new_state = SHOWN[state.phase], SHOWN[new.phase]
@@ -81,6 +86,7 @@ def _change(
             mode_of(new),
             by_traffic=by_traffic,
             cause=cause if new_state == "open" else None,
+            path_cause=path_cause if new_state == "open" and by_traffic else None,
             from_fleet=fleet,
         )
         effects.append(Publish(change))
@@ -115,10 +121,15 @@ def _success(state: State, event: Success, now: float) -> Step:
     return replace(state, streak=frozenset(), path_cause=None, last_ok=last_ok), ()
 
 
+def _path_cause(state: State, event: Failure) -> str | None:
+    """The episode's path cause after ``event``: the first failure cause that may be one host's path."""
+    return state.path_cause or (event.cause if event.cause and event.cause not in UPSTREAM_CAUSES else None)
+
+
 def _failure(state: State, event: Failure, now: float) -> Step:
     """count; a trip opens the route, or refuses one model if the streak is its alone"""
     streak = state.streak | {event.model}
-    path_cause = state.path_cause or (event.cause if event.cause and event.cause not in UPSTREAM_CAUSES else None)
+    path_cause = _path_cause(state, event)
     if not event.tripped:
         return replace(state, streak=streak, path_cause=path_cause), ()
     model = event.model
@@ -129,9 +140,8 @@ def _failure(state: State, event: Failure, now: float) -> Step:
             state, generation=state.generation + 1, streak=frozenset(), path_cause=None, last_ok=None, refused=refused
         )
         return kept, (SyncCounter("closed"), RefuseModel(model, until))
-    # Four connect errors and a 5xx are one host's trouble as much as an outage: the trip says the path's cause.
-    cause = path_cause or event.cause
-    return _open(state, now, length=state.duration, duration=state.duration, by_traffic=True, cause=cause)
+    failing = replace(state, path_cause=path_cause)
+    return _open(failing, now, length=state.duration, duration=state.duration, by_traffic=True, cause=event.cause)
 
 
 def _trial_succeeded(state: State, event: Success, now: float) -> Step:
@@ -143,7 +153,8 @@ def _trial_succeeded(state: State, event: Success, now: float) -> Step:
 def _trial_failed(state: State, event: Failure, now: float) -> Step:
     """-> open, period grown (b5)"""
     grown = min(state.duration * state.limits.multiplier, state.limits.reset_max)
-    return _open(state, now, length=grown, duration=grown, by_traffic=True, cause=event.cause, counter="open")
+    failing = replace(state, path_cause=_path_cause(state, event))
+    return _open(failing, now, length=grown, duration=grown, by_traffic=True, cause=event.cause, counter="open")
 
 
 def _free_slot(state: State, event: Neutral, now: float) -> Step:

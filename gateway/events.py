@@ -26,9 +26,9 @@ E = TypeVar("E")
 class BreakerChanged:
     """The breaker's effective state changed; ``by_traffic`` when live calls caused it.
 
-    ``cause``: why live traffic opened it (``UpstreamError.cause``: what the fleet shares it by): the
-    first cause in the failure streak that may be one host's path, else the cause of the failure that
-    tripped it;
+    ``cause``: the cause of the failure that opened it by traffic (``UpstreamError.cause``);
+    ``path_cause``: the first cause since the route last worked that may be one host's path (None: every
+    failure said the upstream is down). The fleet shares the trip by it when set, else by ``cause``;
     ``from_fleet``: another gateway process's trip or close, adopted here (counted apart, so a
     fleet-wide trip is not counted once per process).
     """
@@ -39,6 +39,7 @@ class BreakerChanged:
     mode: BreakerMode
     by_traffic: bool
     cause: str | None = None
+    path_cause: str | None = None
     from_fleet: bool = False
 
 

@@ -97,6 +97,13 @@ def cause(kind: str | None) -> str:
     return CAUSE_WORDS.get(kind or "", "an upstream failure")
 
 
+def _path_note(event: BreakerChanged) -> str:
+    """What kept a trip from being shared as an outage, when another cause tripped it."""
+    if event.path_cause is None or event.path_cause == event.cause:
+        return ""
+    return f" (earlier: {cause(event.path_cause)})"
+
+
 class Timeline:
     """The last :data:`MAX_EVENTS` changes of every route and each route's :class:`RouteClock`."""
 
@@ -130,9 +137,9 @@ class Timeline:
         elif event.from_fleet:
             reason = "a peer gateway " + (f"tripped it: {cause(event.cause)}" if event.new == "open" else "closed it")
         elif event.new == "open" and event.old == "closed":
-            reason = f"{self._fail_max} failures: {cause(event.cause)}"
+            reason = f"{self._fail_max} failures: {cause(event.cause)}" + _path_note(event)
         elif event.new == "open":
-            reason = f"the trial request failed: {cause(event.cause)}"
+            reason = f"the trial request failed: {cause(event.cause)}" + _path_note(event)
         elif event.new == "half_open":
             reason = "open period over or a probe passed: the next request is a trial"
         else:

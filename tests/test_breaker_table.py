@@ -60,8 +60,10 @@ def changed(
     old: BreakerState, new: BreakerState, mode: BreakerMode = "auto", *, traffic: bool = False, fleet: bool = False
 ) -> Publish:
     """The announcement of one change of route r."""
-    cause = "connect" if traffic and new == "open" else None
-    return Publish(BreakerChanged("r", old, new, mode, by_traffic=traffic, cause=cause, from_fleet=fleet))
+    cause = "connect" if traffic and new == "open" else None  # a cause that may be the path's: the path cause too
+    return Publish(
+        BreakerChanged("r", old, new, mode, by_traffic=traffic, cause=cause, path_cause=cause, from_fleet=fleet)
+    )
 
 
 def moved(phase: Phase, **fields: object) -> State:
@@ -79,7 +81,7 @@ CASES: dict[tuple[Phase, type[Event]], tuple[State, tuple[Effect, ...]]] = {
     # closed: failures count, a trip opens (b1); operators and peers move it
     ("closed", Success): (replace(START["closed"], streak=frozenset(), last_ok="n"), ()),
     ("closed", Failure): (
-        moved("open", open_until=110.0, opened_at=100.0),
+        moved("open", open_until=110.0, opened_at=100.0, path_cause="connect"),
         (SyncCounter("open"), StartTimer(110.0), changed("closed", "open", traffic=True)),
     ),
     ("closed", Neutral): same("closed"),
@@ -117,7 +119,7 @@ CASES: dict[tuple[Phase, type[Event]], tuple[State, tuple[Effect, ...]]] = {
         (SyncCounter("closed"), CancelTimer(), changed("half_open", "closed", traffic=True)),
     ),
     ("half_open", Failure): (
-        moved("open", open_until=120.0, opened_at=100.0, duration=20.0),
+        moved("open", open_until=120.0, opened_at=100.0, duration=20.0, path_cause="connect"),
         (SyncCounter("open"), StartTimer(120.0), changed("half_open", "open", traffic=True)),
     ),
     ("half_open", Neutral): (replace(START["half_open"], trials=0), ()),
@@ -266,35 +268,47 @@ def test_queries_agree_with_the_phase(phase: Phase) -> None:
 # -- a trip is shared no wider than all of its failures ----------------------------------------------
 
 
-def _trip_cause(causes: list[str], *, success_after: int | None = None) -> str | None:
-    """The cause a trip announces after failures of ``causes`` (the last one trips), with an optional success
+def _trip(causes: list[str], *, success_after: int | None = None) -> tuple[State, BreakerChanged]:
+    """The state and announcement after failures of ``causes`` (the last one trips), with an optional success
     after the first ``success_after`` of them."""
     state = State(L, "closed", generation=1, duration=10.0)
     for index, cause in enumerate(causes):
         if index == success_after:
             state, _ = transition(state, Success(1), NOW)
         state, effects = transition(state, Failure(1, tripped=index == len(causes) - 1, cause=cause), NOW)
-    assert state.phase == "open"
     published = [effect.change for effect in effects if isinstance(effect, Publish)]
-    assert [event.new for event in published] == ["open"]
-    return published[0].cause
+    assert (state.phase, [change.new for change in published]) == ("open", ["open"])
+    return state, published[0]
 
 
-def test_a_streak_with_a_path_cause_trips_with_that_cause() -> None:
-    """Four connect errors and then a 5xx: the trip names the path's cause, so the fleet shares it only where that
-    path is shared (the egress group), not upstream-wide on the strength of its last failure alone."""
-    assert _trip_cause(["connect", "connect", "connect", "connect", "http_5xx"]) == "connect"
-    assert _trip_cause(["http_5xx", "blocked", "timeout", "http_5xx"]) == "blocked"
+def test_a_streak_with_a_path_cause_trips_with_that_path_cause() -> None:
+    """Four connect errors and then a 5xx: the trip names the 5xx and the path's cause, so the fleet shares it only
+    where that path is shared (the egress group), not upstream-wide on the strength of its last failure alone."""
+    _, change = _trip(["connect", "connect", "connect", "connect", "http_5xx"])
+    assert (change.cause, change.path_cause) == ("http_5xx", "connect")
+    _, change = _trip(["http_5xx", "blocked", "timeout", "http_5xx"])
+    assert (change.cause, change.path_cause) == ("http_5xx", "blocked")
 
 
-def test_a_streak_of_outage_causes_trips_with_its_last() -> None:
-    """Every failure said the upstream is down: the trip is the outage's, as before."""
-    assert _trip_cause(["timeout", "http_5xx", "interrupted", "http_5xx"]) == "http_5xx"
+def test_a_streak_of_outage_causes_has_no_path_cause() -> None:
+    """Every failure said the upstream is down: the trip is the outage's, shared by its cause as before."""
+    _, change = _trip(["timeout", "http_5xx", "interrupted", "http_5xx"])
+    assert (change.cause, change.path_cause) == ("http_5xx", None)
 
 
-def test_a_success_forgets_the_path_cause_and_a_new_period_starts_without_one() -> None:
-    """A success ends the streak, its path cause with it; so does any change of phase."""
-    assert _trip_cause(["connect", "http_5xx", "http_5xx"], success_after=1) == "http_5xx"
-    opened = State(L, "closed", generation=1, duration=10.0, path_cause="connect")
-    state, _ = transition(opened, Failure(1, tripped=True, cause="http_5xx"), NOW)
-    assert (state.phase, state.path_cause) == ("open", None)
+def test_the_path_cause_lasts_until_the_route_works_again() -> None:
+    """A success before the trip forgets it; a failed trial keeps it (the episode goes on); a trial that succeeds
+    closes the route and clears it."""
+    _, change = _trip(["connect", "http_5xx", "http_5xx"], success_after=1)
+    assert change.path_cause is None
+    opened, _ = _trip(["blocked", "blocked", "http_5xx"])
+    trial, _ = transition(opened, PeriodEnd(), NOW + 10.0)
+    trial, _ = transition(trial, TrialAdmitted(), NOW + 10.0)
+    reopened, effects = transition(trial, Failure(trial.generation, tripped=True, cause="http_5xx"), NOW + 10.0)
+    assert effects[-1] == Publish(
+        BreakerChanged("r", "half_open", "open", "auto", by_traffic=True, cause="http_5xx", path_cause="blocked")
+    )
+    trial, _ = transition(reopened, PeriodEnd(), NOW + 40.0)
+    trial, _ = transition(trial, TrialAdmitted(), NOW + 40.0)
+    closed, _ = transition(trial, Success(trial.generation), NOW + 40.0)
+    assert (closed.phase, closed.path_cause) == ("closed", None)

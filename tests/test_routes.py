@@ -473,12 +473,14 @@ def test_the_pool_gives_a_breaker_refusal_before_a_flag_one_then_the_soonest(
     ]
     routes: list[AdmissionError | None] = [*errors, None] if one_admits else list(errors)
     pool = RoutePool([cast(Route, _Refusing(f"r{i}", error)) for i, error in enumerate(routes)])
+    # The expected choice first: the refusal rewrites the chosen error's Retry-After to the soonest.
+    circuits = [error for error in errors if isinstance(error, CircuitOpenError)]
+    expected = min(circuits or errors, key=lambda error: error.retry_after or 0.0)
+    soonest = min(after for _, after in refusals)
     chosen = pool.refusal()
     if one_admits:
         assert chosen is None
         return
-    circuits = [error for error in errors if isinstance(error, CircuitOpenError)]
-    soonest = min(after for _, after in refusals)
-    assert chosen is min(circuits or errors, key=lambda error: error.retry_after or 0.0)
+    assert chosen is expected
     assert chosen.retry_after == soonest
     assert chosen.message.endswith(f"; retry in {retry_after_seconds(soonest)} s")

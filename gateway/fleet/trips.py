@@ -79,7 +79,8 @@ class TripSharing:
             return
         if event.new == "open" and event.by_traffic:
             # A new id even while Redis is away, so a reconnection knows it was never shared.
-            scope = share.route.scopes.for_failure(event.cause)
+            # No wider than every failure since the route last worked: a path's trouble in it keeps it narrow.
+            scope = share.route.scopes.for_failure(event.path_cause or event.cause)
             share.period = Period(uuid.uuid4().hex, scope, self._origin, shared=False)
             if scope is not None and self._link.up:
                 share.trip_publish = self._spawn(self.publish_trip(share, from_closed=event.old == "closed"))
