@@ -82,15 +82,15 @@ def per_request(apps: Apps, stream: bool, body: Callable[[web.Request], Awaitabl
     return make
 
 
-def middleware(app: web.Application, mw: Any, *, handler: Any = None) -> Make:
-    """One request through middleware ``mw`` (around ``handler``) and the on_response_prepare hook."""
+def middleware(app: web.Application, mw: Any, *, handler: Any = None, headers: dict[str, str] | None = None) -> Make:
+    """One request (with ``headers``) through middleware ``mw`` (around ``handler``) and the response hook."""
 
     async def inner(request: web.Request) -> web.StreamResponse:
         answered_by("default")  # the chat handler names the route that answered (the overhead metric's label)
         return RESPONSE
 
     async def make(number: int) -> Step:
-        requests = iter([await chat_request(app) for _ in range(number)])
+        requests = iter([await chat_request(app, headers=headers) for _ in range(number)])
         wrapped = functools.partial(mw, handler=handler or inner) if mw is not None else handler or inner
 
         async def step() -> object:
@@ -104,15 +104,15 @@ def middleware(app: web.Application, mw: Any, *, handler: Any = None) -> Make:
     return make
 
 
-def handler_only(app: web.Application) -> Make:
-    """The baseline of the middleware cases: the inner handler alone, on a fresh request."""
+def handler_only(app: web.Application, *, headers: dict[str, str] | None = None) -> Make:
+    """The baseline of the middleware cases: the inner handler alone, on a fresh request (with ``headers``)."""
 
     async def inner(request: web.Request) -> web.StreamResponse:
         answered_by("default")
         return RESPONSE
 
     async def make(number: int) -> Step:
-        requests = iter([await chat_request(app) for _ in range(number)])
+        requests = iter([await chat_request(app, headers=headers) for _ in range(number)])
 
         async def step() -> object:
             return await inner(next(requests))
