@@ -203,7 +203,8 @@ def _fleet_trip(state: State, event: FleetTrip, now: float) -> Step:
             return state, ()  # already open at least as long
         longer = replace(state, open_until=now + open_for, duration=duration)
         return longer, (StartTimer(now + open_for),)
-    return _open(state, now, length=open_for, duration=duration, fleet=True)
+    # The peer's period is the fleet's episode: failures here too few to trip do not narrow its trials' trips.
+    return _open(replace(state, path_cause=None), now, length=open_for, duration=duration, fleet=True)
 
 
 def _fleet_close(state: State, event: FleetClose, now: float) -> Step:

@@ -312,3 +312,16 @@ def test_the_path_cause_lasts_until_the_route_works_again() -> None:
     trial, _ = transition(trial, TrialAdmitted(), NOW + 40.0)
     closed, _ = transition(trial, Success(trial.generation), NOW + 40.0)
     assert (closed.phase, closed.path_cause) == ("closed", None)
+
+
+def test_a_peers_trip_starts_an_episode_without_this_processs_earlier_path_cause() -> None:
+    """One connect error here (too few to trip), then a peer's outage trip: a failed trial later is the outage's."""
+    state = State(L, "closed", generation=1, duration=10.0)
+    state, _ = transition(state, Failure(1, tripped=False, cause="connect"), NOW)
+    state, _ = transition(state, FleetTrip(open_for=10.0, duration=10.0), NOW)
+    assert (state.phase, state.path_cause) == ("open", None)
+    state, _ = transition(state, TrialAdmitted(), NOW + 10.0)
+    _, effects = transition(state, Failure(state.generation, tripped=True, cause="http_5xx"), NOW + 10.0)
+    assert effects[-1] == Publish(
+        BreakerChanged("r", "half_open", "open", "auto", by_traffic=True, cause="http_5xx", path_cause=None)
+    )
