@@ -52,7 +52,8 @@ class State:
     streak: frozenset[str | None] = frozenset()  # models of the current failure streak (None: not told)
     # The first failure cause since the route last worked that may be one host's path (gateway.scope); None:
     # every one said the upstream itself is down. A trip carries it, so the fleet shares the trip no wider
-    # than all its failures; kept through open and half-open periods, cleared when the route closes.
+    # than all its failures; kept through open and half-open periods, cleared when the route closes, an
+    # operator forces a mode, or a peer's trip starts the fleet's own episode.
     path_cause: str | None = None
     last_ok: str | None = None  # model of the latest success: evidence that other models are served
     refused: tuple[tuple[str, float], ...] = ()

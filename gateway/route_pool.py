@@ -114,9 +114,9 @@ class RoutePool:
 
         Retry-After is the earliest of any route's, whichever kind of refusal it comes from.
         """
-        # One pass, no lists: during an outage every request asks this. The chosen refusal is the first
-        # with the soonest Retry-After among the breakers', for a route that works refuses by its
-        # breaker: the flag's refusal is chosen only when none works.
+        # One pass, no lists: during an outage every request asks this. A breaker's refusal ranks before
+        # a flag's (a route that works refuses by its breaker, so the flag's is chosen only when no route
+        # works), then the soonest Retry-After; the first such wins a tie.
         chosen: AdmissionError | None = None
         chosen_after = earliest = math.inf
         for route in self._routes:
